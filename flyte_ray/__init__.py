@@ -1,0 +1,74 @@
+"""flyte-ray: Flyte's task-execution model on a Ray cluster.
+
+Define tasks as in Flyte 2 and run them on Ray, on spot capacity where allowed, with retries
+that tell a preemption (a *system* failure, its own budget) from a failure of your code::
+
+    import flyte_ray as flyte
+
+    env = flyte.TaskEnvironment(name="demo", resources=flyte.Resources(cpu=1), interruptible=True)
+
+    @env.task(retries=2)
+    def square(x: int) -> int:
+        return x * x
+
+    @env.task
+    async def main(n: int) -> list[int]:
+        import asyncio
+        return await asyncio.gather(*(square.aio(i) for i in range(n)))
+
+    flyte.init()                       # embedded local Ray; or init(address="ray://head:10001")
+    print(flyte.run(main, 10).outputs())
+
+Public names are re-exported here; the modules are small and named after what they hold.
+"""
+
+from . import errors
+from .cache import Cache, CacheRequest
+from .checkpoint import Checkpoint, Storage
+from .context import TaskContext, ctx
+from .environment import TaskEnvironment
+from .resources import GPU, TPU, Device, Resources
+from .retry import Backoff, RetryStrategy
+from .reuse import ReusePolicy
+from .run import Run, RunContext, map, run, with_runcontext
+from .runtime import Settings, current_settings, init, init_from_config, is_initialized, shutdown
+from .supervisor import AttemptRecord, format_history
+from .task import TaskTemplate
+from .timeout import Timeout, TimeoutType
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttemptRecord",
+    "Backoff",
+    "Cache",
+    "CacheRequest",
+    "Checkpoint",
+    "Device",
+    "GPU",
+    "ReusePolicy",
+    "Resources",
+    "RetryStrategy",
+    "Run",
+    "RunContext",
+    "Settings",
+    "Storage",
+    "TPU",
+    "TaskContext",
+    "TaskEnvironment",
+    "TaskTemplate",
+    "Timeout",
+    "TimeoutType",
+    "__version__",
+    "ctx",
+    "current_settings",
+    "errors",
+    "format_history",
+    "init",
+    "init_from_config",
+    "is_initialized",
+    "map",
+    "run",
+    "shutdown",
+    "with_runcontext",
+]

@@ -1,0 +1,788 @@
+"""Durable, crash-safe task checkpoints on any fsspec storage (local, ``memory://``, S3, GCS, ...).
+
+Two classes:
+
+* :class:`Storage` -- where flyte-ray keeps its durable data (a URL plus fsspec options), and how
+  user-supplied names (run name, task name, call id) are turned into keys that can never leave
+  the storage root.
+* :class:`Checkpoint` -- the checkpoint of **one task call across all of its attempts**. A retry
+  (after preemption, a crash, an OOM) builds a new :class:`Checkpoint` on the same URL and sees
+  the newest *complete* checkpoint written by any earlier attempt.
+
+Layout under a checkpoint prefix::
+
+    <prefix>/000000000007/data/<payload or directory tree>
+    <prefix>/000000000007/_COMPLETE        <- JSON commit marker, written LAST
+    <prefix>/000000000008/data/...          <- no marker: incomplete, never read
+
+Crash safety
+------------
+Object stores have no atomic rename, so a version is never "moved into place". Instead every
+save goes to a fresh, versioned folder (``seq`` = highest existing seq, complete or not, + 1, so
+a retry never writes into a half-written folder), the payload is uploaded first and the small
+``_COMPLETE`` marker is written last. Writing one small object is atomic on S3/GCS (an object is
+either fully there or absent; a killed multipart upload never becomes visible) and is treated as
+such locally (a truncated marker fails to parse and counts as absent). Readers only ever consider
+versions with a parseable marker, so a process killed at any point of a save leaves the previous
+complete checkpoint as the newest readable one. The marker also records the payload size, which
+restores verify without extra requests: a version whose payload disappeared or was truncated
+(e.g. by a concurrent pruner) is skipped in favour of the next older complete one.
+
+After a successful commit, complete versions beyond the newest ``keep`` and incomplete versions
+older than the new one are deleted, best-effort (errors are logged, never raised). A version is
+deleted marker-first, so it stops being readable before its payload goes away.
+
+Finding the newest checkpoint costs one ``ls`` of the prefix plus one small GET of the newest
+marker (markers are immutable, so they are cached per object); that keeps the overhead of
+:meth:`Checkpoint.save`/:meth:`Checkpoint.restore` over a raw ``put_file``/``get_file`` small.
+
+Two API styles on one object
+----------------------------
+*flytekit style* (``flytekit.Checkpoint``): :meth:`~Checkpoint.prev_exists`,
+:meth:`~Checkpoint.read`, :meth:`~Checkpoint.write`, :meth:`~Checkpoint.save`,
+:meth:`~Checkpoint.restore` -- all synchronous.
+
+*flyte-sdk (v2) style* (``flyte._checkpoint.AsyncCheckpoint``): there, ``load`` and ``save`` are
+wrapped with ``flyte.syncify``: calling ``cp.save(x)`` / ``cp.load()`` blocks, and
+``await cp.save.aio(x)`` / ``await cp.load.aio()`` is the async form; ``save_sync``/``load_sync``
+are explicit blocking forms and ``cp.path`` is a local workspace directory that ``load`` fills.
+We mirror exactly that shape, which is also what makes the two styles coexist without a name
+clash: ``save`` is synchronous (as flytekit expects) *and* has an ``.aio`` attribute (as
+flyte-sdk expects). No awaitable-detection magic is involved: ``.aio`` is a plain coroutine
+function that runs the blocking implementation in a worker thread (fsspec's sync API streams
+and does not hold the event loop). For people who prefer plain names, ``save_async`` and
+``load_async`` are the same coroutines.
+
+Differences from flyte-sdk worth knowing: a directory is stored as a tree of objects (not a
+gzip tarball) so it streams file by file and restores without an extraction step, and
+``prev_exists()`` means "a complete checkpoint exists", not "the runtime passed a previous
+checkpoint URI".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import re
+import shutil
+import tempfile
+import threading
+import time
+from typing import IO, Any, Awaitable, Callable, Generic, Iterator, TypeVar
+
+import fsspec
+from fsspec.spec import AbstractFileSystem
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Storage", "Checkpoint", "sanitize_component", "DEFAULT_STORAGE_DIR"]
+
+#: Local fallback root when neither a URL nor ``FLYTE_RAY_STORAGE`` is given.
+DEFAULT_STORAGE_DIR = "~/.flyte-ray/storage"
+ENV_STORAGE = "FLYTE_RAY_STORAGE"
+ENV_STORAGE_OPTIONS = "FLYTE_RAY_STORAGE_OPTIONS"
+
+MARKER_NAME = "_COMPLETE"
+DATA_DIR = "data"
+DEFAULT_BLOB_NAME = "payload"
+MARKER_FORMAT = 1
+# 8 MiB: large enough to keep object-store request counts low, small enough to bound memory.
+CHUNK_SIZE = 8 * 2**20
+_SEQ_RE = re.compile(r"\d{12}")
+_SAFE_RE = re.compile(r"[A-Za-z0-9._-]+")
+_SAFE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+# Object keys may be 1024 bytes on S3 and file names 255 bytes on most local file systems.
+_MAX_COMPONENT = 120
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------------------------
+# Key sanitisation
+# --------------------------------------------------------------------------------------------
+
+
+def sanitize_component(part: str) -> str:
+    """Map one user-supplied name to a single, safe path component.
+
+    Characters outside ``[A-Za-z0-9._-]`` are percent-encoded byte by byte (UTF-8, upper-case
+    hex), ``.`` and ``..`` are encoded as ``%2E`` / ``%2E%2E``, and the empty string becomes
+    ``%``. Because ``%`` itself is always encoded, the mapping is injective: distinct inputs give
+    distinct components, and no output can contain ``/``, ``\\``, NUL, ``:`` or be ``..``.
+    Components longer than 120 characters after encoding are cut and suffixed with ``%%`` and
+    a 16-hex-digit SHA-256 of the input (``%%`` never occurs in an ordinary encoding).
+    """
+    if not isinstance(part, str):
+        raise TypeError(f"storage key parts must be str, got {type(part).__name__}")
+    if part == "":
+        return "%"
+    if part in (".", ".."):
+        out = "%2E" * len(part)
+    elif _SAFE_RE.fullmatch(part):
+        out = part
+    else:
+        out = "".join(
+            ch if ch in _SAFE_CHARS else "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
+            for ch in part
+        )
+    if len(out) > _MAX_COMPONENT:
+        digest = hashlib.sha256(part.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        cut = out[: _MAX_COMPONENT - 18]
+        # Do not leave half of a %XX escape at the end.
+        tail = cut.rfind("%", len(cut) - 2)
+        if tail != -1:
+            cut = cut[:tail]
+        out = cut + "%%" + digest
+    return out
+
+
+def _sanitize_path(part: str) -> list[str]:
+    """Split a ``/``-separated hierarchical name and sanitise every component."""
+    if not isinstance(part, str):
+        raise TypeError(f"storage key parts must be str, got {type(part).__name__}")
+    return [sanitize_component(p) for p in part.split("/")]
+
+
+def _join(root: str, *components: str) -> str:
+    """Join already-safe components under ``root`` (a URL or path) with ``/``."""
+    base = root.rstrip("/")
+    return "/".join([base, *components]) if components else base
+
+
+def _load_env_options() -> dict[str, Any]:
+    raw = os.environ.get(ENV_STORAGE_OPTIONS)
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{ENV_STORAGE_OPTIONS} is not valid JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise ValueError(f"{ENV_STORAGE_OPTIONS} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _normalize_url(url: str) -> str:
+    """Make local paths absolute (workers may run in another cwd); leave remote URLs alone."""
+    url = os.fspath(url)
+    protocol = fsspec.utils.get_protocol(url)
+    if protocol in ("file", "local"):
+        path = url.split("://", 1)[1] if "://" in url else url
+        return os.path.abspath(os.path.expanduser(path))
+    return url
+
+
+def _is_local_url(url: str) -> bool:
+    return fsspec.utils.get_protocol(url) in ("file", "local")
+
+
+# --------------------------------------------------------------------------------------------
+# Storage
+# --------------------------------------------------------------------------------------------
+
+
+class Storage:
+    """Root location for flyte-ray's durable data (checkpoints now, caches later).
+
+    Args:
+        url: Any fsspec URL or local path (``s3://bucket/prefix``, ``gs://...``,
+            ``memory://...``, ``/tmp/x``, ``file:///tmp/x``). Defaults to ``$FLYTE_RAY_STORAGE``,
+            else ``~/.flyte-ray/storage``. Local paths are made absolute.
+        options: fsspec storage options (e.g. ``{"endpoint_url": ..., "key": ..., "secret": ...}``
+            for S3). Defaults to the JSON object in ``$FLYTE_RAY_STORAGE_OPTIONS``, else ``{}``.
+
+    Picklable: the filesystem object is not pickled but rebuilt lazily on first use, because
+    storage objects travel to Ray workers.
+    """
+
+    __slots__ = ("_url", "_options", "_fs")
+
+    def __init__(self, url: str | os.PathLike[str] | None = None, options: dict[str, Any] | None = None):
+        if url is None:
+            url = os.environ.get(ENV_STORAGE) or DEFAULT_STORAGE_DIR
+        self._url = _normalize_url(os.fspath(url)).rstrip("/") or "/"
+        self._options: dict[str, Any] = dict(options) if options is not None else _load_env_options()
+        self._fs: AbstractFileSystem | None = None
+
+    @property
+    def url(self) -> str:
+        """Root URL (local paths are absolute paths without ``file://``)."""
+        return self._url
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """fsspec storage options (a copy)."""
+        return dict(self._options)
+
+    @property
+    def is_local(self) -> bool:
+        """True for plain paths and ``file://`` URLs (not visible to other machines)."""
+        return _is_local_url(self._url)
+
+    @property
+    def fs(self) -> AbstractFileSystem:
+        """The fsspec filesystem for :attr:`url` (cached, rebuilt after unpickling)."""
+        if self._fs is None:
+            self._fs, _ = fsspec.core.url_to_fs(self._url, **self._options)
+        return self._fs
+
+    def prefix_url(self, *parts: str) -> str:
+        """``<root>/<part>/<part>...``; each part may use ``/`` for hierarchy and is sanitised."""
+        comps: list[str] = []
+        for p in parts:
+            comps.extend(_sanitize_path(p))
+        return _join(self._url, *comps)
+
+    def checkpoint_url(self, run_name: str, fqn: str, call_id: str) -> str:
+        """Prefix for one task call's checkpoints: ``<root>/checkpoints/<run>/<fqn>/<call_id>``.
+
+        ``run_name`` and ``fqn`` are single components (a ``/`` in them is encoded);
+        ``call_id`` may contain ``/`` to express parent/child hierarchy.
+        """
+        return _join(
+            self._url,
+            "checkpoints",
+            sanitize_component(run_name),
+            sanitize_component(fqn),
+            *_sanitize_path(call_id),
+        )
+
+    def checkpoint(self, run_name: str, fqn: str, call_id: str, *, keep: int = 2) -> Checkpoint:
+        """Convenience: a :class:`Checkpoint` at :meth:`checkpoint_url` with these options."""
+        return Checkpoint(self.checkpoint_url(run_name, fqn, call_id), options=self._options, keep=keep)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"url": self._url, "options": self._options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._url = state["url"]
+        self._options = state["options"]
+        self._fs = None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Storage):
+            return NotImplemented
+        return self._url == other._url and self._options == other._options
+
+    def __hash__(self) -> int:
+        return hash(self._url)
+
+    def __repr__(self) -> str:
+        # Options may hold secrets: show only their keys.
+        return f"Storage({self._url!r}, options_keys={sorted(self._options)})"
+
+
+# --------------------------------------------------------------------------------------------
+# sync + .aio methods (the shape of flyte-sdk's @syncify)
+# --------------------------------------------------------------------------------------------
+
+
+class _BoundSyncAio(Generic[T]):
+    """A bound method callable synchronously, with ``.aio(...)`` as its awaitable form."""
+
+    __slots__ = ("_fn", "_obj")
+
+    def __init__(self, fn: Callable[..., T], obj: Any):
+        self._fn = fn
+        self._obj = obj
+
+    @property
+    def __doc__(self) -> str | None:  # type: ignore[override]
+        return self._fn.__doc__
+
+    def __call__(self, *args: Any, **kwargs: Any) -> T:
+        return self._fn(self._obj, *args, **kwargs)
+
+    def aio(self, *args: Any, **kwargs: Any) -> Awaitable[T]:
+        """Run the blocking implementation in a worker thread and await it."""
+        return asyncio.to_thread(self._fn, self._obj, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<sync+aio method {self._fn.__qualname__} of {self._obj!r}>"
+
+
+class _sync_aio(Generic[T]):
+    """Descriptor: ``obj.m(...)`` blocks, ``await obj.m.aio(...)`` is async (like ``flyte.syncify``)."""
+
+    def __init__(self, fn: Callable[..., T]):
+        self._fn = fn
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self
+        return _BoundSyncAio(self._fn, obj)
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoint
+# --------------------------------------------------------------------------------------------
+
+
+class Checkpoint:
+    """Versioned, crash-safe checkpoint of one task call, shared by all of its attempts.
+
+    Args:
+        url: checkpoint prefix, normally from :meth:`Storage.checkpoint_url`, or any fsspec URL /
+            local path for standalone use. ``url`` is not sanitised: it is trusted.
+        options: fsspec storage options (default: ``$FLYTE_RAY_STORAGE_OPTIONS`` or ``{}``).
+        keep: number of complete versions to retain (>= 1).
+
+    Picklable (the filesystem, lock and local workspace are rebuilt on the other side). One
+    writer at a time per URL is assumed; saves from several threads of one process are
+    serialised by a lock.
+    """
+
+    def __init__(self, url: str | os.PathLike[str], *, options: dict[str, Any] | None = None, keep: int = 2):
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        self._url = _normalize_url(os.fspath(url)).rstrip("/") or "/"
+        self._options: dict[str, Any] = dict(options) if options is not None else _load_env_options()
+        self._keep = int(keep)
+        self._init_runtime()
+
+    def _init_runtime(self) -> None:
+        self._fs_obj: AbstractFileSystem | None = None
+        self._root: str = ""
+        self._lock = threading.RLock()
+        # seq -> marker dict. Markers are immutable once written, so caching them is safe;
+        # entries are dropped when this object deletes a version or finds it vanished.
+        self._markers: dict[int, dict[str, Any]] = {}
+        self._workspace: tempfile.TemporaryDirectory[str] | None = None
+        self._loaded: tuple[int, pathlib.Path] | None = None
+
+    # ---- pickling -----------------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"url": self._url, "options": self._options, "keep": self._keep}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._url = state["url"]
+        self._options = state["options"]
+        self._keep = state["keep"]
+        self._init_runtime()
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({self._url!r}, keep={self._keep})"
+
+    # ---- basic properties ---------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The checkpoint prefix."""
+        return self._url
+
+    @property
+    def keep(self) -> int:
+        return self._keep
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self._options)
+
+    @property
+    def fs(self) -> AbstractFileSystem:
+        """The fsspec filesystem (cached, rebuilt lazily after unpickling)."""
+        if self._fs_obj is None:
+            self._fs_obj, self._root = fsspec.core.url_to_fs(self._url, **self._options)
+            self._root = self._root.rstrip("/")
+        return self._fs_obj
+
+    @property
+    def remote_destination(self) -> str:
+        """flyte-sdk name for the prefix that :meth:`save` writes under (same as :attr:`url`)."""
+        return self._url
+
+    @property
+    def remote_source(self) -> str | None:
+        """flyte-sdk name: URL of the newest complete version's folder, or None."""
+        m = self.latest()
+        return m["url"] if m else None
+
+    @property
+    def path(self) -> pathlib.Path:
+        """Local workspace directory that :meth:`load` restores into (flyte-sdk style).
+
+        A per-object temporary directory, removed when the object is garbage collected.
+        """
+        if self._workspace is None:
+            self._workspace = tempfile.TemporaryDirectory(prefix="flyte-ray-cp-")
+        p = pathlib.Path(self._workspace.name)
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    # ---- internal paths -----------------------------------------------------------------
+
+    def _vpath(self, seq: int) -> str:
+        self.fs  # noqa: B018 -- ensures _root is set
+        return f"{self._root}/{seq:012d}"
+
+    def _vurl(self, seq: int) -> str:
+        return f"{self._url}/{seq:012d}"
+
+    # ---- listing / resolution -------------------------------------------------------------
+
+    def _list_seqs(self) -> list[int]:
+        """All version numbers under the prefix (complete or not), ascending. One ``ls``."""
+        fs = self.fs
+        # Object-store filesystems cache listings; a new attempt's writes must be visible.
+        fs.invalidate_cache(self._root)
+        try:
+            entries = fs.ls(self._root, detail=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        seqs = []
+        for e in entries:
+            name = str(e).rstrip("/").rsplit("/", 1)[-1]
+            if _SEQ_RE.fullmatch(name):
+                seqs.append(int(name))
+        return sorted(set(seqs))
+
+    def _marker(self, seq: int) -> dict[str, Any] | None:
+        """The parsed commit marker of ``seq``, or None if it is absent or not valid."""
+        cached = self._markers.get(seq)
+        if cached is not None:
+            return cached
+        try:
+            raw = self.fs.cat_file(f"{self._vpath(seq)}/{MARKER_NAME}")
+            m = json.loads(raw)
+        except (FileNotFoundError, ValueError, UnicodeDecodeError):
+            return None
+        if not (isinstance(m, dict) and m.get("seq") == seq and m.get("kind") in ("bytes", "dir")):
+            return None
+        m["url"] = self._vurl(seq)
+        self._markers[seq] = m
+        return m
+
+    def _complete_newest_first(self, seqs: list[int] | None = None) -> Iterator[dict[str, Any]]:
+        for seq in sorted(self._list_seqs() if seqs is None else seqs, reverse=True):
+            m = self._marker(seq)
+            if m is not None:
+                yield m
+
+    def latest(self) -> dict[str, Any] | None:
+        """Marker of the newest complete checkpoint (seq, kind, size, files, name, created,
+        metadata, url), or None when there is none."""
+        return next(self._complete_newest_first(), None)
+
+    def versions(self) -> list[dict[str, Any]]:
+        """Markers of all complete checkpoints, oldest first."""
+        return sorted(self._complete_newest_first(), key=lambda m: m["seq"])
+
+    def prev_exists(self) -> bool:
+        """True when a complete checkpoint exists (from this or an earlier attempt)."""
+        return self.latest() is not None
+
+    # ---- saving -----------------------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview, *, metadata: dict[str, Any] | None = None) -> None:
+        """Save ``data`` as a new single-blob checkpoint (flytekit ``write``)."""
+        data = bytes(data) if not isinstance(data, bytes) else data
+
+        def upload(fs: AbstractFileSystem, vpath: str) -> tuple[str, str | None, int, int]:
+            fs.pipe_file(f"{vpath}/{DATA_DIR}/{DEFAULT_BLOB_NAME}", data)
+            return "bytes", DEFAULT_BLOB_NAME, len(data), 1
+
+        self._commit(upload, metadata)
+
+    def _save(
+        self,
+        src: str | os.PathLike[str] | IO[bytes] | bytes,
+        *,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Save a new checkpoint and make it the newest.
+
+        ``src`` may be a file path (single-file checkpoint, the file name is kept), a directory
+        path (the tree is uploaded file by file), a binary file-like object (streamed in 8 MiB
+        chunks), or ``bytes`` (as :meth:`write`). ``metadata`` (JSON-serialisable) is stored in
+        the commit marker and returned by :meth:`latest`.
+        """
+        if isinstance(src, (bytes, bytearray, memoryview)):
+            self.write(src, metadata=metadata)
+            return
+        if hasattr(src, "read") and not isinstance(src, (str, os.PathLike)):
+            self._commit(functools.partial(self._upload_reader, src), metadata)  # type: ignore[arg-type]
+            return
+        local = pathlib.Path(os.fspath(src)).expanduser()
+        if local.is_dir():
+            self._commit(functools.partial(self._upload_dir, local), metadata)
+        elif local.is_file():
+            self._commit(functools.partial(self._upload_file, local), metadata)
+        else:
+            raise FileNotFoundError(f"checkpoint source does not exist: {local}")
+
+    def _makedirs_if_local(self, fs: AbstractFileSystem, *dirs: str) -> None:
+        # LocalFileSystem does not create parents on put/open (auto_mkdir=False); object stores
+        # have no directories, so only do it where it matters.
+        if _is_local_url(self._url):
+            for d in dirs:
+                fs.makedirs(d, exist_ok=True)
+
+    def _upload_file(self, local: pathlib.Path, fs: AbstractFileSystem, vpath: str) -> tuple[str, str | None, int, int]:
+        name = local.name if _is_safe_name(local.name) else DEFAULT_BLOB_NAME
+        size = local.stat().st_size
+        fs.put_file(str(local), f"{vpath}/{DATA_DIR}/{name}")
+        return "bytes", name, size, 1
+
+    def _upload_reader(self, reader: IO[bytes], fs: AbstractFileSystem, vpath: str) -> tuple[str, str | None, int, int]:
+        size = 0
+        with fs.open(f"{vpath}/{DATA_DIR}/{DEFAULT_BLOB_NAME}", "wb") as out:
+            while True:
+                chunk = reader.read(CHUNK_SIZE)
+                if not chunk:
+                    break
+                if isinstance(chunk, str):
+                    raise TypeError("checkpoint readers must be binary (read() returned str)")
+                out.write(chunk)
+                size += len(chunk)
+        return "bytes", DEFAULT_BLOB_NAME, size, 1
+
+    def _upload_dir(self, local: pathlib.Path, fs: AbstractFileSystem, vpath: str) -> tuple[str, str | None, int, int]:
+        lpaths: list[str] = []
+        rpaths: list[str] = []
+        rdirs: set[str] = set()
+        size = 0
+        for dirpath, dirnames, filenames in os.walk(local):
+            dirnames.sort()
+            rel_dir = pathlib.Path(dirpath).relative_to(local).as_posix()
+            rbase = f"{vpath}/{DATA_DIR}" if rel_dir == "." else f"{vpath}/{DATA_DIR}/{rel_dir}"
+            for fname in sorted(filenames):
+                lp = os.path.join(dirpath, fname)
+                if not os.path.isfile(lp):  # broken symlinks, sockets, fifos
+                    continue
+                size += os.path.getsize(lp)
+                lpaths.append(lp)
+                rpaths.append(f"{rbase}/{fname}")
+                rdirs.add(rbase)
+        self._makedirs_if_local(fs, *sorted(rdirs))
+        if lpaths:
+            # Explicit lists: no glob expansion or trailing-slash rules, and async backends
+            # (s3fs, gcsfs) upload the files concurrently.
+            fs.put(lpaths, rpaths)
+        return "dir", None, size, len(lpaths)
+
+    def _commit(
+        self,
+        upload: Callable[[AbstractFileSystem, str], tuple[str, str | None, int, int]],
+        metadata: dict[str, Any] | None,
+    ) -> None:
+        meta_json = json.loads(json.dumps(metadata)) if metadata is not None else None  # fail early
+        with self._lock:
+            fs = self.fs
+            existing = self._list_seqs()
+            # Highest seq of any folder, complete or not: never reuse a half-written folder.
+            seq = (existing[-1] + 1) if existing else 1
+            vpath = self._vpath(seq)
+            self._makedirs_if_local(fs, f"{vpath}/{DATA_DIR}")
+            kind, name, size, nfiles = upload(fs, vpath)
+            marker: dict[str, Any] = {
+                "format": MARKER_FORMAT,
+                "seq": seq,
+                "kind": kind,
+                "name": name,
+                "size": size,
+                "files": nfiles,
+                "created": time.time(),
+                "metadata": meta_json,
+            }
+            # The commit point: one small object, written after the whole payload.
+            fs.pipe_file(f"{vpath}/{MARKER_NAME}", json.dumps(marker).encode())
+            marker["url"] = self._vurl(seq)
+            self._markers[seq] = marker
+            self._prune(seq, existing)
+
+    def _prune(self, newest: int, older: list[int]) -> None:
+        """Delete complete versions beyond ``keep`` and incomplete ones older than ``newest``.
+
+        ``older`` is the listing taken before the save, so pruning needs no extra ``ls``, and
+        markers this object has seen are cached, so in steady state the only requests are the
+        deletes themselves. Best-effort: failures are logged, never raised.
+        """
+        kept = 1
+        doomed: list[tuple[int, dict[str, Any] | None]] = []
+        for seq in sorted((s for s in older if s < newest), reverse=True):
+            m = self._marker(seq)
+            if m is not None and kept < self._keep:
+                kept += 1
+            else:
+                doomed.append((seq, m))
+        for seq, m in doomed:
+            self._markers.pop(seq, None)
+            try:
+                self._delete_version(seq, m)
+            except FileNotFoundError:
+                pass
+            except Exception as e:  # noqa: BLE001 -- pruning must never fail a save
+                logger.warning("could not delete old checkpoint %s: %s", self._vurl(seq), e)
+
+    def _delete_version(self, seq: int, m: dict[str, Any] | None) -> None:
+        fs = self.fs
+        vpath = self._vpath(seq)
+        protocol = fsspec.utils.get_protocol(self._url)
+        if m is not None and m["kind"] == "bytes" and protocol not in ("file", "local", "memory"):
+            # Object store, keys known from the marker: one bulk DeleteObjects request instead
+            # of delete-marker + list + delete. Order inside it does not matter for safety:
+            # a marker whose payload is gone fails size verification and is skipped by readers.
+            fs.rm([f"{vpath}/{MARKER_NAME}", f"{vpath}/{DATA_DIR}/{m['name']}"])
+            return
+        if m is not None:
+            # Marker first: the version stops being readable before its data goes.
+            fs.rm_file(f"{vpath}/{MARKER_NAME}")
+        fs.rm(vpath, recursive=True)
+
+    # ---- restoring ----------------------------------------------------------------------
+
+    def _resolve_and(self, fetch: Callable[[dict[str, Any]], T | None]) -> T | None:
+        """Apply ``fetch`` to complete versions, newest first, until one succeeds.
+
+        ``fetch`` returns None (or raises FileNotFoundError) when the version turns out to be
+        damaged or was deleted under us; then the next older one is tried. If every candidate
+        failed, the prefix is listed once more, because a concurrent save may have committed a
+        newer version and pruned the one we picked.
+        """
+        for _ in range(2):
+            failed = False
+            for m in self._complete_newest_first():
+                try:
+                    out = fetch(m)
+                except FileNotFoundError:
+                    out = None
+                if out is not None:
+                    return out
+                failed = True
+                logger.warning("checkpoint %s is damaged or vanished; trying an older one", m["url"])
+                self._markers.pop(m["seq"], None)
+            if not failed:
+                break
+        return None
+
+    def read(self) -> bytes | None:
+        """Bytes of the newest complete single-blob checkpoint, or None when there is none.
+
+        Raises ValueError if the newest checkpoint is a directory.
+        """
+
+        def fetch(m: dict[str, Any]) -> bytes | None:
+            if m["kind"] != "bytes":
+                raise ValueError(f"newest checkpoint {m['url']} is a directory; use restore()")
+            data = self.fs.cat_file(f"{self._vpath(m['seq'])}/{DATA_DIR}/{m['name']}")
+            return data if len(data) == m["size"] else None
+
+        return self._resolve_and(fetch)
+
+    def restore(self, dest_dir: str | os.PathLike[str] | None = None) -> pathlib.Path | None:
+        """Download the newest complete checkpoint into ``dest_dir`` (a new temporary directory
+        when None).
+
+        Returns the restored file's path for a single-blob checkpoint, ``dest_dir`` itself
+        for a directory checkpoint, or None when there is no checkpoint.
+        """
+        created = dest_dir is None
+        dest = pathlib.Path(tempfile.mkdtemp(prefix="flyte-ray-restore-")) if created else pathlib.Path(dest_dir)
+
+        def fetch(m: dict[str, Any]) -> pathlib.Path | None:
+            dest.mkdir(parents=True, exist_ok=True)
+            return self._download(m, dest)
+
+        out = self._resolve_and(fetch)
+        if out is None and created:
+            shutil.rmtree(dest, ignore_errors=True)
+        return out
+
+    def _download(self, m: dict[str, Any], dest: pathlib.Path) -> pathlib.Path | None:
+        fs = self.fs
+        data = f"{self._vpath(m['seq'])}/{DATA_DIR}"
+        if m["kind"] == "bytes":
+            name = m["name"] if _is_safe_name(m.get("name")) else DEFAULT_BLOB_NAME
+            target = dest / name
+            fs.get_file(f"{data}/{m['name']}", str(target))
+            return target if target.stat().st_size == m["size"] else None
+        # Directory: one recursive listing, then an explicit list of transfers.
+        found = fs.find(data, withdirs=False, detail=False)
+        rpaths: list[str] = []
+        lpaths: list[str] = []
+        dest_abs = dest.resolve()
+        prefix = data.rstrip("/") + "/"
+        for rp in sorted(found):
+            rp_str = str(rp)
+            rel = rp_str[len(prefix):] if rp_str.startswith(prefix) else rp_str.rsplit("/", 1)[-1]
+            lp = (dest_abs / rel).resolve()
+            # Object keys may contain "..": never write outside dest.
+            if dest_abs != lp and dest_abs not in lp.parents:
+                logger.warning("skipping checkpoint entry outside the restore dir: %s", rp_str)
+                continue
+            lp.parent.mkdir(parents=True, exist_ok=True)
+            rpaths.append(rp_str)
+            lpaths.append(str(lp))
+        if len(rpaths) != m.get("files", len(rpaths)):
+            return None
+        if rpaths:
+            fs.get(rpaths, lpaths)
+        if sum(os.path.getsize(p) for p in lpaths) != m["size"]:
+            return None
+        return dest
+
+    # ---- flyte-sdk style --------------------------------------------------------------------
+
+    def _load(self) -> pathlib.Path | None:
+        """Restore the newest complete checkpoint into :attr:`path` and return it (the file
+        for a single-blob checkpoint, the directory for a tree); None when there is none.
+
+        Repeated calls reuse the local copy while no newer checkpoint exists.
+        """
+        m = self.latest()
+        if m is None:
+            return None
+        if self._loaded is not None and self._loaded[0] == m["seq"] and self._loaded[1].exists():
+            return self._loaded[1]
+        ws = self.path
+        for child in ws.iterdir():
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        out = self.restore(ws)
+        newest = self.latest()
+        self._loaded = (newest["seq"], out) if (out is not None and newest is not None) else None
+        return out
+
+    # ``save``/``load`` block when called and have ``.aio`` for awaiting (flyte-sdk @syncify
+    # shape); flytekit code calls ``save(...)`` synchronously and is unaffected.
+    save = _sync_aio(_save)
+    load = _sync_aio(_load)
+
+    def save_sync(self, src: str | os.PathLike[str] | IO[bytes] | bytes, *, metadata: dict[str, Any] | None = None) -> None:
+        """Blocking :meth:`save` (flyte-sdk name)."""
+        self._save(src, metadata=metadata)
+
+    def load_sync(self) -> pathlib.Path | None:
+        """Blocking :meth:`load` (flyte-sdk name)."""
+        return self._load()
+
+    async def save_async(
+        self, src: str | os.PathLike[str] | IO[bytes] | bytes, *, metadata: dict[str, Any] | None = None
+    ) -> None:
+        """Awaitable :meth:`save` (same as ``await cp.save.aio(...)``)."""
+        await asyncio.to_thread(self._save, src, metadata=metadata)
+
+    async def load_async(self) -> pathlib.Path | None:
+        """Awaitable :meth:`load` (same as ``await cp.load.aio()``)."""
+        return await asyncio.to_thread(self._load)
+
+    async def restore_async(self, dest_dir: str | os.PathLike[str] | None = None) -> pathlib.Path | None:
+        """Awaitable :meth:`restore`."""
+        return await asyncio.to_thread(self.restore, dest_dir)
+
+
+def _is_safe_name(name: Any) -> bool:
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..", MARKER_NAME)
+        and "/" not in name
+        and "\\" not in name
+        and "\x00" not in name
+    )
+

@@ -1,0 +1,91 @@
+"""The task context: what a running attempt knows about itself (``flyte_ray.ctx()``)."""
+
+from __future__ import annotations
+
+import contextvars
+import itertools
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from .checkpoint import Checkpoint
+    from .runtime import Settings
+
+__all__ = ["TaskContext", "ctx"]
+
+
+@dataclass
+class TaskContext:
+    """Facts about the running attempt, returned by :func:`flyte_ray.ctx` inside a task.
+
+    Attributes:
+        run_name: the run this call belongs to.
+        fqn: the task's fully qualified name, ``"<env>.<function>"``.
+        call_id: the call's identity within the run (``"root"`` for the top call; children add
+            ``/<name>-<n>``). Stable across retries of the parent, so a retried parent makes the
+            same child ids again.
+        attempt: 0-based number of this attempt, counting every attempt (user and system).
+        user_attempt: 0-based count of user failures before this attempt.
+        system_failures: system failures (preemptions, node losses) before this attempt.
+        market: ``"spot"`` or ``"ondemand"``: where the supervisor placed this attempt.
+        queue: the queue this attempt was placed on (``"default"`` when none was set).
+        node_id: the Ray node id this attempt runs on.
+        settings: the flyte-ray settings the caller used (storage, system retries).
+    """
+
+    run_name: str
+    fqn: str
+    call_id: str
+    attempt: int = 0
+    user_attempt: int = 0
+    system_failures: int = 0
+    market: str = "ondemand"
+    queue: str = "default"
+    node_id: str = ""
+    settings: Optional["Settings"] = None
+    run_overrides: Optional[dict] = None
+    _child_counter: Any = field(default_factory=itertools.count, repr=False)
+    _checkpoint: Any = field(default=None, repr=False)
+    _lock: Any = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def action(self) -> str:
+        """``"<fqn>#<call_id>"``: the call's name within its run."""
+        return f"{self.fqn}#{self.call_id}"
+
+    @property
+    def checkpoint(self) -> "Checkpoint":
+        """This call's checkpoint store, shared by all of its attempts (see ``flyte_ray.Checkpoint``)."""
+        if self._checkpoint is None:
+            from .checkpoint import Checkpoint
+            from .runtime import current_settings
+
+            settings = self.settings or current_settings()
+            storage = settings.storage
+            self._checkpoint = Checkpoint(storage.checkpoint_url(self.run_name, self.fqn, self.call_id),
+                                          options=storage.options, keep=settings.checkpoint_keep)
+        return self._checkpoint
+
+    def next_child_id(self, short_name: str) -> str:
+        """Identity for the next child call: deterministic in call order, so a retried parent
+        that makes the same calls in the same order gets the same ids."""
+        with self._lock:
+            n = next(self._child_counter)
+        return f"{self.call_id}/{short_name}-{n}"
+
+
+_CTX: contextvars.ContextVar[Optional[TaskContext]] = contextvars.ContextVar("flyte_ray_ctx", default=None)
+
+
+def ctx() -> Optional[TaskContext]:
+    """The current task's context, or ``None`` outside a task (as in flyte-sdk)."""
+    return _CTX.get()
+
+
+def set_context(c: Optional[TaskContext]) -> contextvars.Token:
+    return _CTX.set(c)
+
+
+def reset_context(token: contextvars.Token) -> None:
+    _CTX.reset(token)

@@ -1,0 +1,231 @@
+"""Errors raised by flyte-ray.
+
+Two kinds, as in Flyte: *user* errors (``RuntimeUserError``) come from the task's own code or
+from its limits (memory, time, retries); *system* errors (``RuntimeSystemError``) come from the
+platform (a node or worker lost, placement impossible). Every error carries a short ``code``.
+
+A user exception raised inside a task reaches the caller as an instance of *both* its own type
+and ``RuntimeUserError`` (see :func:`as_user_error`), so ``except ValueError`` and
+``except flyte_ray.errors.RuntimeUserError`` both catch it.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any, Optional
+
+__all__ = [
+    "RuntimeUserError",
+    "RuntimeSystemError",
+    "NonRecoverableError",
+    "OOMError",
+    "TaskTimeoutError",
+    "RetriesExhaustedError",
+    "TaskInterruptedError",
+    "PlacementError",
+    "SupervisorLostError",
+    "RemoteTraceback",
+]
+
+
+class RuntimeUserError(Exception):
+    """An error of the *user* kind: raised by the task's code, or by limits the user set."""
+
+    kind = "user"
+
+    def __init__(self, code: str = "", message: str = "", *args: Any) -> None:
+        super().__init__(message or code, *args)
+        self.code = code or type(self).__name__
+
+
+class RuntimeSystemError(Exception):
+    """An error of the *system* kind: the platform, not the task's code, failed."""
+
+    kind = "system"
+
+    def __init__(self, code: str = "", message: str = "", *args: Any) -> None:
+        super().__init__(message or code, *args)
+        self.code = code or type(self).__name__
+
+
+class NonRecoverableError(RuntimeUserError):
+    """Raise this from a task to fail at once: no user retry is attempted.
+
+    ``raise NonRecoverableError("bad input: ...")``
+    """
+
+    def __init__(self, message: str = "", *args: Any) -> None:
+        super().__init__("NonRecoverable", message, *args)
+
+
+class OOMError(RuntimeUserError):
+    """The attempt ran out of memory (Ray's memory monitor killed it). Counts as a user retry."""
+
+    def __init__(self, message: str = "", *args: Any) -> None:
+        super().__init__("OOM", message, *args)
+
+
+class TaskTimeoutError(RuntimeUserError):
+    """An attempt exceeded ``Timeout.max_runtime`` (and was cancelled), or the call's deadline passed."""
+
+    def __init__(self, message: str = "", *args: Any) -> None:
+        super().__init__("Timeout", message, *args)
+
+
+class TaskInterruptedError(RuntimeUserError):
+    """The call was cancelled by its caller (Ctrl-C, a cancelled asyncio task)."""
+
+    def __init__(self, message: str = "", *args: Any) -> None:
+        super().__init__("Interrupted", message, *args)
+
+
+class RetriesExhaustedError(RuntimeUserError):
+    """A retry budget (user ``retries`` or the ``system_retries`` setting) is used up.
+
+    ``history`` holds every attempt (:class:`flyte_ray.AttemptRecord`); ``budget`` is ``"user"``
+    or ``"system"``; ``__cause__`` is the last attempt's error.
+    """
+
+    def __init__(self, message: str = "", history: list | None = None, budget: str = "user") -> None:
+        super().__init__("RetriesExhausted", message)
+        self.history = list(history or [])
+        self.budget = budget
+
+    def __reduce__(self):  # keep history across pickling (Ray hops)
+        return (type(self), (str(self), self.history, self.budget))
+
+
+class PlacementError(RuntimeSystemError):
+    """No node can run the attempt: an on-demand attempt waited past ``max_queued_time``.
+
+    ``missing`` names the resources no live node offers.
+    """
+
+    def __init__(self, message: str = "", missing: list[str] | None = None) -> None:
+        super().__init__("Placement", message)
+        self.missing = list(missing or [])
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.missing))
+
+
+class SupervisorLostError(RuntimeSystemError):
+    """The supervising actor hosting a call's attempt loop died and could not be recovered."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__("SupervisorLost", message)
+
+
+class RemoteTraceback(Exception):
+    """Carries the traceback text of an exception raised on a Ray worker.
+
+    It is set as ``__cause__`` of the re-raised user exception, so the printed traceback shows the
+    user's own frames from the worker (the same trick ``concurrent.futures`` uses).
+    """
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+_user_classes: dict[type, type] = {}
+
+
+def as_user_error(exc: BaseException, tb: str | None = None) -> BaseException:
+    """Return ``exc`` as an instance of both its own class and :class:`RuntimeUserError`.
+
+    Builds (and caches) a subclass ``(type(exc), RuntimeUserError)`` and copies the instance's
+    state, so attributes the user set survive. Falls back to ``exc`` itself when its class
+    cannot be subclassed (final C types).
+    """
+    if isinstance(exc, RuntimeUserError):
+        out = exc
+    else:
+        cls = type(exc)
+        sub = _user_classes.get(cls)
+        if sub is None:
+            try:
+                sub = type(cls.__name__, (cls, RuntimeUserError), {
+                    "__module__": cls.__module__,
+                    "__qualname__": cls.__qualname__,
+                    # Crossing another Ray hop, travel as the user's own class; the receiver
+                    # wraps it again.
+                    "__reduce__": _reduce_as(cls),
+                    "__flyte_ray_origin__": cls,
+                })
+            except TypeError:
+                sub = None
+            _user_classes[cls] = sub  # type: ignore[assignment]
+        if sub is None:
+            out = exc
+        else:
+            out = sub.__new__(sub)
+            out.args = exc.args
+            try:
+                out.__dict__.update(exc.__dict__)
+            except AttributeError:
+                pass
+            if not hasattr(out, "code"):
+                out.code = cls.__name__  # type: ignore[attr-defined]
+            out.__traceback__ = exc.__traceback__
+    if tb:
+        out.__cause__ = RemoteTraceback(tb)
+    return out
+
+
+def _reduce_as(cls: type):
+    def __reduce__(self):
+        return (_rebuild, (cls, self.args, dict(self.__dict__)))
+    return __reduce__
+
+
+def _rebuild(cls: type, args: tuple, state: dict) -> BaseException:
+    exc = cls.__new__(cls)
+    exc.args = args
+    try:
+        exc.__dict__.update(state)
+    except AttributeError:
+        pass
+    return exc
+
+
+def format_exception(exc: BaseException) -> str:
+    """Traceback text of ``exc``, as printed by Python."""
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+_exhausted_classes: dict[type, type] = {}
+
+
+def exhausted(last: Optional[BaseException], history: list, budget: str, message: str) -> RetriesExhaustedError:
+    """A ``RetriesExhaustedError`` that is also an instance of the last error's own class, when
+    Python allows the combination, so ``except ValueError`` still catches a task that raised
+    ValueError on every attempt. ``__cause__`` is the last error."""
+    err: RetriesExhaustedError
+    cls = type(last) if last is not None else None
+    if cls is not None and not issubclass(cls, RetriesExhaustedError):
+        base = getattr(cls, "__flyte_ray_origin__", cls)
+        sub = _exhausted_classes.get(base)
+        if sub is None and base not in _exhausted_classes:
+            try:
+                sub = type("RetriesExhaustedError", (RetriesExhaustedError, base), {
+                    "__module__": __name__, "__flyte_ray_origin__": base,
+                    "__reduce__": lambda self: (RetriesExhaustedError, (str(self), self.history, self.budget)),
+                })
+            except TypeError:  # incompatible layouts (e.g. OSError): plain error
+                sub = None
+            _exhausted_classes[base] = sub  # type: ignore[assignment]
+        if sub is not None:
+            err = sub.__new__(sub)
+            Exception.__init__(err, message)
+            err.code = "RetriesExhausted"
+            err.history = list(history)
+            err.budget = budget
+            err.__cause__ = last
+            return err
+    err = RetriesExhaustedError(message, history, budget)
+    err.__cause__ = last
+    return err

@@ -1,0 +1,151 @@
+"""Where an attempt runs: markets, queues and accelerators as Ray custom resources.
+
+The convention (see ``cluster-configs/README.md``):
+
+* a node declares ``spot`` or ``ondemand`` (its market);
+* ``queue:<name>`` for each queue it serves; nodes for tasks without a queue declare
+  ``queue:default``;
+* GPUs through Ray's ``accelerator_type:<T>`` resources (MIG partitions and TPU slices through
+  ``gpu-partition:…`` / ``tpu:…``, see :mod:`flyte_ray.resources`).
+
+An attempt asks for a tiny amount (:data:`MARKER`) of its market and queue markers, so CPUs and
+GPUs, not markers, limit how many attempts share a node. On a cluster where no node declares any
+market (or any queue) that constraint is dropped, with one warning: the embedded single-node
+cluster runs everything.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Iterable, Optional
+
+import ray
+
+from .runtime import logger
+
+__all__ = ["SPOT", "ONDEMAND", "MARKER", "DEFAULT_QUEUE", "ClusterView", "cluster_view", "attempt_options"]
+
+SPOT = "spot"
+ONDEMAND = "ondemand"
+MARKETS = (SPOT, ONDEMAND)
+DEFAULT_QUEUE = "default"
+MARKER = 0.001  # per attempt; nodes declare e.g. 1000 of each marker
+QUEUE_PREFIX = "queue:"
+
+
+class ClusterView:
+    """A cached view of which resources the cluster's live nodes declare.
+
+    Refreshed at most every ``ttl`` seconds: the hot path must not pay a GCS round trip per
+    call, and a node that appears (autoscaling, a replacement after preemption) is seen soon.
+    """
+
+    def __init__(self, ttl: float = 5.0) -> None:
+        self.ttl = ttl
+        self._at = 0.0
+        self._names: frozenset[str] = frozenset()
+        self._lock = threading.Lock()
+        self._warned: set[str] = set()
+
+    def resource_names(self) -> frozenset[str]:
+        now = time.monotonic()
+        if now - self._at > self.ttl:
+            with self._lock:
+                if now - self._at > self.ttl:
+                    self._names = frozenset(ray.cluster_resources())
+                    self._at = time.monotonic()
+        return self._names
+
+    def invalidate(self) -> None:
+        self._at = 0.0
+
+    def has_markets(self) -> bool:
+        names = self.resource_names()
+        return SPOT in names or ONDEMAND in names
+
+    def has_queues(self) -> bool:
+        return any(n.startswith(QUEUE_PREFIX) for n in self.resource_names())
+
+    def warn_once(self, key: str, message: str) -> None:
+        from .waiting import is_worker
+
+        if key not in self._warned:
+            self._warned.add(key)
+            if not is_worker():  # the driver says it once; every worker process would repeat it
+                logger.warning(message)
+
+    def missing(self, request: dict[str, float]) -> list[str]:
+        """Resources in ``request`` that no single live node can offer (by totals), fresh from GCS."""
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        if not nodes:
+            return sorted(request)
+        best: list[str] | None = None
+        for n in nodes:
+            res = n.get("Resources", {})
+            lack = [k for k, v in request.items() if v > 0 and res.get(k, 0.0) + 1e-9 < v]
+            if not lack:
+                return []
+            if best is None or len(lack) < len(best):
+                best = lack
+        return best or []
+
+
+_view: Optional[ClusterView] = None
+
+
+def cluster_view() -> ClusterView:
+    global _view
+    if _view is None:
+        _view = ClusterView()
+    return _view
+
+
+def reset() -> None:
+    global _view
+    _view = None
+
+
+def attempt_options(base: dict[str, Any], market: str, queue: Optional[str]) -> dict[str, Any]:
+    """Ray ``.options()`` for one attempt: the task's resource options plus placement markers.
+
+    ``base`` comes from the call's spec (num_cpus, memory, num_gpus, accelerator_type, custom
+    resources, runtime_env); it is not modified.
+    """
+    view = cluster_view()
+    markers: dict[str, float] = {}
+    if view.has_markets():
+        markers[market] = MARKER
+    else:
+        view.warn_once("markets", "no node of this cluster declares a market resource ('spot' / 'ondemand'): "
+                                  "attempts are placed without a market constraint.")
+    q = queue or DEFAULT_QUEUE
+    if view.has_queues():
+        markers[QUEUE_PREFIX + q] = MARKER
+    else:
+        view.warn_once("queues", "no node of this cluster declares a queue resource ('queue:<name>'): "
+                                 "attempts are placed without a queue constraint.")
+    if not markers:
+        return base
+    opts = dict(base)
+    custom = dict(opts.get("resources") or {})
+    custom.update(markers)
+    opts["resources"] = custom
+    return opts
+
+
+def request_of(opts: dict[str, Any]) -> dict[str, float]:
+    """The resource request (Ray resource names -> amounts) that ``opts`` describes."""
+    req: dict[str, float] = {"CPU": float(opts.get("num_cpus", 1) or 0)}
+    if opts.get("num_gpus"):
+        req["GPU"] = float(opts["num_gpus"])
+    if opts.get("memory"):
+        req["memory"] = float(opts["memory"])
+    if opts.get("accelerator_type"):
+        req[f"accelerator_type:{opts['accelerator_type']}"] = 0.001
+    req.update(opts.get("resources") or {})
+    return {k: v for k, v in req.items() if v > 0}
+
+
+def describe(names: Iterable[str]) -> str:
+    return ", ".join(sorted(names))

@@ -1,0 +1,210 @@
+"""Runs: ``run(task, ...)``, ``with_runcontext(...)``, ``map(task, ...)`` and the ``Run`` handle."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from typing import Any, Dict, Iterable, Iterator, List, Optional
+
+from . import waiting
+from .supervisor import AttemptRecord, format_history
+from .task import Call, TaskTemplate, _run_call_async
+from .validation import normalize
+
+__all__ = ["Run", "RunContext", "run", "with_runcontext", "map"]
+
+
+class _BackgroundLoop:
+    """One event loop on a daemon thread that hosts the attempt loops of ``run`` / ``map`` calls,
+    so thousands of calls in flight cost no threads."""
+
+    _instance: Optional["_BackgroundLoop"] = None
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        t = threading.Thread(target=self.loop.run_forever, name="flyte-ray-runs", daemon=True)
+        t.start()
+
+    @classmethod
+    def get(cls) -> asyncio.AbstractEventLoop:
+        if waiting.is_worker():
+            return waiting.worker_loop()
+        if cls._instance is None:
+            with cls._lock:
+                if cls._instance is None:
+                    cls._instance = _BackgroundLoop()
+        return cls._instance.loop
+
+
+def _submit(call: Call) -> concurrent.futures.Future:
+    return asyncio.run_coroutine_threadsafe(_run_call_async(call), _BackgroundLoop.get())
+
+
+def _result(fut: concurrent.futures.Future, timeout: Optional[float] = None) -> Any:
+    if waiting.is_worker() and waiting.on_main_thread():
+        return waiting.block_on(fut)  # releases the CPU while the call's attempts run
+    return fut.result(timeout)
+
+
+class Run:
+    """A call started by :func:`run`: its name, progress, attempt history and result.
+
+    Attributes:
+        name: the run's name (also the storage prefix of its checkpoints).
+        url: the Ray dashboard, when the cluster has one.
+    """
+
+    def __init__(self, call: Call, future: concurrent.futures.Future) -> None:
+        from .runtime import dashboard_url
+
+        self._call = call
+        self._future = future
+        self.name = call.run_name
+        self.task_name = call.spec.fqn
+        self.url = dashboard_url()
+
+    def __repr__(self) -> str:
+        return f"Run(name={self.name!r}, task={self.task_name!r}, phase={self.phase!r})"
+
+    @property
+    def phase(self) -> str:
+        """``"running"``, ``"succeeded"``, ``"failed"`` or ``"cancelled"``."""
+        f = self._future
+        if not f.done():
+            return "running"
+        if f.cancelled():
+            return "cancelled"
+        return "failed" if f.exception() is not None else "succeeded"
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def wait(self, timeout: Optional[float] = None) -> "Run":
+        """Block until the run ends (or ``timeout`` seconds pass); never raises the task's error."""
+        try:
+            _result(self._future, timeout)
+        except concurrent.futures.TimeoutError:
+            pass
+        except BaseException:  # noqa: BLE001 - the error is for outputs()
+            pass
+        return self
+
+    def outputs(self, timeout: Optional[float] = None) -> Any:
+        """The task's return value (waits for it); raises the task's error if it failed."""
+        return _result(self._future, timeout)
+
+    def cancel(self) -> bool:
+        """Cancel the run; its running attempt is cancelled on Ray."""
+        return self._future.cancel()
+
+    @property
+    def history(self) -> List[AttemptRecord]:
+        """Every attempt so far: market, queue, node, times, outcome, failure kind."""
+        return list(self._call.state.history)
+
+    attempts = history
+
+    @property
+    def user_failures(self) -> int:
+        return self._call.state.user_failures
+
+    @property
+    def system_failures(self) -> int:
+        return self._call.state.system_failures
+
+    def history_table(self) -> str:
+        """The attempt history as a text table."""
+        return format_history(self.history)
+
+    def print_history(self) -> None:
+        print(self.history_table())
+
+    def _repr_html_(self) -> str:  # Jupyter
+        import html
+
+        head = "".join(f"<th>{h}</th>" for h in ("#", "market", "queue", "node", "secs", "outcome", "error"))
+        rows = []
+        for r in self.history:
+            d = r.duration
+            cells = (r.attempt, r.market, r.queue, (r.node_id or "-")[:12], f"{d:.2f}" if d is not None else "-",
+                     r.outcome, r.error[:80])
+            rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+        return (f"<b>Run {html.escape(self.name)}</b> — {html.escape(self.task_name)} — {self.phase}"
+                f"<table><tr>{head}</tr>{''.join(rows)}</table>")
+
+
+class RunContext:
+    """Run-level settings from :func:`with_runcontext`; they apply to every call in the run,
+    above task and environment settings (below an explicit ``task.override``)."""
+
+    def __init__(self, overrides: Dict[str, Any]) -> None:
+        self._overrides = overrides
+
+    def run(self, task: TaskTemplate, *args: Any, **kwargs: Any) -> Run:
+        """Start ``task(*args, **kwargs)`` as a run; returns at once with a :class:`Run`."""
+        if not isinstance(task, TaskTemplate):
+            raise TypeError(f"run: expected a task (made with @env.task), got {task!r}")
+        call = task._make_call(args, kwargs, self._overrides)
+        return Run(call, _submit(call))
+
+
+def with_runcontext(name: Optional[str] = None, *, interruptible: Optional[bool] = None,
+                    queue: Optional[str] = None, overwrite_cache: bool = False,
+                    env_vars: Optional[Dict[str, str]] = None, **unsupported: Any) -> RunContext:
+    """Settings for one run: ``flyte_ray.with_runcontext(interruptible=False).run(task, x)``.
+
+    Args:
+        name: the run's name (default: generated).
+        interruptible: for every call in the run (overrides task and environment).
+        queue: for every call in the run.
+        overwrite_cache: recompute cached tasks and store the new outputs.
+        env_vars: extra environment variables for every call in the run.
+    """
+    if unsupported:
+        raise TypeError(f"with_runcontext: unknown argument(s) {', '.join(sorted(unsupported))}; accepted: "
+                        "name, interruptible, queue, overwrite_cache, env_vars")
+    if name is not None and (not isinstance(name, str) or not name or "/" in name):
+        raise ValueError(f"with_runcontext.name: expected a non-empty string without '/', got {name!r}")
+    o: Dict[str, Any] = {}
+    for k, v in (("interruptible", interruptible), ("queue", queue), ("env_vars", env_vars)):
+        v = normalize(k, v, "with_runcontext")
+        if v is not None:
+            o[k] = v
+    if overwrite_cache:
+        o["_overwrite_cache"] = True
+    if name:
+        o["_run_name"] = name
+    return RunContext(o)
+
+
+def run(task: TaskTemplate, *args: Any, **kwargs: Any) -> Run:
+    """Start ``task(*args, **kwargs)`` on Ray and return a :class:`Run` at once.
+
+    ``run(...).outputs()`` waits for and returns the value; ``.history_table()`` shows where each
+    attempt ran and how it ended.
+    """
+    return with_runcontext().run(task, *args, **kwargs)
+
+
+def map(task: TaskTemplate, *iterables: Iterable[Any], return_exceptions: bool = False) -> Iterator[Any]:
+    """Run ``task`` over the zipped ``iterables`` in parallel; yield results in input order.
+
+    With ``return_exceptions=True`` a failed call yields its exception instead of raising.
+    """
+    if not isinstance(task, TaskTemplate):
+        raise TypeError(f"map: expected a task (made with @env.task), got {task!r}")
+    futures = [_submit(task._make_call(tuple(args), {}, None)) for args in zip(*iterables)]
+    try:
+        for f in futures:
+            try:
+                yield _result(f)
+            except Exception as e:  # noqa: BLE001
+                if not return_exceptions:
+                    raise
+                yield e
+    finally:
+        for f in futures:
+            if not f.done():
+                f.cancel()

@@ -1,0 +1,288 @@
+"""Connecting to Ray: ``init``, ``init_from_config``, ``shutdown`` and the settings they hold.
+
+``init()`` with no address starts an *embedded* local Ray (its own temp dir, no dashboard, quiet
+logs, token auth off); ``"auto"``, a GCS address ``host:port`` or ``"ray://host:port"`` connects
+to an existing cluster. Calling a task before any ``init`` starts the embedded cluster, as Ray
+does on first use, with one log line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import ray
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .checkpoint import Storage
+
+__all__ = ["Settings", "init", "init_from_config", "shutdown", "current_settings", "is_initialized"]
+
+logger = logging.getLogger("flyte_ray")
+if not logger.handlers:
+    _h = logging.StreamHandler()
+    _h.setFormatter(logging.Formatter("[flyte-ray] %(levelname)s %(message)s"))
+    logger.addHandler(_h)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+@dataclass(frozen=True)
+class Settings:
+    """flyte-ray settings for a driver; travel with every attempt so nested calls use them too.
+
+    Attributes:
+        storage: where checkpoints (and cached outputs) live.
+        system_retries: system failures (preemptions, node losses) a call may absorb; -1 = unlimited.
+        interruptible_failure_threshold: after this many system failures an interruptible call's
+            attempts run on on-demand capacity. ``None``: the last allowed system attempt runs on
+            on-demand (with unlimited system retries: after 3).
+        checkpoint_keep: complete checkpoints kept per call.
+        supervisor: ``"auto"`` hosts the attempt loop of calls made from spot attempts in a
+            supervising actor on on-demand capacity; ``"inline"`` always supervises in the caller.
+    """
+
+    storage: Storage = field(default_factory=Storage)
+    system_retries: int = 3
+    interruptible_failure_threshold: Optional[int] = None
+    checkpoint_keep: int = 2
+    supervisor: str = "auto"
+
+    @property
+    def failure_threshold(self) -> int:
+        if self.interruptible_failure_threshold is not None:
+            return self.interruptible_failure_threshold
+        return self.system_retries if self.system_retries >= 0 else 3
+
+
+class _ConfigFile(BaseModel):
+    """Schema of ``init_from_config`` files (YAML or JSON), validated by pydantic."""
+
+    model_config = ConfigDict(extra="forbid")
+    address: Optional[str] = None
+    storage: Optional[str] = None
+    storage_options: Optional[dict[str, Any]] = None
+    system_retries: int = Field(3, ge=-1)
+    interruptible_failure_threshold: Optional[int] = Field(None, ge=0)
+    checkpoint_keep: int = Field(2, ge=1)
+    num_cpus: Optional[float] = Field(None, ge=0)
+    include_dashboard: bool = False
+    namespace: Optional[str] = None
+    runtime_env: Optional[dict[str, Any]] = None
+    supervisor: str = "auto"
+
+    @field_validator("supervisor")
+    @classmethod
+    def _sup(cls, v: str) -> str:
+        if v not in ("auto", "inline"):
+            raise ValueError("expected 'auto' or 'inline'")
+        return v
+
+
+_lock = threading.RLock()
+_settings: Optional[Settings] = None
+_state: dict[str, Any] = {"embedded": False, "dashboard_url": None, "address": None, "temp_dir": None}
+
+
+def is_initialized() -> bool:
+    """True when this process is connected to Ray."""
+    return ray.is_initialized()
+
+
+def current_settings() -> Settings:
+    """The settings of the running task, else the driver's (``init``), else defaults."""
+    from .context import ctx
+
+    c = ctx()
+    if c is not None and c.settings is not None:
+        return c.settings
+    return _settings or Settings()
+
+
+def dashboard_url() -> Optional[str]:
+    return _state["dashboard_url"]
+
+
+def init(
+    address: Optional[str] = None,
+    *,
+    storage: Union[str, Storage, None] = None,
+    storage_options: Optional[dict[str, Any]] = None,
+    system_retries: int = 3,
+    interruptible_failure_threshold: Optional[int] = None,
+    checkpoint_keep: int = 2,
+    num_cpus: Optional[float] = None,
+    include_dashboard: bool = False,
+    namespace: Optional[str] = None,
+    runtime_env: Optional[dict[str, Any]] = None,
+    supervisor: str = "auto",
+    log_level: Union[int, str] = logging.WARNING,
+) -> Settings:
+    """Connect flyte-ray to Ray and set its options.
+
+    Args:
+        address: ``None`` starts an embedded local Ray in this process; ``"auto"`` joins the
+            cluster this machine belongs to; ``"host:port"`` (a GCS address) or
+            ``"ray://host:port"`` (Ray client) connects to that cluster.
+        storage: fsspec URL (``s3://bucket/prefix``, ``gs://…``, ``memory://…``, a local folder)
+            for checkpoints. Default: ``$FLYTE_RAY_STORAGE`` or ``~/.flyte-ray/storage``.
+        storage_options: fsspec options for ``storage`` (credentials, ``endpoint_url``…).
+        system_retries: system failures a call may absorb (default 3; -1 unlimited).
+        interruptible_failure_threshold: system failures after which interruptible attempts
+            run on on-demand capacity (default: the last allowed system attempt).
+        checkpoint_keep: complete checkpoints kept per call (default 2).
+        num_cpus: CPUs of the embedded cluster (default: all).
+        include_dashboard: start the Ray dashboard with the embedded cluster.
+        namespace, runtime_env: passed to ``ray.init``.
+        supervisor: ``"auto"`` or ``"inline"`` (see :class:`Settings`).
+        log_level: Ray's own log level for the embedded cluster.
+
+    If Ray is already initialized in this process (by an earlier ``init`` or by the user's own
+    ``ray.init``), flyte-ray keeps that connection, applies the new settings and logs that it did;
+    asking for a *different* address then raises ``RuntimeError`` (call ``shutdown()`` first).
+    """
+    global _settings
+    if isinstance(system_retries, bool) or not isinstance(system_retries, int) or system_retries < -1:
+        raise ValueError(f"system_retries: expected an int >= 0, or -1 for unlimited; got {system_retries!r}")
+    if interruptible_failure_threshold is not None and (
+            not isinstance(interruptible_failure_threshold, int) or interruptible_failure_threshold < 0):
+        raise ValueError("interruptible_failure_threshold: expected an int >= 0 or None; "
+                         f"got {interruptible_failure_threshold!r}")
+    if not isinstance(checkpoint_keep, int) or checkpoint_keep < 1:
+        raise ValueError(f"checkpoint_keep: expected an int >= 1, got {checkpoint_keep!r}")
+    if supervisor not in ("auto", "inline"):
+        raise ValueError(f"supervisor: expected 'auto' or 'inline', got {supervisor!r}")
+    if address is not None and not isinstance(address, str):
+        raise TypeError(f"address: expected None, 'auto', 'host:port' or 'ray://host:port'; got {address!r}")
+    store = storage if isinstance(storage, Storage) else Storage(storage, storage_options)
+    settings = Settings(storage=store, system_retries=system_retries,
+                        interruptible_failure_threshold=interruptible_failure_threshold,
+                        checkpoint_keep=checkpoint_keep, supervisor=supervisor)
+    with _lock:
+        if ray.is_initialized():
+            current = _state["address"]
+            if address is not None and current is not None and address != current and address != "auto":
+                raise RuntimeError(
+                    f"init(address={address!r}): this process is already connected to Ray at {current!r}; "
+                    "call flyte_ray.shutdown() first to connect elsewhere.")
+            logger.info("Ray is already initialized%s; flyte-ray uses that connection with the new settings.",
+                        f" ({current})" if current else "")
+            if _state["address"] is None:
+                _state["address"] = _connected_address()
+        else:
+            _connect(address, num_cpus=num_cpus, include_dashboard=include_dashboard,
+                     namespace=namespace, runtime_env=runtime_env, log_level=log_level)
+        _settings = settings
+        if store.is_local and not _state["embedded"]:
+            _warn_local_storage(store)
+    return settings
+
+
+def _connected_address() -> Optional[str]:
+    try:
+        return ray.get_runtime_context().gcs_address
+    except Exception:  # Ray client mode has no gcs_address
+        return None
+
+
+def _connect(address: Optional[str], *, num_cpus, include_dashboard, namespace, runtime_env, log_level) -> None:
+    kwargs: dict[str, Any] = {"namespace": namespace, "runtime_env": runtime_env, "logging_level": log_level}
+    if address is None:
+        # Embedded: a private temp dir (Ray's default one is shared by every cluster on the
+        # machine), no dashboard unless asked (it costs ~1 GiB), and token auth off unless the
+        # user chose a mode: a local cluster has no remote clients to authenticate, and Ray's
+        # default token mode makes later `ray start` / client connections disagree (see README).
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        temp_dir = tempfile.mkdtemp(prefix="flyte-ray-")
+        ctx = ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard, _temp_dir=temp_dir, **kwargs)
+        _state.update(embedded=True, temp_dir=temp_dir, address=ctx.address_info.get("gcs_address"))
+    else:
+        ctx = ray.init(address=address, **kwargs)
+        _state.update(embedded=False, address=address)
+    url = getattr(ctx, "dashboard_url", None)
+    _state["dashboard_url"] = (url if url.startswith("http") else f"http://{url}") if url else None
+
+
+def _warn_local_storage(store: Storage) -> None:
+    try:
+        alive = [n for n in ray.nodes() if n.get("Alive")]
+    except Exception:
+        return
+    if len(alive) > 1:
+        logger.warning("storage %r is a local path but the cluster has %d nodes: other nodes cannot see it, so "
+                       "checkpoints written on one node are lost to retries on another. Use a shared store "
+                       "(s3://, gs://, a shared filesystem) with init(storage=...).", store.url, len(alive))
+
+
+def ensure_init() -> None:
+    """Start the embedded cluster on first use, as Ray does, saying so once."""
+    if ray.is_initialized():
+        return
+    with _lock:
+        if not ray.is_initialized():
+            logger.info("No flyte_ray.init() call: starting an embedded local Ray cluster "
+                        "(call flyte_ray.init(address=...) to use an existing one).")
+            init()
+
+
+def shutdown() -> None:
+    """Disconnect from Ray; stops the embedded cluster if flyte-ray started it."""
+    global _settings
+    with _lock:
+        from . import supervisor as _sup
+
+        _sup.reset_process_state()
+        if ray.is_initialized():
+            ray.shutdown()
+        _settings = None
+        _state.update(embedded=False, dashboard_url=None, address=None, temp_dir=None)
+
+
+def _find_config(path: Union[str, os.PathLike, None]) -> Optional[Path]:
+    if path is not None:
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise FileNotFoundError(f"init_from_config: no config file at {str(p)!r}")
+        return p
+    env = os.environ.get("FLYTE_RAY_CONFIG")
+    candidates = [Path(env)] if env else []
+    candidates += [Path.cwd() / "flyte-ray.yaml", Path.cwd() / ".flyte-ray.yaml",
+                   Path.home() / ".flyte-ray" / "config.yaml"]
+    return next((c for c in candidates if c.exists()), None)
+
+
+def init_from_config(path: Union[str, os.PathLike, None] = None, **overrides: Any) -> Settings:
+    """``init`` with settings read from a YAML or JSON file (keys: the ``init`` arguments).
+
+    With no ``path``: ``$FLYTE_RAY_CONFIG``, ``./flyte-ray.yaml``, ``./.flyte-ray.yaml``,
+    ``~/.flyte-ray/config.yaml``; when none exists it behaves like ``init()``. Keyword
+    arguments override the file.
+    """
+    p = _find_config(path)
+    data: dict[str, Any] = {}
+    if p is not None:
+        text = p.read_text()
+        if p.suffix == ".json":
+            data = json.loads(text or "{}")
+        else:
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"init_from_config: {p} must hold a mapping of init settings, got {type(data).__name__}")
+    data.update(overrides)
+    try:
+        cfg = _ConfigFile(**data)
+    except ValidationError as e:
+        raise ValueError(f"init_from_config: invalid settings in {p or 'arguments'}:\n{e}") from None
+    return init(**cfg.model_dump())
+
+
+def with_settings(**changes: Any) -> Settings:
+    return replace(current_settings(), **changes)

@@ -1,0 +1,158 @@
+"""Waiting on child calls inside a Ray worker without holding the worker's CPU.
+
+Ray releases a task's CPU while the task's *main thread* is blocked in ``ray.get`` / ``ray.wait``,
+so a parent waiting for its children lets them run, even on a one-CPU node. It does not do so for
+``ray.get`` on other threads, nor while an event loop awaits an ``ObjectRef`` (measured: both
+deadlock a one-CPU node). So inside a worker:
+
+* an async task's coroutine runs on a helper thread's event loop, and the main thread parks in
+  :func:`block_on`, which sits in ``ray.wait`` over every child ref in flight (the
+  :data:`_inflight` registry) — the CPU is released exactly while children are pending;
+* a blocking call made off the main thread registers its ref too, so the parked main thread
+  waits on it and releases the CPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from typing import Any, Coroutine
+
+import ray
+
+_inflight: set = set()
+_inflight_lock = threading.Lock()
+_changed = threading.Event()
+_parked = threading.local()
+
+
+def in_worker() -> bool:
+    """True inside a Ray task/actor worker process (not the driver, not a Ray client)."""
+    try:
+        return ray.is_initialized() and ray._private.worker.global_worker.mode == ray.WORKER_MODE
+    except Exception:
+        return False
+
+
+def on_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def register(ref: Any) -> None:
+    with _inflight_lock:
+        _inflight.add(ref)
+    _changed.set()
+
+
+def unregister(ref: Any) -> None:
+    with _inflight_lock:
+        _inflight.discard(ref)
+
+
+_worker: bool | None = None
+
+
+def is_worker() -> bool:
+    """``in_worker()``, cached: a process never changes role."""
+    global _worker
+    if _worker is None:
+        _worker = in_worker()
+    return _worker
+
+
+def needs_registration() -> bool:
+    """A wait here would not release the CPU: a worker thread other than the main thread."""
+    return is_worker() and not on_main_thread()
+
+
+_main_parked = False
+
+
+def block_on(fut: concurrent.futures.Future, poll: float = 0.2) -> Any:
+    """Block the worker's main thread until ``fut`` is done, releasing the CPU while children run."""
+    global _main_parked
+    _main_parked = True
+    fut.add_done_callback(lambda _f: _changed.set())
+    try:
+        while not fut.done():
+            _changed.clear()
+            with _inflight_lock:
+                refs = list(_inflight)
+            if refs:
+                # Returns when a child finishes (or after `poll`, to pick up new children); the
+                # CPU is released meanwhile. Finished refs leave the registry here, so the next
+                # round does not spin on them before their awaiter unregisters them.
+                ready, _ = ray.wait(refs, num_returns=1, timeout=poll, fetch_local=False)
+                if ready:
+                    with _inflight_lock:
+                        _inflight.difference_update(ready)
+            else:
+                # Nothing in flight: the task is computing, so it keeps its CPU.
+                _changed.wait(poll)
+        return fut.result()
+    finally:
+        _main_parked = False
+
+
+class _LoopThread:
+    """One event loop on a daemon thread per worker process, reused by every async attempt."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, name="flyte-ray-loop", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+
+_loop_thread: _LoopThread | None = None
+_loop_lock = threading.Lock()
+
+
+def worker_loop() -> asyncio.AbstractEventLoop:
+    global _loop_thread
+    if _loop_thread is None:
+        with _loop_lock:
+            if _loop_thread is None:
+                _loop_thread = _LoopThread()
+    return _loop_thread.loop
+
+
+def run_coroutine_in_worker(coro: Coroutine) -> Any:
+    """Run an async task's coroutine from a worker's main thread (see module docstring).
+
+    A ``KeyboardInterrupt`` (how ``ray.cancel`` reaches a running task) cancels the coroutine.
+    """
+    fut = asyncio.run_coroutine_threadsafe(coro, worker_loop())
+    try:
+        return block_on(fut)
+    except KeyboardInterrupt:
+        fut.cancel()
+        raise
+
+
+def wait_blocking(ref: Any, timeout: float | None) -> Any:
+    """``ray.get(ref, timeout)`` that still releases the CPU when called off the main thread."""
+    if needs_registration():
+        register(ref)
+        try:
+            return ray.get(ref, timeout=timeout)
+        finally:
+            unregister(ref)
+    return ray.get(ref, timeout=timeout)
+
+
+async def await_ref(ref: Any) -> Any:
+    """Await an ObjectRef; inside a worker, registered so the parked main thread releases the CPU."""
+    if is_worker():
+        register(ref)
+        try:
+            return await ref
+        finally:
+            unregister(ref)
+    return await ref
+
+
