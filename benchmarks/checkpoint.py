@@ -29,7 +29,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from flyte_ray.checkpoint import Checkpoint  # noqa: E402
 
 
-def _best(fn: Callable[[], Any], before: Callable[[], Any] | None = None) -> float:
+def _timed(fn: Callable[[], Any], before: Callable[[], Any] | None = None) -> float:
     if before is not None:
         before()
     t0 = time.perf_counter()
@@ -76,12 +76,12 @@ def bench_backend(
     rows = []
     for op, (raw_fn, cp_fn, raw_before, cp_before) in ops.items():
         # warm-up: connections, page cache, first listing
-        _best(raw_fn, raw_before)
-        _best(cp_fn, cp_before)
+        _timed(raw_fn, raw_before)
+        _timed(cp_fn, cp_before)
         raw_t, cp_t = [], []
         for _ in range(repeat):
-            raw_t.append(_best(raw_fn, raw_before))
-            cp_t.append(_best(cp_fn, cp_before))
+            raw_t.append(_timed(raw_fn, raw_before))
+            cp_t.append(_timed(cp_fn, cp_before))
         rows.append((name, op, min(raw_t), min(cp_t)))
     restored = cp.restore(dest_cp)
     assert restored is not None and restored.stat().st_size == src.stat().st_size

@@ -28,9 +28,13 @@ complete checkpoint as the newest readable one. The marker also records the payl
 restores verify without extra requests: a version whose payload disappeared or was truncated
 (e.g. by a concurrent pruner) is skipped in favour of the next older complete one.
 
-After a successful commit, complete versions beyond the newest ``keep`` and incomplete versions
-older than the new one are deleted, best-effort (errors are logged, never raised). A version is
-deleted marker-first, so it stops being readable before its payload goes away.
+Each save retires complete versions beyond the newest ``keep`` and incomplete versions older
+than the new one, best-effort (errors are logged, never raised). With ``keep == 1`` that happens
+after the commit. With ``keep >= 2`` the retirees are never the newest complete version, so they
+are deleted in a helper thread *while* the payload uploads (joined before ``save`` returns),
+which takes the deletes off the critical path and still never leaves zero complete versions.
+Versions are deleted marker-first where the backend allows it; where a bulk delete removes
+marker and payload together, size verification covers the gap.
 
 Finding the newest checkpoint costs one ``ls`` of the prefix plus one small GET of the newest
 marker (markers are immutable, so they are cached per object); that keeps the overhead of
@@ -579,23 +583,38 @@ class Checkpoint:
             # Highest seq of any folder, complete or not: never reuse a half-written folder.
             seq = (existing[-1] + 1) if existing else 1
             vpath = self._vpath(seq)
-            self._makedirs_if_local(fs, f"{vpath}/{DATA_DIR}")
-            kind, name, size, nfiles = upload(fs, vpath)
-            marker: dict[str, Any] = {
-                "format": MARKER_FORMAT,
-                "seq": seq,
-                "kind": kind,
-                "name": name,
-                "size": size,
-                "files": nfiles,
-                "created": time.time(),
-                "metadata": meta_json,
-            }
-            # The commit point: one small object, written after the whole payload.
-            fs.pipe_file(f"{vpath}/{MARKER_NAME}", json.dumps(marker).encode())
+            # With keep >= 2 the versions this commit retires are not the newest complete one,
+            # so they can be deleted while the payload uploads (one fewer round trip on the
+            # critical path) without ever leaving zero complete versions. With keep == 1 the
+            # only retiree *is* the newest complete one: it must wait for the commit.
+            pruner: threading.Thread | None = None
+            if self._keep >= 2 and len(existing) >= self._keep:
+                pruner = threading.Thread(
+                    target=self._prune, args=(seq, existing), name="flyte-ray-checkpoint-prune", daemon=True
+                )
+                pruner.start()
+            try:
+                self._makedirs_if_local(fs, f"{vpath}/{DATA_DIR}")
+                kind, name, size, nfiles = upload(fs, vpath)
+                marker: dict[str, Any] = {
+                    "format": MARKER_FORMAT,
+                    "seq": seq,
+                    "kind": kind,
+                    "name": name,
+                    "size": size,
+                    "files": nfiles,
+                    "created": time.time(),
+                    "metadata": meta_json,
+                }
+                # The commit point: one small object, written after the whole payload.
+                fs.pipe_file(f"{vpath}/{MARKER_NAME}", json.dumps(marker).encode())
+            finally:
+                if pruner is not None:
+                    pruner.join()
             marker["url"] = self._vurl(seq)
             self._markers[seq] = marker
-            self._prune(seq, existing)
+            if pruner is None:
+                self._prune(seq, existing)
 
     def _prune(self, newest: int, older: list[int]) -> None:
         """Delete complete versions beyond ``keep`` and incomplete ones older than ``newest``.
@@ -606,12 +625,16 @@ class Checkpoint:
         """
         kept = 1
         doomed: list[tuple[int, dict[str, Any] | None]] = []
-        for seq in sorted((s for s in older if s < newest), reverse=True):
-            m = self._marker(seq)
-            if m is not None and kept < self._keep:
-                kept += 1
-            else:
-                doomed.append((seq, m))
+        try:
+            for seq in sorted((s for s in older if s < newest), reverse=True):
+                m = self._marker(seq)
+                if m is not None and kept < self._keep:
+                    kept += 1
+                else:
+                    doomed.append((seq, m))
+        except Exception as e:  # noqa: BLE001 -- e.g. a network error reading a marker
+            logger.warning("not pruning old checkpoints under %s: %s", self._url, e)
+            return
         for seq, m in doomed:
             self._markers.pop(seq, None)
             try:

@@ -214,7 +214,8 @@ def _warn_local_storage(store: Storage) -> None:
         alive = [n for n in ray.nodes() if n.get("Alive")]
     except Exception:
         return
-    if len(alive) > 1:
+    # Nodes on one machine (a local test cluster) share its disk; only warn across machines.
+    if len({n.get("NodeManagerAddress") for n in alive}) > 1:
         logger.warning("storage %r is a local path but the cluster has %d nodes: other nodes cannot see it, so "
                        "checkpoints written on one node are lost to retries on another. Use a shared store "
                        "(s3://, gs://, a shared filesystem) with init(storage=...).", store.url, len(alive))

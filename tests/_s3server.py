@@ -1,8 +1,9 @@
 """A real S3 endpoint for tests: a moto server subprocess on loopback.
 
 Use :func:`start_moto` directly (returns a handle with ``.stop()``) or the session-scoped pytest
-fixture :func:`s3_server` (``from tests._s3server import s3_server`` in a conftest or test
-module). The fixture yields a dict with ``endpoint_url``, ``bucket``, ``options`` (fsspec/s3fs
+fixture :func:`s3_server` (``from _s3server import s3_server`` in a conftest or test module when
+``tests/`` is on ``sys.path``, as pytest arranges; ``from tests._s3server import ...`` from the
+repository root). Import it through one of the two names only, or each gets its own server. The fixture yields a dict with ``endpoint_url``, ``bucket``, ``options`` (fsspec/s3fs
 storage options) and ``url`` (``s3://<bucket>``).
 
 A subprocess rather than moto's in-process ``ThreadedMotoServer`` keeps the server off the test

@@ -1,0 +1,285 @@
+"""A real multi-node Ray cluster on one machine, with spot / on-demand / queue / GPU nodes and
+real preemptions — for testing how your tasks behave when capacity disappears.
+
+::
+
+    from flyte_ray.testing import LocalCluster
+
+    with LocalCluster() as cluster:                   # head + spot-1 + ondemand-1 (1 CPU each)
+        cluster.add_node("gpu-spot", market="spot", gpus=1, accelerator="A100")
+        ... call tasks ...
+        cluster.preempt("spot-1", notice_s=2)         # drain (reason PREEMPTION), wait, remove
+
+Each node is a real raylet (``ray.cluster_utils.Cluster``); a preemption drains the node through
+the GCS with reason ``PREEMPTION`` — as a cloud's spot notice handler would — and then removes it,
+so running work dies exactly as it does on a real spot fleet. GPUs are declared, not real: a
+"GPU" node offers Ray's ``GPU`` and ``accelerator_type:<T>`` resources, enough to test placement.
+
+In pytest, use the ``local_cluster`` fixture (add ``pytest_plugins = ["flyte_ray.testing"]`` to
+your ``conftest.py``), or build a ``LocalCluster`` in your own fixture.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+
+from .resources import GPU
+
+__all__ = ["NodeSpec", "LocalCluster", "local_cluster", "DEFAULT_NODES"]
+
+MARKER_COUNT = 1000  # nodes declare many markers; attempts request 0.001 of each
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """A node of a :class:`LocalCluster`.
+
+    Args:
+        name: your name for the node (``"spot-1"``).
+        market: ``"spot"``, ``"ondemand"`` or ``None`` (declares neither).
+        queues: queues it serves (``queue:<name>`` resources); ``()`` serves none.
+        cpus: CPUs it offers.
+        gpus: (fake) GPUs it offers.
+        accelerator: flyte GPU type of those GPUs (``"A100"``, ``"T4"`` …).
+        resources: extra custom resources (e.g. ``{"gpu-partition:A100:1g.5gb": 7}``).
+        memory: bytes of Ray ``memory`` resource to declare (default: Ray's).
+    """
+
+    name: str
+    market: Optional[str] = "ondemand"
+    queues: Sequence[str] = ("default",)
+    cpus: float = 1
+    gpus: int = 0
+    accelerator: Optional[str] = None
+    resources: Dict[str, float] = field(default_factory=dict)
+    memory: Optional[int] = None
+
+    def ray_resources(self) -> Dict[str, float]:
+        res: Dict[str, float] = {}
+        if self.market is not None:
+            if self.market not in ("spot", "ondemand"):
+                raise ValueError(f"NodeSpec.market: expected 'spot', 'ondemand' or None, got {self.market!r}")
+            res[self.market] = MARKER_COUNT
+        for q in self.queues:
+            res[f"queue:{q}"] = MARKER_COUNT
+        if self.accelerator is not None:
+            acc = GPU(self.accelerator).ray_accelerator_type
+            res[f"accelerator_type:{acc}"] = 1
+        res[f"flyte-ray-node:{self.name}"] = 1  # lets tests pin work to a named node
+        res.update(self.resources)
+        return res
+
+
+DEFAULT_NODES = (NodeSpec("spot-1", market="spot"), NodeSpec("ondemand-1", market="ondemand"))
+
+
+class LocalCluster:
+    """A real local multi-node Ray cluster with named spot / on-demand / queue / GPU nodes.
+
+    Args:
+        nodes: the worker nodes to start (default: one spot and one on-demand node, 1 CPU each).
+        head_cpus: CPUs of the head node. The head declares ``ondemand`` but no queue, so task
+            attempts never land there; flyte-ray's supervising actors (0 CPU) may.
+        connect: call ``flyte_ray.init(address=...)`` once the cluster is up.
+        temp_dir: Ray's temp dir for this cluster (default: a fresh one, removed on shutdown).
+        init_kwargs: extra ``flyte_ray.init`` settings (``system_retries``, ``storage``…).
+    """
+
+    def __init__(self, nodes: Optional[Iterable[Union[NodeSpec, Dict[str, Any]]]] = None, *, head_cpus: float = 0,
+                 connect: bool = True, temp_dir: Optional[str] = None, **init_kwargs: Any) -> None:
+        self._specs = [n if isinstance(n, NodeSpec) else NodeSpec(**n) for n in (nodes if nodes is not None
+                                                                                   else DEFAULT_NODES)]
+        self._head_cpus = head_cpus
+        self._connect = connect
+        self._own_temp = temp_dir is None
+        self.temp_dir = temp_dir or tempfile.mkdtemp(prefix="frt-")
+        self._init_kwargs = init_kwargs
+        self._cluster: Any = None
+        self._nodes: Dict[str, Any] = {}
+        self._specs_by_name: Dict[str, NodeSpec] = {}
+        self._removed: Dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    # -------------------------------------------------------------- lifecycle
+    def start(self) -> "LocalCluster":
+        """Start the head and the nodes, and (by default) connect flyte-ray to it."""
+        from ray.cluster_utils import Cluster
+
+        # Token auth would make every later client (ray://, ray job submit) need the token; a
+        # test cluster on loopback does not need it. Respect an explicit choice.
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # Ray records the newest cluster's address in its *default* temp dir even when the
+        # cluster uses another one, and fails if that dir does not exist yet.
+        from ray._common.utils import get_ray_address_file
+
+        os.makedirs(os.path.dirname(get_ray_address_file(None)), exist_ok=True)
+        self._cluster = Cluster(initialize_head=True, connect=False, head_node_args={
+            "num_cpus": self._head_cpus, "resources": {"ondemand": MARKER_COUNT, "flyte-ray-node:head": 1},
+            "temp_dir": self.temp_dir, "include_dashboard": False,
+        })
+        for spec in self._specs:
+            self._start_node(spec)
+        self._cluster.wait_for_nodes()
+        if self._connect:
+            import flyte_ray
+
+            flyte_ray.init(address=self.address, **self._init_kwargs)
+        return self
+
+    def __enter__(self) -> "LocalCluster":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Disconnect (if connected by us) and stop every node this cluster started."""
+        if self._connect:
+            import flyte_ray
+
+            flyte_ray.shutdown()
+        if self._cluster is not None:
+            self._cluster.shutdown()
+            self._cluster = None
+        if self._own_temp:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    @property
+    def address(self) -> str:
+        """The GCS address (``host:port``) to pass to ``flyte_ray.init`` / ``ray.init``."""
+        return self._cluster.address
+
+    # -------------------------------------------------------------- nodes
+    def _start_node(self, spec: NodeSpec) -> Any:
+        if spec.name in self._nodes or spec.name == "head":
+            raise ValueError(f"LocalCluster: a node named {spec.name!r} exists already")
+        kwargs: Dict[str, Any] = {"num_cpus": spec.cpus, "num_gpus": spec.gpus, "resources": spec.ray_resources()}
+        if spec.memory is not None:
+            kwargs["memory"] = spec.memory
+        node = self._cluster.add_node(**kwargs)
+        self._nodes[spec.name] = node
+        self._specs_by_name[spec.name] = spec
+        return node
+
+    def add_node(self, name: str, market: Optional[str] = "ondemand", queues: Sequence[str] = ("default",),
+                 cpus: float = 1, gpus: int = 0, accelerator: Optional[str] = None,
+                 resources: Optional[Dict[str, float]] = None, memory: Optional[int] = None,
+                 wait: bool = True) -> str:
+        """Start another node (arguments as in :class:`NodeSpec`); returns its Ray node id."""
+        spec = NodeSpec(name, market, tuple(queues), cpus, gpus, accelerator, dict(resources or {}), memory)
+        with self._lock:
+            node = self._start_node(spec)
+        if wait:
+            self.wait_for_node(node.node_id)
+        from .placement import cluster_view
+
+        cluster_view().invalidate()
+        return node.node_id
+
+    def wait_for_node(self, node_id: str, timeout: float = 30.0) -> None:
+        import ray
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes()):
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"LocalCluster: node {node_id} did not join within {timeout}s")
+
+    @property
+    def nodes(self) -> Dict[str, str]:
+        """Live nodes: name -> Ray node id."""
+        return {name: n.node_id for name, n in self._nodes.items()}
+
+    def node_id(self, name: str) -> str:
+        if name == "head":
+            return self._cluster.head_node.node_id
+        if name in self._nodes:
+            return self._nodes[name].node_id
+        if name in self._removed:
+            return self._removed[name]
+        raise KeyError(f"LocalCluster: no node named {name!r}; nodes: {', '.join(self._nodes) or '(none)'}")
+
+    def name_of(self, node_id: str) -> Optional[str]:
+        """Your name for a Ray node id (``"head"`` for the head), including removed nodes."""
+        if self._cluster is not None and node_id == self._cluster.head_node.node_id:
+            return "head"
+        for name, n in self._nodes.items():
+            if n.node_id == node_id:
+                return name
+        for name, nid in self._removed.items():
+            if nid == node_id:
+                return name
+        return None
+
+    def market_of(self, node_id: str) -> Optional[str]:
+        name = self.name_of(node_id)
+        if name == "head":
+            return "ondemand"
+        spec = self._specs_by_name.get(name or "")
+        return spec.market if spec else None
+
+    def spec(self, name: str) -> NodeSpec:
+        return self._specs_by_name[name]
+
+    def preempt(self, node: str, *, graceful: bool = True, notice_s: float = 0.0, reason: str = "spot preemption",
+                replace: bool = False) -> Optional[str]:
+        """Preempt a node as a cloud would: drain it with reason PREEMPTION, wait ``notice_s``
+        seconds (the spot notice; running work continues, new work stops landing there), then
+        remove it (``graceful=False``: kill its processes at once, like a hard reclaim).
+
+        ``node`` is a node name or a Ray node id. With ``replace=True`` a node of the same spec
+        (named ``<name>-r<n>``) is started afterwards, as an autoscaler would; its id is returned.
+        """
+        name = node if node in self._nodes else self.name_of(node)
+        if name is None or name not in self._nodes:
+            raise KeyError(f"LocalCluster.preempt: no live node {node!r}; nodes: {', '.join(self._nodes)}")
+        handle = self._nodes[name]
+        self.drain(name, reason=reason, deadline_s=max(notice_s, 0.0) + 30)
+        if notice_s > 0:
+            time.sleep(notice_s)
+        with self._lock:
+            self._cluster.remove_node(handle, allow_graceful=graceful)
+            del self._nodes[name]
+            self._removed[name] = handle.node_id
+        from .placement import cluster_view
+
+        cluster_view().invalidate()
+        if replace:
+            spec = self._specs_by_name[name]
+            n = sum(1 for k in self._specs_by_name if k.startswith(f"{name}-r")) + 1
+            return self.add_node(f"{name}-r{n}", spec.market, spec.queues, spec.cpus, spec.gpus, spec.accelerator,
+                                 spec.resources, spec.memory)
+        return None
+
+    def drain(self, node: str, *, reason: str = "spot preemption", deadline_s: float = 30.0) -> None:
+        """Drain a node with reason PREEMPTION (new work stops landing there; running work goes on)."""
+        from ray._raylet import GcsClient
+        from ray.core.generated import autoscaler_pb2
+
+        node_id = self.node_id(node) if node in self._nodes or node == "head" else node
+        gcs = GcsClient(address=self.address)
+        ok, msg = gcs.drain_node(node_id, autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION"),
+                                 reason, int((time.time() + deadline_s) * 1000))
+        if not ok:
+            raise RuntimeError(f"LocalCluster.drain({node!r}) was refused: {msg}")
+
+
+def local_cluster_fixture(request: Any) -> Any:
+    nodes = getattr(request, "param", None)
+    with LocalCluster(nodes) as cluster:
+        yield cluster
+
+
+try:  # a pytest fixture, when pytest is present (pytest_plugins = ["flyte_ray.testing"])
+    import pytest
+
+    local_cluster = pytest.fixture(local_cluster_fixture, name="local_cluster")
+except ImportError:  # pragma: no cover
+    local_cluster = None  # type: ignore[assignment]

@@ -1,0 +1,48 @@
+"""Shared fixtures: a real embedded Ray (one CPU, so deadlocks show) and real multi-node clusters."""
+
+import os
+import sys
+import tempfile
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Workers import task modules from here (tasks travel by reference when importable).
+_here = os.path.dirname(os.path.abspath(__file__))
+if _here not in sys.path:
+    sys.path.insert(0, _here)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_here, os.environ.get("PYTHONPATH", "")) if p)
+
+import flyte_ray  # noqa: E402
+from flyte_ray.testing import LocalCluster, NodeSpec  # noqa: E402
+
+from flyte_ray.testing import local_cluster  # noqa: E402,F401  (the public fixture)
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    """flyte-ray's embedded local cluster with a single CPU."""
+    flyte_ray.shutdown()
+    storage = tempfile.mkdtemp(prefix="frs-")
+    flyte_ray.init(num_cpus=1, storage=storage)
+    yield storage
+    flyte_ray.shutdown()
+
+
+SPOT_FLEET = (
+    NodeSpec("spot-1", market="spot"),
+    NodeSpec("spot-2", market="spot"),
+    NodeSpec("od-1", market="ondemand"),
+    NodeSpec("gpu-spot", market="spot", queues=("gpu-pool",), accelerator="A100", gpus=1),
+    NodeSpec("gpu-od", market="ondemand", queues=("gpu-pool",), accelerator="A100", gpus=1),
+)
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    """A real local multi-node cluster: two spot nodes, one on-demand node, and a GPU queue pool
+    (one spot, one on-demand node serving queue 'gpu-pool' with a fake A100)."""
+    flyte_ray.shutdown()
+    storage = tempfile.mkdtemp(prefix="frs-")
+    with LocalCluster(SPOT_FLEET, storage=storage, system_retries=3) as cluster:
+        yield cluster
