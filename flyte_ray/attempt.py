@@ -171,20 +171,32 @@ def classify(exc: BaseException, market: str) -> Outcome:
 
 
 def _system_reason(exc: BaseException, node: str, market: str) -> str:
+    """``"preemption"`` when the node was spot or was drained with reason PREEMPTION, else
+    ``"node_failure"``. Runs on the failure path only: it may poll the GCS briefly, because a
+    removed node is marked dead (with its drain reason) a moment after its tasks fail."""
     if isinstance(exc, rex.ActorDiedError) and getattr(exc, "preempted", False):
         return "preemption"
     if market == SPOT and cluster_view().has_markets():
         return "preemption"
-    if node:
+    if not node:
+        return "node_failure"
+    deadline = time.monotonic() + 2.0
+    while True:
         try:
-            for n in ray.nodes():
-                if n.get("NodeID") == node:
-                    if n.get("Resources", {}).get("spot") or n.get("DeathReason") == 3:
-                        return "preemption"
-                    break
+            info = next((n for n in ray.nodes() if n.get("NodeID") == node), None)
         except Exception:
-            pass
-    return "node_failure"
+            return "node_failure"
+        if info is not None:
+            if info.get("Resources", {}).get("spot"):
+                return "preemption"
+            if not info.get("Alive"):
+                return "preemption" if info.get("DeathReason") == _DRAIN_PREEMPTED else "node_failure"
+        if time.monotonic() > deadline:  # a hard-killed node is marked dead only ~12 s later
+            return "node_failure"
+        time.sleep(0.1)
+
+
+_DRAIN_PREEMPTED = 3  # ray.nodes() DeathReason: AUTOSCALER_DRAIN_PREEMPTED
 
 
 # ------------------------------------------------------------------------------- watchdog
@@ -326,7 +338,7 @@ async def execute_async(call: "Call", req: AttemptRequest) -> Outcome:
         ray.cancel(ref, recursive=True)
         raise
     except rex.RayError as e:
-        return classify(e, req.market)
+        return await asyncio.get_running_loop().run_in_executor(None, classify, e, req.market)
     finally:
         _watch.pop(ref, None)
     return _unpack(res)
