@@ -181,6 +181,11 @@ def init(
         _settings = settings
         if store.is_local and not _state["embedded"]:
             _warn_local_storage(store)
+        if store.url.startswith("memory://"):
+            logger.warning("storage %r: memory:// lives inside one process, and every attempt runs in its own Ray "
+                           "worker process, so attempts will not see each other's checkpoints. Use a folder, "
+                           "s3:// or gs:// for tasks; memory:// suits flyte_ray.Checkpoint used in one process.",
+                           store.url)
     return settings
 
 

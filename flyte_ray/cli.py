@@ -1,0 +1,33 @@
+"""The ``flyte-ray`` command: ``flyte-ray demo`` and ``flyte-ray doctor``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="flyte-ray", description="Flyte's task model on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("demo", help="checkpointed training on spot, preempted mid-run, on a local multi-node cluster")
+    sub.add_parser("doctor", help="what a cluster offers (markets, queues, GPUs) and which tasks cannot be placed",
+                   add_help=False)
+    if argv[:1] == ["doctor"]:
+        from . import doctor
+
+        return doctor.main(argv[1:])
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        import os
+
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        from . import demo
+
+        return demo.main()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
