@@ -1,0 +1,91 @@
+"""flyte-ray call overhead vs raw Ray, side by side in one run on one cluster.
+
+Measures, from the driver and from inside a parent task running on spot capacity:
+
+* sequential latency: N calls one after another (``task(i)`` vs ``ray.get(f.remote(i))``);
+* fan-out throughput: M calls at once (``asyncio.gather(task.aio(i) ...)`` vs ``ray.get([f.remote(i) ...])``).
+
+Prints each figure and the ratio flyte-ray / raw (latency: lower is better; throughput: higher).
+Run: ``python benchmarks/overhead.py [--seq 300] [--fanout 2000] [--repeat 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import ray  # noqa: E402
+
+import flyte_ray as flyte  # noqa: E402
+from flyte_ray.testing import LocalCluster, NodeSpec  # noqa: E402
+
+import overhead_tasks as ot  # noqa: E402
+
+
+def best(fn, repeat):
+    return min(fn() for _ in range(repeat))
+
+
+def driver_figures(n_seq: int, n_fan: int, repeat: int) -> dict:
+    def raw_seq():
+        t = time.perf_counter()
+        for i in range(n_seq):
+            ray.get(ot.raw_square.remote(i))
+        return (time.perf_counter() - t) / n_seq
+
+    def fr_seq():
+        t = time.perf_counter()
+        for i in range(n_seq):
+            ot.square(i)
+        return (time.perf_counter() - t) / n_seq
+
+    def raw_fan():
+        t = time.perf_counter()
+        ray.get([ot.raw_square.remote(i) for i in range(n_fan)])
+        return time.perf_counter() - t
+
+    def fr_fan():
+        async def go():
+            return await asyncio.gather(*(ot.square.aio(i) for i in range(n_fan)))
+
+        t = time.perf_counter()
+        asyncio.run(go())
+        return time.perf_counter() - t
+
+    raw_seq(), fr_seq()  # warm up workers and function exports
+    return {"raw_seq": best(raw_seq, repeat), "fr_seq": best(fr_seq, repeat),
+            "raw_fan": n_fan / best(raw_fan, repeat), "fr_fan": n_fan / best(fr_fan, repeat)}
+
+
+def report(title: str, f: dict) -> None:
+    lat = f["fr_seq"] / f["raw_seq"]
+    thr = f["fr_fan"] / f["raw_fan"]
+    print(f"\n{title}")
+    print(f"  sequential latency : raw {f['raw_seq'] * 1e3:7.2f} ms   flyte-ray {f['fr_seq'] * 1e3:7.2f} ms   "
+          f"ratio {lat:.2f}x")
+    print(f"  fan-out throughput : raw {f['raw_fan']:7.0f} /s   flyte-ray {f['fr_fan']:7.0f} /s   ratio {thr:.2f}x")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seq", type=int, default=300)
+    ap.add_argument("--fanout", type=int, default=2000)
+    ap.add_argument("--repeat", type=int, default=3)
+    a = ap.parse_args()
+    nodes = [NodeSpec("spot-1", market="spot", cpus=2), NodeSpec("od-1", market="ondemand", cpus=2)]
+    with LocalCluster(nodes):
+        d = driver_figures(a.seq, a.fanout, a.repeat)
+        report("from the driver", d)
+        inside = ot.parent_bench(a.seq, a.fanout, a.repeat)
+        assert inside.pop("market") == "spot"
+        report("from inside a parent task on spot", inside)
+
+
+if __name__ == "__main__":
+    main()
