@@ -71,7 +71,10 @@ def run_user_code(task: "TaskTemplate", meta: tuple, args: tuple, kwargs: dict) 
     except (KeyboardInterrupt, SystemExit):
         raise  # ray.cancel: let Ray report TaskCancelledError
     except BaseException as e:  # noqa: BLE001 - every user failure is reported as a value
-        return (False, _portable(e), format_exception(e), node)
+        # A Ray platform error escaping user code (a lost object or node under a dying worker)
+        # is the platform failing, not the user's code: report it as a system failure.
+        system = isinstance(e, rex.RayError) and not isinstance(e, (rex.RayTaskError, rex.TaskCancelledError))
+        return (False, _portable(e), format_exception(e), node, system)
     finally:
         reset_context(token)
     return (True, value, node)
@@ -147,6 +150,9 @@ def reset() -> None:
 def _unpack(res: tuple, started: Optional[float] = None) -> Outcome:
     if res[0]:
         return Outcome(OK, value=res[1], node_id=res[2], started=started)
+    if res[4]:
+        return Outcome(SYSTEM, error=res[1], traceback=res[2], node_id=res[3], started=started,
+                       system_reason="node_failure")
     return Outcome(USER, error=res[1], traceback=res[2], node_id=res[3], started=started)
 
 

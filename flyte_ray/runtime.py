@@ -179,6 +179,10 @@ def init(
             _connect(address, num_cpus=num_cpus, include_dashboard=include_dashboard,
                      namespace=namespace, runtime_env=runtime_env, log_level=log_level)
         _settings = settings
+        if supervisor == "auto":
+            from .supervisor_actor import ensure_supervisor
+
+            ensure_supervisor()
         if store.is_local and not _state["embedded"]:
             _warn_local_storage(store)
         if store.url.startswith("memory://"):

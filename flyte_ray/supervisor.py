@@ -270,7 +270,8 @@ def format_history(history: list[AttemptRecord]) -> str:
 
 def reset_process_state() -> None:
     """Forget per-process Ray state (remote functions, cluster view) after ``shutdown``."""
-    from . import attempt, placement
+    from . import attempt, placement, supervisor_actor
 
     attempt.reset()
     placement.reset()
+    supervisor_actor.reset()

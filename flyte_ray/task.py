@@ -14,6 +14,7 @@ import sys
 import uuid
 from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional
 
+from . import supervisor_actor
 from .context import ctx
 from .spec import FIELDS, CallSpec, resolve
 from .supervisor import CallState, run_async, run_sync
@@ -213,8 +214,12 @@ def _rebuild_task(env, func, short_name, report, docs, decorator, overrides) -> 
 
 
 def _run_call(call: Call) -> Any:
+    if supervisor_actor.should_delegate(call):
+        return supervisor_actor.run_sync(call)
     return run_sync(call)
 
 
 async def _run_call_async(call: Call) -> Any:
+    if supervisor_actor.should_delegate(call):
+        return await supervisor_actor.run_async(call)
     return await run_async(call)

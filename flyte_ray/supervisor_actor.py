@@ -1,0 +1,207 @@
+"""The supervising actor: hosts the attempt loop of calls whose caller may be preempted.
+
+A task running on spot capacity can lose its node at any moment. If it supervised its own
+children, their supervision (and their finished results) would die with it. So calls made from a
+spot attempt are handed to one async actor on on-demand capacity, created by the driver
+(a named actor created from a worker would die with that worker):
+
+* the actor runs the same attempt loop (:func:`flyte_ray.supervisor.run_async`) as everyone else;
+* each call has a deterministic identity — run, call id (parent's call id + name + sequence
+  number) and a hash of its inputs — so a parent retried after a preemption, making the same
+  calls in the same order, *re-attaches*: finished children return their stored result without
+  running again, running ones are awaited, not restarted;
+* if the actor dies, Ray restarts it (``max_restarts=-1``) and callers resubmit transparently;
+  a caller that cannot reach a live supervisor within 30 s gets ``SupervisorLostError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, Optional
+
+import ray
+import ray.exceptions as rex
+
+from . import waiting
+from .errors import RuntimeSystemError, RuntimeUserError, SupervisorLostError, as_user_error, format_exception
+
+if TYPE_CHECKING:
+    from .task import Call
+
+ACTOR_NAME = "flyte-ray-supervisor"
+KEEP_RESULTS = 100_000  # finished calls remembered for re-attachment (LRU)
+RECOVERY_S = 30.0
+
+
+class SupervisorActor:
+    """Async actor (0 CPU, on-demand) that owns the attempt loops of delegated calls."""
+
+    def __init__(self) -> None:
+        self.running: dict[str, asyncio.Future] = {}
+        self.finished: OrderedDict[str, tuple] = OrderedDict()
+
+    async def run(self, key: str, task: Any, args: tuple, kwargs: dict, run_name: str, call_id: str,
+                  settings: Any, run_overrides: Optional[dict]) -> tuple:
+        done = self.finished.get(key)
+        if done is not None:
+            return done + (True,)  # re-attached to a finished call: nothing runs again
+        fut = self.running.get(key)
+        attached = fut is not None
+        if fut is None:
+            from .task import Call
+
+            from .spec import resolve
+
+            spec = resolve(task, run_overrides) if run_overrides else task.spec
+            call = Call(task, spec, run_name, call_id, args, kwargs, settings, run_overrides)
+            fut = asyncio.ensure_future(self._host(key, call))
+            self.running[key] = fut
+        # shield: if our caller dies (a preempted parent), the call goes on for its retry
+        return (await asyncio.shield(fut)) + (attached,)
+
+    async def _host(self, key: str, call: "Call") -> tuple:
+        from .supervisor import run_async
+
+        try:
+            value = await run_async(call)
+            out: tuple = (True, value, "")
+        except Exception as e:  # noqa: BLE001 - travels back to the caller as a value
+            out = (False, _portable(e), format_exception(e))
+        self.running.pop(key, None)
+        self.finished[key] = out
+        while len(self.finished) > KEEP_RESULTS:
+            self.finished.popitem(last=False)
+        return out
+
+    async def ping(self) -> dict:
+        import os
+
+        return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+                "running": len(self.running), "finished": len(self.finished)}
+
+
+def _portable(exc: BaseException) -> BaseException:
+    from .attempt import _portable as p
+
+    return p(exc)
+
+
+_RemoteSupervisor = ray.remote(SupervisorActor)  # bound under another name: see ray-here notes
+_handle: Any = None
+_owned: Any = None  # the driver's handle (keeps the actor alive)
+_lock = threading.Lock()
+
+
+def ensure_supervisor() -> Any:
+    """Create the supervising actor (from the driver) if the cluster has markets; idempotent."""
+    from .placement import ONDEMAND, cluster_view, MARKER
+
+    global _owned
+    if waiting.is_worker() or not cluster_view().has_markets():
+        return None
+    if _owned is not None:
+        return _owned
+    resources = {ONDEMAND: MARKER}
+    # Keep the handle: a named actor is garbage-collected once its owner holds no handle.
+    _owned = _RemoteSupervisor.options(name=ACTOR_NAME, get_if_exists=True, num_cpus=0, resources=resources,
+                                     max_restarts=-1, max_task_retries=0, max_concurrency=100_000).remote()
+    return _owned
+
+
+class _NotFound(Exception):
+    pass
+
+
+def _get_handle(refresh: bool = False) -> Any:
+    global _handle
+    if _handle is None or refresh:
+        with _lock:
+            if _handle is None or refresh:
+                try:
+                    _handle = ray.get_actor(ACTOR_NAME)
+                except ValueError as e:  # not created (yet) or being restarted
+                    raise _NotFound(str(e)) from e
+    return _handle
+
+
+def reset() -> None:
+    global _handle, _owned
+    _handle = None
+    _owned = None
+
+
+def should_delegate(call: "Call") -> bool:
+    """Delegate calls made from an attempt on spot capacity (its node may vanish)."""
+    from .context import ctx
+
+    parent = ctx()
+    return (parent is not None and parent.market == "spot" and call.settings.supervisor == "auto"
+            and waiting.is_worker())
+
+
+def call_key(call: "Call") -> str:
+    h = hashlib.sha256()
+    try:
+        h.update(ray.cloudpickle.dumps((call.args, call.kwargs)))
+    except Exception:  # unpicklable inputs would fail at submission anyway
+        h.update(repr((call.args, call.kwargs)).encode())
+    return f"{call.run_name}|{call.call_id}|{call.spec.fqn}|{h.hexdigest()[:16]}"
+
+
+def _args(call: "Call") -> tuple:
+    return (call_key(call), call.task, call.args, call.kwargs, call.run_name, call.call_id, call.settings,
+            call.run_overrides)
+
+
+def _unpack(res: tuple) -> Any:
+    ok, value, tb = res[0], res[1], res[2]
+    if ok:
+        return value
+    if isinstance(value, (RuntimeUserError, RuntimeSystemError)):
+        raise value
+    raise as_user_error(value, tb)
+
+
+def _lost(call: "Call", e: BaseException) -> SupervisorLostError:
+    return SupervisorLostError(f"{call.spec.fqn}: the supervising actor is gone and did not come back within "
+                               f"{RECOVERY_S:.0f}s ({type(e).__name__}: {e})")
+
+
+def run_sync(call: "Call") -> Any:
+    """Delegate a call from a blocking caller; resubmits if the actor restarts."""
+    args = _args(call)
+    deadline = time.monotonic() + RECOVERY_S
+    refresh = False
+    while True:
+        try:
+            ref = _get_handle(refresh).run.remote(*args)
+            res = waiting.wait_blocking(ref, max(1.0, deadline - time.monotonic()) if refresh else None)
+            break
+        except (rex.RayActorError, rex.GetTimeoutError, _NotFound) as e:
+            if time.monotonic() > deadline:
+                raise _lost(call, e) from e
+            time.sleep(0.5)
+            refresh = True
+    return _unpack(res)
+
+
+async def run_async(call: "Call") -> Any:
+    """Delegate a call from an event loop; resubmits if the actor restarts."""
+    args = _args(call)
+    deadline = time.monotonic() + RECOVERY_S
+    refresh = False
+    while True:
+        try:
+            ref = _get_handle(refresh).run.remote(*args)
+            res = await waiting.await_ref(ref)
+            break
+        except (rex.RayActorError, _NotFound) as e:
+            if time.monotonic() > deadline:
+                raise _lost(call, e) from e
+            await asyncio.sleep(0.5)
+            refresh = True
+    return _unpack(res)

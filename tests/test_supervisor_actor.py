@@ -1,0 +1,60 @@
+"""The supervising actor: calls from spot attempts survive their parent's preemption."""
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+import ray
+
+import flyte_ray as flyte
+from flyte_ray import supervisor_actor
+
+import tasks_reattach as tr
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _wait(pred, timeout=60):
+    deadline = time.time() + timeout
+    while not pred():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.03)
+
+
+def _done(outdir):
+    return [f for f in os.listdir(outdir) if f.startswith("child-")]
+
+
+def test_preempted_parent_reattaches_to_its_children(fleet, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    run = flyte.run(tr.parent, 20, str(out), 0.3)
+    _wait(lambda: len(_done(out)) >= 10)
+    parent_node = open(out / "parent").read().split()[1]
+    assert fleet.market_of(parent_node) == "spot"
+    fleet.preempt(fleet.name_of(parent_node), replace=True)
+    assert run.outputs() == [i * 10 for i in range(20)]
+    assert [r.outcome for r in run.history] == ["preemption", "succeeded"], [(r.error, r.duration) for r in run.history]
+    runs = {f: open(out / f).read().count("ran") for f in _done(out)}
+    assert len(runs) == 20 and set(runs.values()) == {1}, runs  # no child ran twice
+
+
+def test_three_level_async_fan_out_on_spot(fleet):
+    assert asyncio.run(tr.top.aio(6)) == sum(i * 10 + j for i in range(6) for j in range(4))
+
+
+def test_killing_the_supervisor_never_hangs_callers(fleet, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    run = flyte.run(tr.parent, 6, str(out), 1.0)
+    _wait(lambda: ray.get(supervisor_actor._get_handle().ping.remote())["running"] > 0)
+    pid = ray.get(supervisor_actor._get_handle().ping.remote())["pid"]
+    os.kill(pid, signal.SIGKILL)
+    t = time.time()
+    try:
+        assert run.outputs(timeout=60) == [i * 10 for i in range(6)]  # transparent recovery
+    except flyte.errors.RuntimeSystemError:
+        pass  # or a clear error
+    assert time.time() - t < 45
