@@ -118,7 +118,7 @@ def _make_remote(origin: "TaskTemplate", streaming: bool) -> Any:
 def _bound_remote(call: "Call", req: AttemptRequest) -> tuple[Any, dict]:
     """The remote function with this attempt's options, cached: ``.options()`` is not free."""
     view = cluster_view()
-    streaming = call.spec.uses_streaming
+    streaming = call.spec.uses_streaming and not _client_mode()
     key = (id(call.spec), req.market, req.queue, view.has_markets(), view.has_queues(), streaming)
     hit = _bound.get(key)
     if hit is not None and hit[0] is call.spec:
@@ -130,6 +130,14 @@ def _bound_remote(call: "Call", req: AttemptRequest) -> tuple[Any, dict]:
         _bound.clear()
     _bound[key] = (call.spec, bound, opts)  # holding spec keeps id(spec) from being reused
     return bound, opts
+
+
+def _client_mode() -> bool:
+    """Connected through Ray client (``ray://``), which has no streaming generators."""
+    try:
+        return ray.util.client.ray.is_connected()
+    except Exception:
+        return False
 
 
 def _meta(call: "Call", req: AttemptRequest) -> tuple:
@@ -252,6 +260,8 @@ def execute_sync(call: "Call", req: AttemptRequest) -> Outcome:
     bound, opts = _bound_remote(call, req)
     meta = _meta(call, req)
     if call.spec.uses_streaming:
+        if _client_mode():
+            return _execute_timed_client(call, req, bound, opts, meta)
         return _execute_streaming_sync(call, req, bound, opts, meta)
     ref = bound.remote(meta, call.args, call.kwargs)
     _watch_add(ref, call, req, opts)
@@ -306,6 +316,37 @@ def _execute_streaming_sync(call: "Call", req: AttemptRequest, bound: Any, opts:
         _watch.pop(gen, None)
 
 
+def _execute_timed_client(call: "Call", req: AttemptRequest, bound: Any, opts: dict, meta: tuple) -> Outcome:
+    """Timeouts under Ray client, which cannot stream a "started" signal: after
+    ``max_queued_time`` an unfinished attempt counts as not started only if no live node offers
+    its resources; ``max_runtime`` is timed from submission."""
+    t0 = time.monotonic()
+    ref = bound.remote(meta, call.args, call.kwargs)
+    try:
+        if req.max_queued_time is not None:
+            try:
+                return _unpack(ray.get(ref, timeout=_limit(req.max_queued_time, req.deadline_left)))
+            except rex.GetTimeoutError:
+                missing = cluster_view().missing(request_of(opts))
+                if missing or (req.deadline_left is not None and time.monotonic() - t0 >= req.deadline_left):
+                    ray.cancel(ref, force=True)
+                    return _not_started(call, req, opts)
+        elapsed = time.monotonic() - t0
+        left = _limit(None if req.max_runtime is None else req.max_runtime - elapsed,
+                      None if req.deadline_left is None else req.deadline_left - elapsed)
+        try:
+            return _unpack(ray.get(ref, timeout=None if left is None else max(left, 0.0)))
+        except rex.GetTimeoutError:
+            ray.cancel(ref, force=True, recursive=True)
+            return Outcome(TIMEOUT, error=TaskTimeoutError(
+                f"{call.spec.fqn}: attempt {req.attempt} ran longer than {req.max_runtime}s and was cancelled"))
+    except KeyboardInterrupt:
+        ray.cancel(ref, recursive=True)
+        raise
+    except rex.RayError as e:
+        return classify(e, req.market)
+
+
 def _not_started(call: "Call", req: AttemptRequest, opts: dict) -> Outcome:
     if req.deadline_left is not None and (req.max_queued_time is None or req.deadline_left < req.max_queued_time):
         return Outcome(TIMEOUT, error=TaskTimeoutError(f"{call.spec.fqn}: deadline reached while attempt "
@@ -332,6 +373,9 @@ async def execute_async(call: "Call", req: AttemptRequest) -> Outcome:
     bound, opts = _bound_remote(call, req)
     meta = _meta(call, req)
     if call.spec.uses_streaming:
+        if _client_mode():
+            return await asyncio.get_running_loop().run_in_executor(
+                None, _execute_timed_client, call, req, bound, opts, meta)
         return await _execute_streaming_async(call, req, bound, opts, meta)
     ref = bound.remote(meta, call.args, call.kwargs)
     _watch_add(ref, call, req, opts)

@@ -2,7 +2,8 @@
 
 The convention (see ``cluster-configs/README.md``):
 
-* a node declares ``spot`` or ``ondemand`` (its market);
+* a node declares ``spot`` or ``ondemand`` (its market) — the head declares ``ondemand`` too (with
+  0 CPUs), which also tells flyte-ray the cluster follows the convention before any worker is up;
 * ``queue:<name>`` for each queue it serves; nodes for tasks without a queue declare
   ``queue:default``;
 * GPUs through Ray's ``accelerator_type:<T>`` resources (MIG partitions and TPU slices through
@@ -10,8 +11,9 @@ The convention (see ``cluster-configs/README.md``):
 
 An attempt asks for a tiny amount (:data:`MARKER`) of its market and queue markers, so CPUs and
 GPUs, not markers, limit how many attempts share a node. On a cluster where no node declares any
-market (or any queue) that constraint is dropped, with one warning: the embedded single-node
-cluster runs everything.
+market that constraint is dropped, with one warning: the embedded single-node cluster runs
+everything. Queues are dropped likewise when no node declares a queue *and* none declares a
+market; a cluster with markets must give its task nodes ``queue:default``.
 """
 
 from __future__ import annotations
@@ -65,7 +67,11 @@ class ClusterView:
         return SPOT in names or ONDEMAND in names
 
     def has_queues(self) -> bool:
-        return any(n.startswith(QUEUE_PREFIX) for n in self.resource_names())
+        # A cluster that declares markets follows the convention, queues included, even while
+        # only its head (which serves no queue) is up: an autoscaler must see the queue marker
+        # in pending demand to launch a node of the right pool.
+        names = self.resource_names()
+        return SPOT in names or ONDEMAND in names or any(n.startswith(QUEUE_PREFIX) for n in names)
 
     def warn_once(self, key: str, message: str) -> None:
         from .waiting import is_worker
