@@ -286,10 +286,6 @@ flyte.shutdown()
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=False, reason=(
-    "flyte_ray bug: a task with Timeout(max_runtime/max_queued_time) runs its attempts as streaming "
-    "generators (attempt.py, num_returns='streaming'), which Ray client does not support: "
-    "'Streaming actor methods (num_returns=\"streaming\") are not currently supported when using Ray Client.'"))
 def test_ray_client_task_with_timeout(head, tmp_path):
     script = tmp_path / "timeout_script.py"
     script.write_text(TIMEOUT_SCRIPT)
