@@ -137,7 +137,7 @@ def _describe_cluster(nodes: List[NodeInfo], p) -> List[str]:
         gpu = sum(n.gpus for n in ns)
         zero = sum(1 for n in ns if n.cpus == 0)
         extra = f"  ({zero} with 0 CPU: supervising actors / drivers only)" if zero else ""
-        p(f"  {m:<12} {_plural(len(ns), 'node'):<9} CPU {_fmt_num(cpu):<5} GPU {_fmt_num(gpu):<4}{extra}")
+        p(f"  {m:<18} {_plural(len(ns), 'node'):<9} CPU {_fmt_num(cpu):<5} GPU {_fmt_num(gpu):<4}{extra}")
     if not any(n.markets for n in nodes):
         warnings.append("no node declares a market ('spot' / 'ondemand'): flyte-ray places attempts "
                         "without a market constraint (fine for a single-node dev cluster only)")
@@ -207,9 +207,10 @@ def _import_module(module: str) -> Any:
             sys.path.insert(0, folder)
         name = path.stem
         existing = sys.modules.get(name)
-        if existing is not None and getattr(existing, "__file__", None) and \
-                Path(existing.__file__).resolve() == path:
-            return existing
+        if existing is not None:
+            if getattr(existing, "__file__", None) and Path(existing.__file__).resolve() == path:
+                return existing
+            name = f"_flyte_ray_doctor_{name}"  # never shadow another module of that name
         spec = importlib.util.spec_from_file_location(name, path)
         if spec is None or spec.loader is None:
             raise ImportError(f"cannot import {module}")
@@ -245,8 +246,9 @@ def task_markets(spec: Any, threshold: int) -> List[str]:
 
     retries = spec.retries.count if spec.retries else 0
     seen = []
-    for user in range(retries + 1):
-        for system in range(max(threshold, 0) + 1):
+    # choose_market only compares the counts with retries / threshold: their extremes cover it.
+    for user in sorted({0, retries}):
+        for system in sorted({0, max(threshold, 0)}):
             for forced in (False, True):
                 m = choose_market(spec.interruptible, retries, user, system, threshold, forced)
                 if m not in seen:

@@ -250,6 +250,10 @@ def shutdown() -> None:
         _sup.reset_process_state()
         if ray.is_initialized():
             ray.shutdown()
+        if _state["embedded"] and _state["temp_dir"]:
+            import shutil
+
+            shutil.rmtree(_state["temp_dir"], ignore_errors=True)
         _settings = None
         _state.update(embedded=False, dashboard_url=None, address=None, temp_dir=None)
 

@@ -7,6 +7,12 @@ there), started once for this module on free ports and its own short temp dir, w
 stops its own children), then kills whatever of its process tree, or whatever mentions its temp
 dir, is left. Everything runs in subprocesses: the test process itself never connects to it.
 Measured on the 2-core dev machine: head start ~4.8 s with the dashboard (~4.0 s without), stop ~3 s.
+
+The head runs with ``GRPC_ENABLE_FORK_SUPPORT=false``: Ray's client proxy forks a "specific server"
+per ``ray://`` connection while its gRPC threads are busy, and with gRPC's fork handlers on the
+child often aborts (``ev_epoll1_linux.cc: Check failed: next_worker->state == KICKED``); the client
+then fails with "Starting Ray client server failed" after ~30-40 s (ray-project/ray#63202).
+Measured here: 6 of 10 first connections to a fresh head failed without it, 0 of 10 with it.
 """
 
 from __future__ import annotations
@@ -19,7 +25,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -75,6 +80,11 @@ def _sub_env(**extra: str) -> Dict[str, str]:
     return env
 
 
+def _head_env() -> Dict[str, str]:
+    # See the module docstring: keeps the Ray client proxy's fork of specific servers from crashing.
+    return _sub_env(GRPC_ENABLE_FORK_SUPPORT="false")
+
+
 @dataclass
 class Head:
     gcs_port: int
@@ -113,6 +123,13 @@ def _kill_procs(procs: List[psutil.Process], grace: float = 5.0) -> None:
     psutil.wait_procs(alive, timeout=grace)
 
 
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def _stop_head(proc: subprocess.Popen, temp_dir: str) -> None:
     """Stop exactly what this fixture started: the ``ray start`` process, its process tree, and
     any process whose command line names its temp dir. Never ``ray stop`` (it stops every cluster)."""
@@ -127,7 +144,7 @@ def _stop_head(proc: subprocess.Popen, temp_dir: str) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
-    leftovers = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    leftovers = [p for p in tree if _alive(p)]
     for p in psutil.process_iter(["cmdline"]):
         try:
             if temp_dir in " ".join(p.info["cmdline"] or []) and p not in leftovers:
@@ -151,7 +168,7 @@ def head():
            f"--temp-dir={temp_dir}", "--disable-usage-stats", "--block"]
     t0 = time.monotonic()
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, env=_sub_env(), stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, env=_head_env(), stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         while True:
@@ -172,9 +189,18 @@ def head():
         print(f"\n[test_attach] ray head stopped in {time.monotonic() - t1:.1f}s")
 
 
+_RAY_CLIENT_STARTUP_BUG = "Starting Ray client server failed"  # ray-project/ray#63202, see the docstring
+
+
 def _run_py(script: Path, *args: str, timeout: float = 90, **env: str) -> subprocess.CompletedProcess:
-    res = subprocess.run([sys.executable, str(script), *args], env=_sub_env(**env), cwd=script.parent,
-                         capture_output=True, text=True, timeout=timeout)
+    """Run a script in a fresh Python; once more if Ray's client proxy lost its specific server
+    while the script connected (a Ray bug, not flyte-ray's; rare with the head's setting)."""
+    for attempt in range(2):
+        res = subprocess.run([sys.executable, str(script), *args], env=_sub_env(**env), cwd=script.parent,
+                             capture_output=True, text=True, timeout=timeout)
+        if res.returncode == 0 or _RAY_CLIENT_STARTUP_BUG not in res.stderr or attempt:
+            return res
+        print(f"[test_attach] Ray client connection failed ({_RAY_CLIENT_STARTUP_BUG!r}); retrying once")
     return res
 
 
@@ -285,13 +311,35 @@ flyte.shutdown()
 '''
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(90)
 def test_ray_client_task_with_timeout(head, tmp_path):
+    """A task with a Timeout, called from a Ray client driver (its attempts cannot stream there)."""
     script = tmp_path / "timeout_script.py"
     script.write_text(TIMEOUT_SCRIPT)
     res = _run_py(script, head.client_address, timeout=45)
     assert res.returncode == 0, f"stdout:\n{res.stdout}\nstderr:\n{res.stderr[-3000:]}"
     assert _lines(res.stdout, "TIMED") == [["TIMED", "2"]]
+
+
+@pytest.mark.timeout(90)
+def test_doctor_over_ray_client(head):
+    """``flyte-ray doctor --address ray://…`` on the examples' tasks (doctor.main, in a subprocess)."""
+    code = "import sys, flyte_ray.doctor as d; sys.exit(d.main(sys.argv[1:]))"
+    for attempt in range(2):
+        res = subprocess.run([sys.executable, "-c", code, "--address", head.client_address,
+                              str(EXAMPLES / "fanout_driver.py")], env=_sub_env(), capture_output=True, text=True,
+                             timeout=60, cwd=ROOT)
+        if _RAY_CLIENT_STARTUP_BUG not in res.stdout + res.stderr:
+            break
+    out = res.stdout
+    assert res.returncode == 0, out + res.stderr[-3000:]
+    assert f"cluster at {head.client_address}" in out
+    assert "Live nodes: 1" in out and "CPU 2" in out
+    for task in ("parent", "child", "flaky", "checkpointed"):
+        assert f"fanout_driver.{task} (interruptible" in out
+    assert "OK: every task can be placed (4 checked)" in out
+    # The head declares both markers (one node stands for both pools): the doctor says so.
+    assert "declares both 'spot' and 'ondemand'" in out
 
 
 # ------------------------------------------------------------------------------ ray job submit
