@@ -257,6 +257,15 @@ def _watchdog() -> None:
 
 def execute_sync(call: "Call", req: AttemptRequest) -> Outcome:
     """Run one attempt from a blocking caller; returns its outcome (never raises for attempt failures)."""
+    if call.spec.reusable is not None:
+        from . import reuse
+
+        return reuse.execute_sync(call, req)
+    return _execute_plain_sync(call, req)
+
+
+def _execute_plain_sync(call: "Call", req: AttemptRequest) -> Outcome:
+    """One attempt as a Ray task."""
     bound, opts = _bound_remote(call, req)
     meta = _meta(call, req)
     if call.spec.uses_streaming:
@@ -370,6 +379,15 @@ async def _await(ref: Any, timeout: Optional[float]) -> Any:
 
 async def execute_async(call: "Call", req: AttemptRequest) -> Outcome:
     """Run one attempt from an event loop; returns its outcome."""
+    if call.spec.reusable is not None:
+        from . import reuse
+
+        return await reuse.execute_async(call, req)
+    return await _execute_plain_async(call, req)
+
+
+async def _execute_plain_async(call: "Call", req: AttemptRequest) -> Outcome:
+    """One attempt as a Ray task, awaited on the running loop."""
     bound, opts = _bound_remote(call, req)
     meta = _meta(call, req)
     if call.spec.uses_streaming:

@@ -59,3 +59,12 @@ def as_cache(value: Union[CacheRequest, bool, None], field_name: str = "cache") 
     if isinstance(value, str) and value in _BEHAVIORS:
         return Cache(value)  # type: ignore[arg-type]
     raise ValueError(f"{field_name}: expected one of {_BEHAVIORS} or Cache(...), got {value!r}")
+
+
+def run_cached_sync(call, inner):
+    """Placeholder until the cache store lands: run the call."""
+    return inner(call)
+
+
+async def run_cached_async(call, inner):
+    return await inner(call)

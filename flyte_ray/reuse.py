@@ -55,3 +55,16 @@ class ReusePolicy:
     @property
     def max_replicas(self) -> int:
         return self.replicas[1] if isinstance(self.replicas, tuple) else self.replicas
+
+
+def execute_sync(call, req):
+    """Placeholder until warm replicas land: a plain attempt."""
+    from . import attempt
+
+    return attempt._execute_plain_sync(call, req)
+
+
+async def execute_async(call, req):
+    from . import attempt
+
+    return await attempt._execute_plain_async(call, req)

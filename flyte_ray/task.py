@@ -214,12 +214,29 @@ def _rebuild_task(env, func, short_name, report, docs, decorator, overrides) -> 
 
 
 def _run_call(call: Call) -> Any:
+    if call.spec.cache is not None and call.spec.cache.enabled:
+        from . import cache
+
+        return cache.run_cached_sync(call, _supervise)
+    return _supervise(call)
+
+
+async def _run_call_async(call: Call) -> Any:
+    if call.spec.cache is not None and call.spec.cache.enabled:
+        from . import cache
+
+        return await cache.run_cached_async(call, _supervise_async)
+    return await _supervise_async(call)
+
+
+def _supervise(call: Call) -> Any:
+    """Where the call's attempt loop runs: here, or in the supervising actor (see its module)."""
     if supervisor_actor.should_delegate(call):
         return supervisor_actor.run_sync(call)
     return run_sync(call)
 
 
-async def _run_call_async(call: Call) -> Any:
+async def _supervise_async(call: Call) -> Any:
     if supervisor_actor.should_delegate(call):
         return await supervisor_actor.run_async(call)
     return await run_async(call)
