@@ -77,6 +77,10 @@ class SupervisorActor:
             self.finished.popitem(last=False)
         return out
 
+    async def run_many(self, items: list) -> list:
+        """Many calls in one actor call (a burst of ``.aio()`` calls from one caller)."""
+        return list(await asyncio.gather(*(self.run(*it) for it in items)))
+
     async def ping(self) -> dict:
         import os
 
@@ -132,6 +136,7 @@ def reset() -> None:
     global _handle, _owned
     _handle = None
     _owned = None
+    _batchers.clear()
 
 
 def should_delegate(call: "Call") -> bool:
@@ -189,9 +194,80 @@ def run_sync(call: "Call") -> Any:
     return _unpack(res)
 
 
+BATCH = 64
+
+
+class _Batcher:
+    """Per event loop: ``.aio()`` calls made in the same loop iteration go to the actor in
+    chunks of :data:`BATCH` per ``run_many`` call (measured here: one actor call per child gave
+    in-task fan-out ~0.3x raw Ray; a streaming ``run_many`` ~0.37x; chunked returns ~0.5x)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pending: list = []
+
+    def add(self, args: tuple) -> asyncio.Future:
+        fut = self.loop.create_future()
+        if not self.pending:
+            self.loop.call_soon(self._flush)
+        self.pending.append((args, fut))
+        return fut
+
+    def _flush(self) -> None:
+        batch, self.pending = self.pending, []
+        # Chunks complete independently, so one slow call holds back at most BATCH-1 siblings.
+        for i in range(0, len(batch), BATCH):
+            self._send(batch[i:i + BATCH])
+
+    def _send(self, batch: list) -> None:
+        try:
+            gen = _get_handle().run_many.remote([a for a, _ in batch])
+        except Exception as e:  # noqa: BLE001 - callers fall back to single calls
+            for _, f in batch:
+                if not f.done():
+                    f.set_exception(_Fallback(e))
+            return
+        self.loop.create_task(self._consume(gen, [f for _, f in batch]))
+
+    async def _consume(self, gen: Any, futs: list) -> None:
+        try:
+            for f, res in zip(futs, await waiting.await_ref(gen)):
+                if not f.done():
+                    f.set_result(res)
+        except Exception as e:  # noqa: BLE001 - actor died mid-stream: the rest resubmit singly
+            for f in futs:
+                if not f.done():
+                    f.set_exception(_Fallback(e))
+
+
+class _Fallback(Exception):
+    pass
+
+
+_batchers: "dict[asyncio.AbstractEventLoop, _Batcher]" = {}
+
+
 async def run_async(call: "Call") -> Any:
-    """Delegate a call from an event loop; resubmits if the actor restarts."""
+    """Delegate a call from an event loop (batched with its siblings); falls back to single
+    calls, with recovery, if the actor is unreachable."""
+    from .attempt import _client_mode
+
     args = _args(call)
+    if not _client_mode():
+        loop = asyncio.get_running_loop()
+        b = _batchers.get(loop)
+        if b is None:
+            if len(_batchers) > 64:  # loops come and go (asyncio.run per call)
+                _batchers.clear()
+            b = _batchers[loop] = _Batcher(loop)
+        try:
+            return _unpack(await b.add(args))
+        except _Fallback:
+            pass
+    return await _run_async_single(call, args)
+
+
+async def _run_async_single(call: "Call", args: tuple) -> Any:
     deadline = time.monotonic() + RECOVERY_S
     refresh = False
     while True:
