@@ -49,6 +49,8 @@ class NodeSpec:
         accelerator: flyte GPU type of those GPUs (``"A100"``, ``"T4"`` …).
         resources: extra custom resources (e.g. ``{"gpu-partition:A100:1g.5gb": 7}``).
         memory: bytes of Ray ``memory`` resource to declare (default: Ray's).
+        env: environment variables for the node's raylet, e.g. ``{"RAY_memory_usage_threshold":
+            "0.3"}`` to make Ray's OOM killer act early on this node only.
     """
 
     name: str
@@ -59,6 +61,7 @@ class NodeSpec:
     accelerator: Optional[str] = None
     resources: Dict[str, float] = field(default_factory=dict)
     memory: Optional[int] = None
+    env: Dict[str, str] = field(default_factory=dict)
 
     def ray_resources(self) -> Dict[str, float]:
         res: Dict[str, float] = {}
@@ -162,6 +165,8 @@ class LocalCluster:
         kwargs: Dict[str, Any] = {"num_cpus": spec.cpus, "num_gpus": spec.gpus, "resources": spec.ray_resources()}
         if spec.memory is not None:
             kwargs["memory"] = spec.memory
+        if spec.env:
+            kwargs["env_vars"] = dict(spec.env)
         node = self._cluster.add_node(**kwargs)
         self._nodes[spec.name] = node
         self._specs_by_name[spec.name] = spec
@@ -170,9 +175,10 @@ class LocalCluster:
     def add_node(self, name: str, market: Optional[str] = "ondemand", queues: Sequence[str] = ("default",),
                  cpus: float = 1, gpus: int = 0, accelerator: Optional[str] = None,
                  resources: Optional[Dict[str, float]] = None, memory: Optional[int] = None,
-                 wait: bool = True) -> str:
+                 env: Optional[Dict[str, str]] = None, wait: bool = True) -> str:
         """Start another node (arguments as in :class:`NodeSpec`); returns its Ray node id."""
-        spec = NodeSpec(name, market, tuple(queues), cpus, gpus, accelerator, dict(resources or {}), memory)
+        spec = NodeSpec(name, market, tuple(queues), cpus, gpus, accelerator, dict(resources or {}), memory,
+                        dict(env or {}))
         with self._lock:
             node = self._start_node(spec)
         if wait:
@@ -255,7 +261,7 @@ class LocalCluster:
             spec = self._specs_by_name[name]
             n = sum(1 for k in self._specs_by_name if k.startswith(f"{name}-r")) + 1
             return self.add_node(f"{name}-r{n}", spec.market, spec.queues, spec.cpus, spec.gpus, spec.accelerator,
-                                 spec.resources, spec.memory)
+                                 spec.resources, spec.memory, spec.env)
         return None
 
     def drain(self, node: str, *, reason: str = "spot preemption", deadline_s: float = 30.0) -> None:

@@ -116,3 +116,17 @@ def heartbeat(path: str) -> int:
             f.write(str(time.time()))
         time.sleep(0.05)
     return 0
+
+
+memenv = flyte.TaskEnvironment(name="mem", resources=flyte.Resources(cpu=1, memory="1Gi"), queue="mem")
+
+
+@memenv.task
+def hog(gib: float) -> str:
+    """Allocates far past its 1 GiB request, touching every page, then holds it a moment."""
+    chunks = []
+    for _ in range(int(gib * 4)):
+        chunks.append(bytearray(256 * 1024 * 1024))  # zero-filled: the pages are really used
+        time.sleep(0.05)
+    time.sleep(2.0)
+    return flyte.ctx().node_id

@@ -188,3 +188,20 @@ def test_cancelling_an_asyncio_task_cancels_its_attempt(fleet, tmp_path):
     last = os.path.getmtime(hb)
     time.sleep(1.0)
     assert os.path.getmtime(hb) == last
+
+
+def test_oom_then_override_to_a_larger_node(fleet):
+    import psutil
+
+    gib = 1024 ** 3
+    vm = psutil.virtual_memory()
+    # The OOM killer of the small node acts at "what is used now + 1.5 GiB" (machine-wide on a
+    # one-machine cluster, so only this node gets the low threshold); the task allocates 4 GiB.
+    threshold = min(0.9, (vm.total - vm.available + 1.5 * gib) / vm.total)
+    fleet.add_node("small", market="ondemand", queues=("mem",), memory=2 * gib,
+                   env={"RAY_memory_usage_threshold": f"{threshold:.3f}", "RAY_memory_monitor_refresh_ms": "100"})
+    with pytest.raises(flyte.errors.OOMError):
+        tf.hog(4)
+    fleet.add_node("large", market="ondemand", queues=("mem",), memory=8 * gib)
+    node = tf.hog.override(resources=flyte.Resources(cpu=1, memory="6Gi"))(1)
+    assert fleet.name_of(node) == "large"
