@@ -22,7 +22,7 @@ import ray.exceptions as rex
 
 from . import waiting
 from .context import TaskContext, reset_context, set_context
-from .errors import OOMError, RuntimeUserError, TaskTimeoutError, format_exception
+from .errors import NonRecoverableError, OOMError, RuntimeUserError, TaskTimeoutError, format_exception
 from .placement import SPOT, attempt_options, cluster_view, describe, request_of
 from .supervisor import CANCELLED, OK, OOM, QUEUED_TIMEOUT, SYSTEM, TIMEOUT, USER, AttemptRequest, Outcome
 
@@ -177,6 +177,13 @@ def classify(exc: BaseException, market: str) -> Outcome:
         return Outcome(CANCELLED, error=exc)
     if isinstance(exc, rex.RayTaskError):  # user code raised outside our wrapper (rare)
         cause = getattr(exc, "cause", None) or exc
+        if "failed to import on the worker" in str(cause):
+            # The task's module is not importable there: every retry would fail the same way.
+            cause = NonRecoverableError(
+                "the task's code cannot be imported on the Ray worker. Tasks travel by reference to their module: "
+                "make it importable on every node (install it, run the driver from the folder that holds it, or "
+                "ship it with flyte_ray.init(runtime_env={'working_dir': ...} or {'py_modules': [...]})). "
+                f"Ray said: {str(cause)[:500]}")
         return Outcome(USER, error=cause, traceback=str(exc))
     # Everything else is the platform failing: a node or worker lost.
     m = _NODE_RE.search(str(exc))

@@ -18,6 +18,7 @@ market; a cluster with markets must give its task nodes ``queue:default``.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any, Iterable, Optional
@@ -74,12 +75,15 @@ class ClusterView:
         return SPOT in names or ONDEMAND in names or any(n.startswith(QUEUE_PREFIX) for n in names)
 
     def warn_once(self, key: str, message: str) -> None:
+        from .runtime import is_embedded
         from .waiting import is_worker
 
         if key not in self._warned:
             self._warned.add(key)
-            if not is_worker():  # the driver says it once; every worker process would repeat it
-                logger.warning(message)
+            # The driver says it once (every worker process would repeat it); on the embedded
+            # single-node cluster dropping the constraint is the expected behaviour.
+            if not is_worker():
+                logger.log(logging.DEBUG if is_embedded() else logging.WARNING, message)
 
     def missing(self, request: dict[str, float]) -> list[str]:
         """Resources in ``request`` that no single live node can offer (by totals), fresh from GCS."""

@@ -1,12 +1,93 @@
-"""``ReusePolicy``: keep an environment's replicas warm between calls."""
+"""``ReusePolicy``: keep an environment's replicas warm between calls.
+
+A reusable environment's attempts run on a *pool* of long-lived Ray actors (replicas) instead of
+one Ray task each, so module-level state and expensive initialisation survive between calls.
+
+Pools
+    One pool per (environment, market, queue, resources + policy, sync/async), so spot attempts
+    go to spot replicas and on-demand attempts (the final attempt of an interruptible task) to
+    on-demand ones. A pool is a named async *manager* actor (``flyte-ray-pool:<env>:<market>:
+    <queue>:<kind>:<hash>``, 0 CPU, on on-demand capacity when the cluster has markets) that owns
+    its replicas. The driver creates the managers it needs and holds their handles (a manager is
+    fate-shared with the driver); a nested call made from a worker that finds no pool creates a
+    *detached* one, because a named actor created by a worker dies with it. Either way the pool
+    tears itself down after ``idle_ttl`` and :func:`shutdown_pools` / :func:`reset` remove pools
+    on ``flyte_ray.shutdown()``. Killing a manager kills its replicas (their owner died).
+
+Replicas
+    An actor (``_Replica``, threaded, for sync tasks; ``_AsyncReplica``, asyncio, for async tasks)
+    created with the attempt's Ray options: the task's ``ray_options`` (``num_cpus`` defaults to 1,
+    as for a plain attempt) plus the market / queue markers from
+    :func:`~flyte_ray.placement.attempt_options` (dropped on clusters without markers, as for plain
+    attempts), ``max_restarts=0`` (the supervisor decides retries) and the ``SPREAD`` strategy, so a
+    node loss takes as few replicas as possible. Its constructor unpickles the task by reference,
+    which imports the user's module: the module's initialisation is paid once per replica, before
+    the replica is handed out. A replica admits ``concurrency`` calls at once (asyncio semaphore
+    for async tasks; a thread semaphore for sync tasks, which run one at a time) and counts the
+    calls waiting for a slot, so the manager sees real demand. The call itself runs
+    :func:`flyte_ray.attempt.run_user_code` (sync) or its asyncio twin (async: the coroutine runs
+    on the replica's own loop under the TaskContext), so an attempt's result is the same tuple
+    as a plain attempt's and user errors come back as values.
+
+Hot path
+    The caller keeps, per process and pool, the manager's list of ready replicas (refreshed when
+    older than ``REFRESH_S``: one small manager call per second at most, or at once after a
+    failure) and a local count of its own calls in flight per replica; it picks the least loaded
+    replica (round-robin among equals) and makes **one actor call** to it. No per-call actor
+    creation or lookup.
+
+Scaling (the manager, every ``TICK_S``)
+    It polls each replica's load (a separate ``ctl`` concurrency group answers while calls run).
+    Demand = calls running + waiting; when demand exceeds the pool's capacity
+    (replicas × concurrency) on two polls in a row it starts the missing replicas, up to ``max``.
+    A replica above ``min`` idle for ``scaledown_ttl`` is *retired*: it leaves the list at once,
+    answers any late call with "rejected" (the caller re-picks; no attempt is consumed) and is
+    killed ``RETIRE_GRACE_S`` later, when no caller can still hold a list naming it. With no
+    call for ``idle_ttl`` the whole pool retires and exits (a call arriving meanwhile revives it).
+
+Failures
+    A replica that dies (node preempted or lost, worker crash) fails its running calls with a Ray
+    actor error: the caller asks the manager whether it was retired on purpose (then it simply
+    re-picks) and otherwise reports it lost; the outcome is :func:`flyte_ray.attempt.classify`'s
+    (a *system* failure: ``preemption`` for spot or drained-for-preemption nodes), so the
+    supervisor retries on another replica without touching the user's retry budget. The manager
+    drops the dead replica and starts a replacement. A pool that cannot be reached (its manager
+    died: it is re-created by name) for ``POOL_WAIT_S`` is a system failure too.
+
+Timeouts
+    ``max_runtime`` (and the deadline) is measured from the call to the replica, so waiting for a
+    busy replica counts; ``max_queued_time`` is not enforced separately for warm replicas. An
+    async call that times out is cancelled on its replica; a sync one cannot be interrupted, so
+    its replica is killed and replaced.
+
+Limits
+    A replica holds its CPUs for its lifetime, also while its task waits for child calls: size
+    pools so children still find room. Module-level state is per replica process: concurrent
+    async calls on one replica share it.
+
+Introspection: :func:`pool_stats` (replica counts, nodes, pids, calls served per pool).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
+import os
+import pickle
+import threading
+import time
+import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Tuple, Union
+from typing import TYPE_CHECKING, Any, Optional, Tuple, Union
 
-__all__ = ["ReusePolicy"]
+if TYPE_CHECKING:
+    from .supervisor import AttemptRequest, Outcome
+    from .task import Call
+
+__all__ = ["ReusePolicy", "pool_stats", "shutdown_pools"]
 
 
 def _secs(v, name: str) -> float:
@@ -57,14 +138,927 @@ class ReusePolicy:
         return self.replicas[1] if isinstance(self.replicas, tuple) else self.replicas
 
 
-def execute_sync(call, req):
-    """Placeholder until warm replicas land: a plain attempt."""
-    from . import attempt
+# =============================================================================== tunables
 
-    return attempt._execute_plain_sync(call, req)
+POOL_PREFIX = "flyte-ray-pool:"
+REFRESH_S = 1.0  # a caller's replica list is refreshed when older than this
+TICK_S = 0.25  # the manager's control period
+RETIRE_GRACE_S = 3.0  # a retired replica lives this long (> REFRESH_S) before it is killed
+POOL_WAIT_S = 30.0  # how long a caller keeps trying to reach a pool's manager
+MAX_REPICKS = 50  # rejected / retired picks before an attempt gives up (system failure)
+SYNC_QUEUE_SLOTS = 31  # extra threads of a sync replica: calls waiting there are visible demand
+ASYNC_QUEUE_SLOTS = 10_000
+_REJECTED = (None,)  # a retired replica's answer: "pick another one"
 
 
-async def execute_async(call, req):
-    from . import attempt
+# =============================================================================== replica side
 
-    return await attempt._execute_plain_async(call, req)
+def _load_task(blob: bytes) -> Any:
+    return pickle.loads(blob)
+
+
+class _ReplicaBase:
+    def __init__(self, task_blob: bytes, pool: str, concurrency: int) -> None:
+        self.pool = pool
+        self.concurrency = concurrency
+        self.active = 0
+        self.waiting = 0
+        self.served = 0
+        self.retiring = False
+        self.last_active = time.time()
+        self.tasks: dict = {}
+        self.warm_error = ""
+        try:  # imports the user's module here: its initialisation is paid once, before any call
+            self.tasks[task_blob] = _load_task(task_blob)
+        except Exception as e:  # noqa: BLE001 - reported per call, as a user error
+            self.warm_error = f"{type(e).__name__}: {e}"
+
+    def _task(self, blob: bytes) -> Any:
+        t = self.tasks.get(blob)
+        if t is None:
+            t = self.tasks[blob] = _load_task(blob)
+        return t
+
+    def _load_failed(self, e: BaseException) -> tuple:
+        from .attempt import _current_node, _portable
+        from .errors import format_exception
+
+        return (False, _portable(e), format_exception(e), _current_node(), False)
+
+    def _info(self) -> dict:
+        import ray
+
+        from .attempt import _current_node
+
+        return {"pid": os.getpid(), "node": _current_node(), "warm_error": self.warm_error,
+                "actor": ray.get_runtime_context().get_actor_id()}
+
+    def _load(self) -> tuple:
+        return (self.active, self.waiting, self.served, time.time() if (self.active or self.waiting)
+                else self.last_active)
+
+
+class _Replica(_ReplicaBase):
+    """A warm replica for sync tasks: one call at a time (threaded actor, ``ctl`` group apart)."""
+
+    def __init__(self, task_blob: bytes, pool: str, concurrency: int) -> None:
+        super().__init__(task_blob, pool, concurrency)
+        self.slots = threading.BoundedSemaphore(concurrency)
+        self.mu = threading.Lock()  # counters are updated from several threads
+
+    def run(self, blob: bytes, meta: tuple, args: tuple, kwargs: dict) -> tuple:
+        from .attempt import run_user_code
+
+        if self.retiring:
+            return _REJECTED
+        with self.mu:
+            self.waiting += 1
+        self.slots.acquire()
+        with self.mu:
+            self.waiting -= 1
+            self.active += 1
+        try:
+            try:
+                task = self._task(blob)
+            except Exception as e:  # noqa: BLE001
+                return self._load_failed(e)
+            return run_user_code(task, meta, args, kwargs)
+        finally:
+            with self.mu:
+                self.active -= 1
+                self.served += 1
+                self.last_active = time.time()
+            self.slots.release()
+
+    def load(self) -> tuple:
+        return self._load()
+
+    def ready(self) -> dict:
+        return self._info()
+
+    def retire(self, flag: bool = True) -> None:
+        self.retiring = flag
+
+
+async def run_user_code_async(task: Any, meta: tuple, args: tuple, kwargs: dict) -> tuple:
+    """:func:`flyte_ray.attempt.run_user_code` for an async task on the running loop (an async
+    replica): same context, same result tuple; cancellation propagates (Ray reports it)."""
+    import ray.exceptions as rex
+
+    from .attempt import _current_node, _portable
+    from .context import TaskContext, reset_context, set_context
+    from .errors import format_exception
+
+    node = _current_node()
+    c = TaskContext(run_name=meta[0], fqn=meta[1], call_id=meta[2], attempt=meta[3], user_attempt=meta[4],
+                    system_failures=meta[5], market=meta[6], queue=meta[7], node_id=node, settings=meta[8],
+                    run_overrides=meta[9])
+    token = set_context(c)
+    try:
+        value = await task.func(*args, **kwargs)
+    except (KeyboardInterrupt, SystemExit, asyncio.CancelledError):
+        raise
+    except BaseException as e:  # noqa: BLE001 - every user failure is reported as a value
+        system = isinstance(e, rex.RayError) and not isinstance(e, (rex.RayTaskError, rex.TaskCancelledError))
+        return (False, _portable(e), format_exception(e), node, system)
+    finally:
+        reset_context(token)
+    return (True, value, node)
+
+
+class _AsyncReplica(_ReplicaBase):
+    """A warm replica for async tasks: up to ``concurrency`` calls at once on its event loop."""
+
+    def __init__(self, task_blob: bytes, pool: str, concurrency: int) -> None:
+        super().__init__(task_blob, pool, concurrency)
+        self.slots: Optional[asyncio.Semaphore] = None  # made on the actor's loop
+
+    async def run(self, blob: bytes, meta: tuple, args: tuple, kwargs: dict) -> tuple:
+        if self.retiring:
+            return _REJECTED
+        if self.slots is None:
+            self.slots = asyncio.Semaphore(self.concurrency)
+        self.waiting += 1
+        try:
+            await self.slots.acquire()
+        finally:
+            self.waiting -= 1
+        self.active += 1
+        try:
+            try:
+                task = self._task(blob)
+            except Exception as e:  # noqa: BLE001
+                return self._load_failed(e)
+            return await run_user_code_async(task, meta, args, kwargs)
+        finally:
+            self.active -= 1
+            self.served += 1
+            self.last_active = time.time()
+            self.slots.release()
+
+    async def load(self) -> tuple:
+        return self._load()
+
+    async def ready(self) -> dict:
+        return self._info()
+
+    async def retire(self, flag: bool = True) -> None:
+        self.retiring = flag
+
+
+def _ctl(cls: type) -> type:
+    """Put the control methods in the ``ctl`` concurrency group (they answer while calls run)."""
+    import ray
+
+    for name in ("load", "ready", "retire"):
+        setattr(cls, name, ray.method(concurrency_group="ctl")(getattr(cls, name)))
+    return cls
+
+
+# =============================================================================== the manager
+
+class _Rep:
+    __slots__ = ("rid", "handle", "state", "created", "retired_at", "active", "waiting", "served",
+                 "last_active", "info")
+
+    def __init__(self, rid: str, handle: Any) -> None:
+        self.rid = rid
+        self.handle = handle
+        self.state = "starting"  # starting | ready
+        self.created = time.time()
+        self.retired_at: Optional[float] = None
+        self.active = 0
+        self.waiting = 0
+        self.served = 0
+        self.last_active = self.created
+        self.info: dict = {}
+
+
+class PoolManager:
+    """Async actor owning one pool's replicas: creates, scales, retires, replaces, tears down."""
+
+    def __init__(self, name: str, config: dict) -> None:
+        self.name = name
+        self.cfg = config
+        self.min = config["min"]
+        self.max = config["max"]
+        self.conc = config["concurrency"]
+        self.reps: "OrderedDict[str, _Rep]" = OrderedDict()
+        self.retired: "OrderedDict[str, float]" = OrderedDict()
+        self.version = 0
+        self.last_demand = time.time()
+        self.closing_since: Optional[float] = None
+        self.over = 0  # consecutive polls with demand above capacity
+        self.ticker: Optional[asyncio.Task] = None
+        self.created = 0
+        self.lost_count = 0
+        self.served_retired = 0
+        self.start_failures = 0
+        self.next_create_at = 0.0
+
+    # ----------------------------------------------------------------- replicas
+    def _start(self) -> None:
+        if self.ticker is None or self.ticker.done():
+            self.ticker = asyncio.ensure_future(self._tick_loop())
+            while len(self._live()) < max(self.min, 1):
+                self._create()
+
+    def _live(self) -> list:
+        return [r for r in self.reps.values() if r.retired_at is None]
+
+    def _create(self) -> None:
+        cls = _RemoteAsyncReplica if self.cfg["kind"] == "async" else _RemoteReplica
+        rid = uuid.uuid4().hex[:10]
+        handle = cls.options(**self.cfg["opts"]).remote(self.cfg["blob"], self.name, self.conc)
+        rep = _Rep(rid, handle)
+        self.reps[rid] = rep
+        self.created += 1
+        self.version += 1
+        asyncio.ensure_future(self._await_ready(rep))
+
+    async def _await_ready(self, rep: _Rep) -> None:
+        try:
+            rep.info = await rep.handle.ready.remote()
+        except Exception:  # noqa: BLE001 - it died before it was ready
+            if rep.rid in self.reps:
+                self._lose(rep.rid)
+            return
+        if rep.rid in self.reps:
+            rep.state = "ready"
+            rep.last_active = time.time()
+            self.version += 1
+
+    def _drop(self, rid: str, kill: bool) -> Optional[_Rep]:
+        rep = self.reps.pop(rid, None)
+        if rep is None:
+            return None
+        self.version += 1
+        self.served_retired += rep.served
+        if kill:
+            import ray
+
+            try:
+                ray.kill(rep.handle, no_restart=True)
+            except Exception:  # noqa: BLE001
+                pass
+        return rep
+
+    def _lose(self, rid: str) -> None:
+        """A replica died: forget it and start a replacement (after a backoff when replicas die
+        before they are ready: the tick, or the next caller, starts it)."""
+        rep = self._drop(rid, kill=True)
+        if rep is None:
+            return
+        self.lost_count += 1
+        if rep.state != "ready":
+            self.start_failures += 1
+            self.next_create_at = time.time() + min(0.5 * 2 ** self.start_failures, 30.0)
+            return
+        self.start_failures = 0
+        if rep.retired_at is None and self.closing_since is None and len(self._live()) < self.max:
+            self._create()
+
+    def _retire(self, rep: _Rep) -> None:
+        rep.retired_at = time.time()
+        self.retired[rep.rid] = rep.retired_at
+        while len(self.retired) > 10_000:
+            self.retired.popitem(last=False)
+        self.version += 1
+        rep.handle.retire.remote(True)
+
+    def _listing(self) -> list:
+        live = self._live()
+        ready = [r for r in live if r.state == "ready"]
+        return [(r.rid, r.handle) for r in (ready or live)]
+
+    # ----------------------------------------------------------------- caller API
+    async def replicas(self, version: int) -> tuple:
+        """The replicas to use: ``(version, [(rid, handle)...])``, or ``(version, None)`` when
+        the caller's copy is current. A request revives a pool that is shutting down."""
+        self.last_demand = time.time()
+        if self.closing_since is not None:
+            self.closing_since = None
+            for r in self.reps.values():
+                if r.retired_at is not None:
+                    r.retired_at = None
+                    self.retired.pop(r.rid, None)
+                    r.handle.retire.remote(False)
+            self.version += 1
+        self._start()
+        if not self._live():
+            self._create()
+        if version == self.version:
+            return (self.version, None)
+        return (self.version, self._listing())
+
+    async def lost(self, rid: str) -> str:
+        """A caller's call to ``rid`` failed with an actor error: ``"retired"`` (killed on
+        purpose: pick another one) or ``"lost"`` (a real loss; it is replaced)."""
+        if rid in self.retired:
+            return "retired"
+        rep = self.reps.get(rid)
+        if rep is not None and rep.retired_at is not None:
+            return "retired"
+        if rep is not None:
+            self._lose(rid)
+        return "lost"
+
+    async def stats(self) -> dict:
+        live = self._live()
+        return {
+            "pool": self.name, "env": self.cfg["env"], "market": self.cfg["market"], "queue": self.cfg["queue"],
+            "kind": self.cfg["kind"], "min": self.min, "max": self.max, "concurrency": self.conc,
+            "replicas": len(live), "ready": sum(r.state == "ready" for r in live),
+            "starting": sum(r.state != "ready" for r in live),
+            "retiring": sum(r.retired_at is not None for r in self.reps.values()),
+            "active": sum(r.active for r in self.reps.values()),
+            "waiting": sum(r.waiting for r in self.reps.values()),
+            "served": self.served_retired + sum(r.served for r in self.reps.values()),
+            "created": self.created, "lost": self.lost_count, "closing": self.closing_since is not None,
+            "nodes": [r.info.get("node", "") for r in live], "pids": [r.info.get("pid") for r in live],
+        }
+
+    async def close(self) -> None:
+        """Kill every replica and then this manager."""
+        for rid in list(self.reps):
+            self._drop(rid, kill=True)
+        self._exit()
+
+    def _exit(self) -> None:
+        import ray
+
+        ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+
+    # ----------------------------------------------------------------- control loop
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            try:
+                if await self._tick():
+                    break
+            except Exception:  # noqa: BLE001 - keep managing
+                import traceback
+
+                traceback.print_exc()
+        for rid in list(self.reps):
+            self._drop(rid, kill=True)
+        self._exit()
+
+    async def _poll(self, rep: _Rep) -> None:
+        import ray.exceptions as rex
+
+        try:
+            active, waiting, served, last = await asyncio.wait_for(_aw(rep.handle.load.remote()), 2.0)
+        except asyncio.TimeoutError:
+            return  # busy (GIL-bound user code): keep the last figures
+        except rex.RayActorError:
+            if rep.rid in self.reps:
+                self._lose(rep.rid)
+            return
+        rep.active, rep.waiting, rep.served, rep.last_active = active, waiting, served, last
+
+    async def _tick(self) -> bool:
+        """One control step; True when the pool has shut down."""
+        ready = [r for r in self.reps.values() if r.state == "ready"]
+        if ready:
+            await asyncio.gather(*(self._poll(r) for r in ready))
+        now = time.time()
+        live = self._live()
+        busy = any(r.active or r.waiting for r in self.reps.values())
+
+        if self.closing_since is not None:  # shutting down: kill once no late caller can arrive
+            if now - self.closing_since >= RETIRE_GRACE_S and not busy:
+                return True
+            return False
+
+        # the pool's own lifetime
+        last = max([self.last_demand] + [r.last_active for r in self.reps.values()])
+        if not busy and now - last >= self.cfg["idle_ttl"]:
+            self.closing_since = now
+            for r in live:
+                self._retire(r)
+            return False
+
+        can_create = now >= self.next_create_at
+        # keep min replicas (and replace losses the callers have not reported)
+        while can_create and len(live) < self.min:
+            self._create()
+            live = self._live()
+
+        # scale up: demand (running + waiting) above capacity on two polls in a row
+        demand = sum(r.active + r.waiting for r in live)
+        capacity = len(live) * self.conc
+        self.over = self.over + 1 if demand > capacity else 0
+        if can_create and self.over >= 2 and len(live) < self.max:
+            need = -(-(demand - capacity) // self.conc)
+            for _ in range(min(need, self.max - len(live))):
+                self._create()
+            self.over = 0
+            live = self._live()
+
+        # scale down: one idle replica above min per tick
+        if len(live) > self.min:
+            idle = [r for r in live if r.state == "ready" and not r.active and not r.waiting
+                    and now - r.last_active >= self.cfg["scaledown_ttl"]]
+            if idle:
+                self._retire(min(idle, key=lambda r: r.last_active))
+
+        # retired replicas: killed after the grace period, once idle
+        for r in list(self.reps.values()):
+            if r.retired_at is not None and now - r.retired_at >= RETIRE_GRACE_S and not (r.active or r.waiting):
+                self._drop(r.rid, kill=True)
+        return False
+
+
+async def _aw(ref: Any) -> Any:
+    return await ref
+
+
+def _bind() -> None:
+    import ray
+
+    global _RemoteReplica, _RemoteAsyncReplica, _RemoteManager
+    # Bound under other names than the classes, so the classes still pickle by reference.
+    _RemoteReplica = ray.remote(concurrency_groups={"ctl": 2})(_ctl(_Replica))
+    _RemoteAsyncReplica = ray.remote(concurrency_groups={"ctl": 2})(_ctl(_AsyncReplica))
+    _RemoteManager = ray.remote(PoolManager)
+
+
+_RemoteReplica: Any = None
+_RemoteAsyncReplica: Any = None
+_RemoteManager: Any = None
+_bind()
+
+
+# =============================================================================== caller side
+
+class PoolUnavailable(Exception):
+    """The pool's manager could not be reached for ``POOL_WAIT_S``."""
+
+
+class _Slot:
+    __slots__ = ("rid", "handle", "inflight")
+
+    def __init__(self, rid: str, handle: Any) -> None:
+        self.rid = rid
+        self.handle = handle
+        self.inflight = 0
+
+
+class _PoolClient:
+    """This process's view of one pool: its manager, the replicas to use, local load."""
+
+    def __init__(self, name: str, config: dict, manager_opts: dict) -> None:
+        self.name = name
+        self.config = config
+        self.manager_opts = manager_opts
+        self.manager: Any = None
+        self.slots: list[_Slot] = []
+        self.version = -1
+        self.fresh_at = 0.0
+        self.rr = 0
+        self.lock = threading.Lock()
+        self.pending: Any = None  # an in-flight refresh, shared by concurrent callers
+
+    # ----------------------------------------------------------------- manager
+    def _manager(self) -> Any:
+        from . import waiting
+
+        m = self.manager
+        if m is None:
+            opts = dict(self.manager_opts)
+            if waiting.is_worker():
+                # A named actor created by a worker dies with it: a worker's pool is detached
+                # (it still tears itself down after idle_ttl).
+                opts["lifetime"] = "detached"
+            m = self.manager = _RemoteManager.options(name=self.name, get_if_exists=True, **opts).remote(
+                self.name, self.config)
+            _known_managers[self.name] = m  # the driver's handle keeps its manager alive
+        return m
+
+    def _request(self, force: bool) -> Any:
+        with self.lock:
+            if self.pending is None:
+                self.pending = self._manager().replicas.remote(-1 if force else self.version)
+            return self.pending
+
+    def _apply(self, ref: Any, res: tuple) -> None:
+        with self.lock:
+            if self.pending is ref:
+                self.pending = None
+            version, listing = res
+            if listing is not None:  # the manager's answer is authoritative
+                old = {s.rid: s for s in self.slots}
+                self.slots = [old.get(rid) or _Slot(rid, h) for rid, h in listing]
+                self.version = version
+            self.fresh_at = time.monotonic()
+
+    def _failed(self, ref: Any) -> None:
+        with self.lock:
+            if self.pending is ref:
+                self.pending = None
+            self.manager = None
+            _known_managers.pop(self.name, None)
+            self.version = -1
+
+    def refresh_sync(self, force: bool = False) -> None:
+        import ray.exceptions as rex
+
+        from . import waiting
+
+        deadline = time.monotonic() + POOL_WAIT_S
+        while True:
+            ref = self._request(force)
+            try:
+                self._apply(ref, waiting.wait_blocking(ref, 10.0))
+                return
+            except (rex.RayActorError, rex.GetTimeoutError) as e:
+                self._failed(ref)
+                if time.monotonic() > deadline:
+                    raise PoolUnavailable(f"pool {self.name}: manager unreachable ({type(e).__name__}: {e})") from e
+                time.sleep(0.2)
+
+    async def refresh_async(self, force: bool = False) -> None:
+        import ray.exceptions as rex
+
+        from .attempt import _await
+
+        deadline = time.monotonic() + POOL_WAIT_S
+        while True:
+            ref = self._request(force)
+            try:
+                self._apply(ref, await _await(ref, 10.0))
+                return
+            except (rex.RayActorError, asyncio.TimeoutError) as e:
+                self._failed(ref)
+                if time.monotonic() > deadline:
+                    raise PoolUnavailable(f"pool {self.name}: manager unreachable ({type(e).__name__}: {e})") from e
+                await asyncio.sleep(0.2)
+
+    # ----------------------------------------------------------------- picking
+    def _choose(self) -> Optional[_Slot]:
+        slots = self.slots
+        n = len(slots)
+        if n == 0:
+            return None
+        if n == 1:
+            return slots[0]
+        self.rr += 1
+        best = None
+        for i in range(n):
+            s = slots[(self.rr + i) % n]
+            if best is None or s.inflight < best.inflight:
+                best = s
+        return best
+
+    def _stale(self) -> bool:
+        return not self.slots or time.monotonic() - self.fresh_at > REFRESH_S
+
+    def pick_sync(self) -> _Slot:
+        if self._stale():
+            self.refresh_sync()
+        s = self._choose()
+        while s is None:  # the manager always lists at least one (possibly starting) replica
+            self.refresh_sync(force=True)
+            s = self._choose()
+        return s
+
+    async def pick_async(self) -> _Slot:
+        if self._stale():
+            await self.refresh_async()
+        s = self._choose()
+        while s is None:
+            await self.refresh_async(force=True)
+            s = self._choose()
+        return s
+
+    def forget(self, slot: _Slot) -> None:
+        """Stop using ``slot`` here and fetch a fresh list on the next pick."""
+        with self.lock:
+            self.slots = [s for s in self.slots if s is not slot]
+            self.fresh_at = 0.0
+
+    def _lost_ref(self, slot: _Slot) -> Any:
+        self.forget(slot)
+        m = self.manager
+        return m.lost.remote(slot.rid) if m is not None else None
+
+    def report_lost_sync(self, slot: _Slot) -> str:
+        from . import waiting
+
+        ref = self._lost_ref(slot)
+        if ref is None:
+            return "lost"
+        try:
+            return waiting.wait_blocking(ref, 5.0)
+        except Exception:  # noqa: BLE001 - manager gone too: a real loss
+            return "lost"
+
+    async def report_lost_async(self, slot: _Slot) -> str:
+        from .attempt import _await
+
+        ref = self._lost_ref(slot)
+        if ref is None:
+            return "lost"
+        try:
+            return await _await(ref, 5.0)
+        except Exception:  # noqa: BLE001
+            return "lost"
+
+
+_clients: dict = {}
+_blobs: dict = {}
+_known_managers: dict = {}  # name -> handle this process created or looked up (the driver's keep pools alive)
+_clients_lock = threading.Lock()
+
+
+def _kind(call: "Call") -> str:
+    return "async" if call.task.is_async else "sync"
+
+
+def _client_for(call: "Call", req: "AttemptRequest") -> _PoolClient:
+    from .placement import cluster_view
+
+    view = cluster_view()
+    key = (id(call.spec), req.market, req.queue, view.has_markets(), view.has_queues())
+    hit = _clients.get(key)
+    if hit is not None and hit[0] is call.spec:
+        return hit[1]
+    with _clients_lock:
+        client = _make_client(call, req)
+        if len(_clients) > 4096:
+            _clients.clear()
+        _clients[key] = (call.spec, client)  # holding spec keeps id(spec) from being reused
+    return client
+
+
+_by_name: dict = {}
+
+
+def _make_client(call: "Call", req: "AttemptRequest") -> _PoolClient:
+    from .placement import MARKER, ONDEMAND, attempt_options, cluster_view
+
+    policy: ReusePolicy = call.spec.reusable
+    kind = _kind(call)
+    opts = attempt_options(dict(call.spec.ray_options), req.market, req.queue)
+    opts = dict(opts)
+    opts.setdefault("num_cpus", 1)  # as a plain attempt (an actor would default to 0 while running)
+    opts.setdefault("scheduling_strategy", "SPREAD")
+    slots = SYNC_QUEUE_SLOTS if kind == "sync" else ASYNC_QUEUE_SLOTS
+    opts.update(max_restarts=0, max_task_retries=0, max_concurrency=policy.concurrency + slots)
+    env = call.task.env.name
+    digest = hashlib.sha1(json.dumps([opts, policy.replicas, policy.concurrency, policy.idle_ttl,
+                                      policy.scaledown_ttl], sort_keys=True, default=str).encode()).hexdigest()[:10]
+    name = f"{POOL_PREFIX}{env}:{req.market}:{req.queue}:{kind}:{digest}"
+    client = _by_name.get(name)
+    if client is not None:
+        return client
+    config = {"env": env, "market": req.market, "queue": req.queue, "kind": kind, "opts": opts,
+              "blob": _blob(call.task), "min": policy.min_replicas, "max": policy.max_replicas,
+              "concurrency": policy.concurrency, "idle_ttl": policy.idle_ttl,
+              "scaledown_ttl": policy.scaledown_ttl}
+    manager_opts: dict = {"num_cpus": 0, "max_restarts": 0, "max_concurrency": 10_000}
+    if cluster_view().has_markets():
+        manager_opts["resources"] = {ONDEMAND: MARKER}  # survives spot preemptions
+    client = _by_name[name] = _PoolClient(name, config, manager_opts)
+    return client
+
+
+def _blob(task: Any) -> bytes:
+    hit = _blobs.get(id(task))
+    if hit is not None and hit[0] is task:
+        return hit[1]
+    import ray
+
+    b = ray.cloudpickle.dumps(task)  # by reference when importable (TaskTemplate.__reduce__)
+    if len(_blobs) > 4096:
+        _blobs.clear()
+    _blobs[id(task)] = (task, b)
+    return b
+
+
+def _limit(req: "AttemptRequest") -> Optional[float]:
+    vals = [v for v in (req.max_runtime, req.deadline_left) if v is not None]
+    return max(min(vals), 0.0) if vals else None
+
+
+def _timeout_outcome(call: "Call", req: "AttemptRequest", limit: float) -> "Outcome":
+    from .errors import TaskTimeoutError
+    from .supervisor import TIMEOUT, Outcome
+
+    if req.max_runtime is not None and limit >= req.max_runtime - 1e-9:
+        msg = f"{call.spec.fqn}: attempt {req.attempt} ran longer than {limit:.1f}s and was cancelled"
+    else:
+        msg = f"{call.spec.fqn}: deadline reached during attempt {req.attempt}"
+    return Outcome(TIMEOUT, error=TaskTimeoutError(msg))
+
+
+def _unavailable(e: BaseException) -> "Outcome":
+    from .errors import RuntimeSystemError
+    from .supervisor import SYSTEM, Outcome
+
+    return Outcome(SYSTEM, error=RuntimeSystemError("ReplicaPoolUnavailable", str(e)), system_reason="node_failure")
+
+
+def execute_sync(call: "Call", req: "AttemptRequest") -> "Outcome":
+    """One attempt on a warm replica, from a blocking caller; returns its outcome."""
+    import ray
+    import ray.exceptions as rex
+
+    from . import waiting
+    from .attempt import _meta, _unpack, classify
+
+    try:
+        client = _client_for(call, req)
+        blob = _blob(call.task)
+    except Exception as e:  # noqa: BLE001
+        return _unavailable(e)
+    meta = _meta(call, req)
+    limit = _limit(req)
+    t0 = time.monotonic()
+    for _ in range(MAX_REPICKS):
+        try:
+            slot = client.pick_sync()
+        except PoolUnavailable as e:
+            return _unavailable(e)
+        ref = slot.handle.run.remote(blob, meta, call.args, call.kwargs)
+        slot.inflight += 1
+        try:
+            left = None if limit is None else max(limit - (time.monotonic() - t0), 0.0)
+            res = waiting.wait_blocking(ref, left)
+        except rex.GetTimeoutError:
+            # a sync call cannot be interrupted: the replica is killed and replaced
+            try:
+                ray.kill(slot.handle, no_restart=True)
+            except Exception:  # noqa: BLE001
+                pass
+            client.report_lost_sync(slot)
+            return _timeout_outcome(call, req, limit)
+        except rex.RayActorError as e:
+            if client.report_lost_sync(slot) == "retired":
+                continue
+            return classify(e, req.market)
+        except rex.RayError as e:
+            return classify(e, req.market)
+        finally:
+            slot.inflight -= 1
+        if res[0] is None:  # rejected by a retiring replica
+            client.forget(slot)
+            continue
+        return _unpack(res)
+    return _unavailable(PoolUnavailable(f"pool {client.name}: no replica accepted the call"))
+
+
+async def execute_async(call: "Call", req: "AttemptRequest") -> "Outcome":
+    """One attempt on a warm replica, from an event loop; returns its outcome."""
+    import ray
+    import ray.exceptions as rex
+
+    from .attempt import _await, _meta, _unpack, classify
+
+    try:
+        client = _client_for(call, req)
+        blob = _blob(call.task)
+    except Exception as e:  # noqa: BLE001
+        return _unavailable(e)
+    meta = _meta(call, req)
+    limit = _limit(req)
+    t0 = time.monotonic()
+    async_replica = client.config["kind"] == "async"
+    for _ in range(MAX_REPICKS):
+        try:
+            slot = await client.pick_async()
+        except PoolUnavailable as e:
+            return _unavailable(e)
+        ref = slot.handle.run.remote(blob, meta, call.args, call.kwargs)
+        slot.inflight += 1
+        try:
+            left = None if limit is None else max(limit - (time.monotonic() - t0), 0.0)
+            res = await _await(ref, left)
+        except asyncio.TimeoutError:
+            if async_replica:
+                ray.cancel(ref)
+            else:
+                try:
+                    ray.kill(slot.handle, no_restart=True)
+                except Exception:  # noqa: BLE001
+                    pass
+                await client.report_lost_async(slot)
+            return _timeout_outcome(call, req, limit)
+        except asyncio.CancelledError:
+            if async_replica:
+                ray.cancel(ref)
+            raise
+        except rex.RayActorError as e:
+            if await client.report_lost_async(slot) == "retired":
+                continue
+            return await asyncio.get_running_loop().run_in_executor(None, classify, e, req.market)
+        except rex.RayError as e:
+            return await asyncio.get_running_loop().run_in_executor(None, classify, e, req.market)
+        finally:
+            slot.inflight -= 1
+        if res[0] is None:
+            client.forget(slot)
+            continue
+        return _unpack(res)
+    return _unavailable(PoolUnavailable(f"pool {client.name}: no replica accepted the call"))
+
+
+# =============================================================================== introspection / cleanup
+
+def _env_name(env: Any) -> Optional[str]:
+    if env is None or isinstance(env, str):
+        return env
+    return getattr(env, "name", None) or str(env)
+
+
+def _pool_names(env: Any = None) -> list:
+    import ray
+
+    want = _env_name(env)
+    names = set(_known_managers)
+    try:
+        names.update(n for n in ray.util.list_named_actors() if isinstance(n, str) and n.startswith(POOL_PREFIX))
+    except Exception:  # noqa: BLE001
+        pass
+    if want is not None:
+        names = {n for n in names if n.split(":", 2)[1] == want}
+    return sorted(names)
+
+
+def _handle(name: str) -> Any:
+    import ray
+
+    h = _known_managers.get(name)
+    if h is not None:
+        return h
+    try:
+        return ray.get_actor(name)
+    except ValueError:
+        return None
+
+
+def pool_stats(env: Any = None, timeout: float = 10.0) -> list:
+    """Statistics of the live replica pools (of ``env``, a TaskEnvironment or its name; all when
+    ``None``): one dict per pool with ``replicas`` (live, not retiring), ``ready``, ``starting``,
+    ``retiring``, ``active``, ``waiting``, ``served``, ``created``, ``lost``, ``nodes``, ``pids``…"""
+    import ray
+    import ray.exceptions as rex
+
+    out = []
+    for name in _pool_names(env):
+        h = _handle(name)
+        if h is None:
+            continue
+        try:
+            out.append(ray.get(h.stats.remote(), timeout=timeout))
+        except (rex.RayActorError, rex.GetTimeoutError):
+            continue
+    return out
+
+
+def shutdown_pools(env: Any = None) -> int:
+    """Kill the replica pools (of ``env``; all when ``None``) in this Ray namespace, replicas
+    included; returns how many. The next call to a reusable task starts a fresh pool."""
+    import ray
+
+    n = 0
+    for name in _pool_names(env):
+        h = _handle(name)
+        if h is None:
+            continue
+        try:
+            ray.kill(h, no_restart=True)  # its replicas die with their owner
+            n += 1
+        except Exception:  # noqa: BLE001
+            pass
+        _known_managers.pop(name, None)
+        client = _by_name.pop(name, None)
+        if client is not None:
+            client.manager = None
+            client.slots = []
+    if env is None:
+        _clients.clear()
+    else:
+        for k, (spec, c) in list(_clients.items()):
+            if c.name not in _by_name:
+                _clients.pop(k, None)
+    return n
+
+
+def reset() -> None:
+    """Forget this process's pools; on the driver, while still connected, kill them too (so
+    ``flyte_ray.shutdown()`` leaves no replicas in a cluster that stays up)."""
+    from . import waiting
+
+    try:
+        import ray
+
+        if ray.is_initialized() and not waiting.in_worker():
+            shutdown_pools()
+    except Exception:  # noqa: BLE001
+        pass
+    _clients.clear()
+    _by_name.clear()
+    _blobs.clear()
+    _known_managers.clear()

@@ -105,6 +105,11 @@ def current_settings() -> Settings:
     return _settings or Settings()
 
 
+def is_embedded() -> bool:
+    """True when flyte-ray started the Ray cluster in this process (``init()`` with no address)."""
+    return bool(_state["embedded"])
+
+
 def dashboard_url() -> Optional[str]:
     return _state["dashboard_url"]
 

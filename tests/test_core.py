@@ -232,3 +232,16 @@ def test_resources_mapping():
 def test_help_reads_well():
     doc = flyte.TaskEnvironment.__doc__
     assert "interruptible" in doc and "queue" in doc and "Example" in doc
+
+
+def test_task_module_not_importable_on_workers_fails_once_with_advice(tmp_path, monkeypatch):
+    (tmp_path / "only_here.py").write_text(
+        "import flyte_ray as flyte\nenv = flyte.TaskEnvironment(name='here')\n"
+        "@env.task(retries=3)\ndef f(x: int) -> int:\n    return x + 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # the driver can import it; workers cannot
+    import only_here
+
+    run = flyte.run(only_here.f, 1)
+    with pytest.raises(NonRecoverableError, match="cannot be imported on the Ray worker"):
+        run.outputs()
+    assert len(run.history) == 1  # not retried: it would fail the same way
