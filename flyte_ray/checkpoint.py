@@ -11,34 +11,48 @@ Two classes:
 
 Layout under a checkpoint prefix::
 
-    <prefix>/000000000007/data/<payload or directory tree>
-    <prefix>/000000000007/_COMPLETE        <- JSON commit marker, written LAST
-    <prefix>/000000000008/data/...          <- no marker: incomplete, never read
+    <prefix>/<version>/data/<payload or directory tree>
+    <prefix>/<version>/_COMPLETE        <- JSON commit marker, written LAST
+
+where ``<version>`` is ``<time_ns, 20 digits>-<8 random hex digits>``, e.g.
+``01795603878385555316-3fa2c01e``: string order is age order, so "newest" is the largest id.
 
 Crash safety
 ------------
 Object stores have no atomic rename, so a version is never "moved into place". Instead every
-save goes to a fresh, versioned folder (``seq`` = highest existing seq, complete or not, + 1, so
-a retry never writes into a half-written folder), the payload is uploaded first and the small
-``_COMPLETE`` marker is written last. Writing one small object is atomic on S3/GCS (an object is
-either fully there or absent; a killed multipart upload never becomes visible) and is treated as
-such locally (a truncated marker fails to parse and counts as absent). Readers only ever consider
-versions with a parseable marker, so a process killed at any point of a save leaves the previous
-complete checkpoint as the newest readable one. The marker also records the payload size, which
-restores verify without extra requests: a version whose payload disappeared or was truncated
-(e.g. by a concurrent pruner) is skipped in favour of the next older complete one.
+save goes to a fresh, versioned folder and the small ``_COMPLETE`` marker is written last, after
+the whole payload. Writing one small object is atomic on S3/GCS (an object is either fully there
+or absent; a killed multipart upload never becomes visible) and is treated as such locally (a
+truncated marker fails to parse and counts as absent). Readers only ever consider versions with a
+parseable marker, so a process killed at any point of a save leaves the previous complete
+checkpoint as the newest readable one. The marker also records the payload size, which restores
+verify without extra requests: a version whose payload disappeared or was truncated (e.g. by a
+concurrent pruner) is skipped in favour of the next older complete one.
 
-Each save retires complete versions beyond the newest ``keep`` and incomplete versions older
-than the new one, best-effort (errors are logged, never raised). With ``keep == 1`` that happens
-after the commit. With ``keep >= 2`` the retirees are never the newest complete version, so they
-are deleted in a helper thread *while* the payload uploads (joined before ``save`` returns),
-which takes the deletes off the critical path and still never leaves zero complete versions.
-Versions are deleted marker-first where the backend allows it; where a bulk delete removes
-marker and payload together, size verification covers the gap.
+Version ids are chosen without reading the store: the random suffix makes them unique, so a save
+never writes into anyone's half-written folder, and the time part is forced above every id the
+object has already seen. The one listing a save needs (to prune, and to make sure its id really
+is the newest) runs while the payload uploads; if it shows a version that sorts after the new id
+(a writer whose clock ran ahead), the payload is uploaded again under a newer id before the
+commit (a stream, which cannot be replayed, fails with RuntimeError instead), so a committed save
+is always the newest version. Once an object has listed the prefix it keeps track of the versions
+itself (one writer at a time per URL is assumed), so its later saves issue no listing at all.
 
-Finding the newest checkpoint costs one ``ls`` of the prefix plus one small GET of the newest
-marker (markers are immutable, so they are cached per object); that keeps the overhead of
-:meth:`Checkpoint.save`/:meth:`Checkpoint.restore` over a raw ``put_file``/``get_file`` small.
+After the commit, each save retires complete versions beyond the newest ``keep`` and incomplete
+versions older than the new one, best-effort (errors are logged, never raised), in a background
+thread that :meth:`Checkpoint.save` does not wait for; the next call on the same object (or
+:meth:`Checkpoint.flush`) does. Nothing is deleted before the commit, so no crash can leave zero
+complete versions; pruning interrupted by the process exiting is finished by a later save.
+Versions are deleted marker-first where the backend allows it; where a bulk delete removes marker
+and payload together, size verification covers the gap.
+
+Finding the newest checkpoint costs one ``ls`` of the prefix plus one small GET of its marker
+(markers are immutable, so they are cached per object). Every read lists afresh, so a retry's
+save is visible to an object made by an earlier attempt. On remote backends, when the object
+already knows the newest single-blob version (it saved or read it), :meth:`Checkpoint.restore`
+and :meth:`Checkpoint.read` fetch that version *while* listing, and keep the result only if the
+listing confirms it is still the newest complete one (a restore downloads to a temporary name
+and renames it into place only then).
 
 Two API styles on one object
 ----------------------------
@@ -73,6 +87,7 @@ import logging
 import os
 import pathlib
 import re
+import secrets
 import shutil
 import tempfile
 import threading
@@ -94,10 +109,12 @@ ENV_STORAGE_OPTIONS = "FLYTE_RAY_STORAGE_OPTIONS"
 MARKER_NAME = "_COMPLETE"
 DATA_DIR = "data"
 DEFAULT_BLOB_NAME = "payload"
-MARKER_FORMAT = 1
+MARKER_FORMAT = 2
 # 8 MiB: large enough to keep object-store request counts low, small enough to bound memory.
 CHUNK_SIZE = 8 * 2**20
-_SEQ_RE = re.compile(r"\d{12}")
+# Version ids: ``<time_ns, 20 digits>-<8 random hex digits>``; string order is age order.
+_NS_DIGITS = 20
+_VID_RE = re.compile(r"\d{20}-[0-9a-f]{8}")
 _SAFE_RE = re.compile(r"[A-Za-z0-9._-]+")
 _SAFE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 # Object keys may be 1024 bytes on S3 and file names 255 bytes on most local file systems.
@@ -354,11 +371,18 @@ class Checkpoint:
         self._fs_obj: AbstractFileSystem | None = None
         self._root: str = ""
         self._lock = threading.RLock()
-        # seq -> marker dict. Markers are immutable once written, so caching them is safe;
-        # entries are dropped when this object deletes a version or finds it vanished.
-        self._markers: dict[int, dict[str, Any]] = {}
+        # version id -> marker dict. Markers are immutable once written, so caching them is
+        # safe; entries are dropped when this object deletes a version or finds it vanished.
+        self._markers: dict[str, dict[str, Any]] = {}
+        # Highest version id this object has seen (listed or written): new ids sort above it.
+        self._known_max: str | None = None
+        # Version ids known to exist (complete or not): None until this object first lists
+        # the prefix, then kept up to date by every listing, save and delete of this object.
+        self._vids: set[str] | None = None
+        # The helper thread of the last save (listing + best-effort pruning).
+        self._bg: threading.Thread | None = None
         self._workspace: tempfile.TemporaryDirectory[str] | None = None
-        self._loaded: tuple[int, pathlib.Path] | None = None
+        self._loaded: tuple[str, pathlib.Path] | None = None
 
     # ---- pickling -----------------------------------------------------------------------
 
@@ -422,61 +446,106 @@ class Checkpoint:
 
     # ---- internal paths -----------------------------------------------------------------
 
-    def _vpath(self, seq: int) -> str:
+    def _vpath(self, vid: str) -> str:
         self.fs  # noqa: B018 -- ensures _root is set
-        return f"{self._root}/{seq:012d}"
+        return f"{self._root}/{vid}"
 
-    def _vurl(self, seq: int) -> str:
-        return f"{self._url}/{seq:012d}"
+    def _vurl(self, vid: str) -> str:
+        return f"{self._url}/{vid}"
+
+    @property
+    def _remote(self) -> bool:
+        """True for backends where a request costs a network round trip (not local, not memory)."""
+        return fsspec.utils.get_protocol(self._url) not in ("file", "local", "memory")
+
+    # ---- background work ----------------------------------------------------------------
+
+    def _wait_background(self) -> None:
+        """Let this object's previous save finish its (best-effort) pruning first, so that the
+        object's own view of the prefix is settled. Normally already done."""
+        bg = self._bg
+        if bg is not None and bg is not threading.current_thread():
+            bg.join()
+            self._bg = None
+
+    def flush(self) -> None:
+        """Wait until the best-effort pruning started by this object's last save is done.
+
+        :meth:`save` returns at its commit point and retires old versions in a background
+        thread; every later call on the same object waits for that first, so this is only
+        needed to make sure the deletes happen before the process exits, or to time a save
+        without its pruning spilling into whatever runs next.
+        """
+        self._wait_background()
 
     # ---- listing / resolution -------------------------------------------------------------
 
-    def _list_seqs(self) -> list[int]:
-        """All version numbers under the prefix (complete or not), ascending. One ``ls``."""
+    def _new_vid(self) -> str:
+        """A fresh version id: newer than every id this object has seen, unique without a read."""
+        ns = time.time_ns()
+        if self._known_max is not None:
+            ns = max(ns, int(self._known_max[:_NS_DIGITS]) + 1)
+        vid = f"{ns:0{_NS_DIGITS}d}-{secrets.token_hex(4)}"
+        self._note(vid)
+        return vid
+
+    def _note(self, vid: str) -> None:
+        if self._known_max is None or vid > self._known_max:
+            self._known_max = vid
+
+    def _list_vids(self) -> list[str]:
+        """All version ids under the prefix (complete or not), ascending. One ``ls``."""
         fs = self.fs
         # Object-store filesystems cache listings; a new attempt's writes must be visible.
         fs.invalidate_cache(self._root)
         try:
             entries = fs.ls(self._root, detail=False)
         except (FileNotFoundError, NotADirectoryError):
-            return []
-        seqs = []
+            entries = []
+        vids = set()
         for e in entries:
             name = str(e).rstrip("/").rsplit("/", 1)[-1]
-            if _SEQ_RE.fullmatch(name):
-                seqs.append(int(name))
-        return sorted(set(seqs))
+            if _VID_RE.fullmatch(name):
+                vids.add(name)
+        out = sorted(vids)
+        if out:
+            self._note(out[-1])
+        self._vids = set(out)
+        return out
 
-    def _marker(self, seq: int) -> dict[str, Any] | None:
-        """The parsed commit marker of ``seq``, or None if it is absent or not valid."""
-        cached = self._markers.get(seq)
+    def _marker(self, vid: str) -> dict[str, Any] | None:
+        """The parsed commit marker of ``vid``, or None if it is absent or not valid."""
+        cached = self._markers.get(vid)
         if cached is not None:
             return cached
         try:
-            raw = self.fs.cat_file(f"{self._vpath(seq)}/{MARKER_NAME}")
+            raw = self.fs.cat_file(f"{self._vpath(vid)}/{MARKER_NAME}")
             m = json.loads(raw)
         except (FileNotFoundError, ValueError, UnicodeDecodeError):
             return None
-        if not (isinstance(m, dict) and m.get("seq") == seq and m.get("kind") in ("bytes", "dir")):
+        if not (isinstance(m, dict) and m.get("version") == vid and m.get("kind") in ("bytes", "dir")):
             return None
-        m["url"] = self._vurl(seq)
-        self._markers[seq] = m
+        m["url"] = self._vurl(vid)
+        self._markers[vid] = m
         return m
 
-    def _complete_newest_first(self, seqs: list[int] | None = None) -> Iterator[dict[str, Any]]:
-        for seq in sorted(self._list_seqs() if seqs is None else seqs, reverse=True):
-            m = self._marker(seq)
+    def _complete_newest_first(self, vids: list[str] | None = None) -> Iterator[dict[str, Any]]:
+        if vids is None:
+            self._wait_background()
+            vids = self._list_vids()
+        for vid in sorted(vids, reverse=True):
+            m = self._marker(vid)
             if m is not None:
                 yield m
 
     def latest(self) -> dict[str, Any] | None:
-        """Marker of the newest complete checkpoint (seq, kind, size, files, name, created,
+        """Marker of the newest complete checkpoint (version, kind, size, files, name, created,
         metadata, url), or None when there is none."""
         return next(self._complete_newest_first(), None)
 
     def versions(self) -> list[dict[str, Any]]:
         """Markers of all complete checkpoints, oldest first."""
-        return sorted(self._complete_newest_first(), key=lambda m: m["seq"])
+        return sorted(self._complete_newest_first(), key=lambda m: m["version"])
 
     def prev_exists(self) -> bool:
         """True when a complete checkpoint exists (from this or an earlier attempt)."""
@@ -511,7 +580,7 @@ class Checkpoint:
             self.write(src, metadata=metadata)
             return
         if hasattr(src, "read") and not isinstance(src, (str, os.PathLike)):
-            self._commit(functools.partial(self._upload_reader, src), metadata)  # type: ignore[arg-type]
+            self._commit(functools.partial(self._upload_reader, src), metadata, replayable=False)  # type: ignore[arg-type]
             return
         local = pathlib.Path(os.fspath(src)).expanduser()
         if local.is_dir():
@@ -575,30 +644,52 @@ class Checkpoint:
         self,
         upload: Callable[[AbstractFileSystem, str], tuple[str, str | None, int, int]],
         metadata: dict[str, Any] | None,
+        *,
+        replayable: bool = True,
     ) -> None:
         meta_json = json.loads(json.dumps(metadata)) if metadata is not None else None  # fail early
         with self._lock:
+            self._wait_background()
             fs = self.fs
-            existing = self._list_seqs()
-            # Highest seq of any folder, complete or not: never reuse a half-written folder.
-            seq = (existing[-1] + 1) if existing else 1
-            vpath = self._vpath(seq)
-            # With keep >= 2 the versions this commit retires are not the newest complete one,
-            # so they can be deleted while the payload uploads (one fewer round trip on the
-            # critical path) without ever leaving zero complete versions. With keep == 1 the
-            # only retiree *is* the newest complete one: it must wait for the commit.
-            pruner: threading.Thread | None = None
-            if self._keep >= 2 and len(existing) >= self._keep:
-                pruner = threading.Thread(
-                    target=self._prune, args=(seq, existing), name="flyte-ray-checkpoint-prune", daemon=True
-                )
-                pruner.start()
+            # A fresh id, chosen without reading: unique (random suffix), so this save never
+            # writes into anyone's half-written folder, and newer than anything this object saw.
+            vid = self._new_vid()
+            # The listing (needed to check that ``vid`` really is the newest, and for pruning)
+            # and the pruning deletes run in a helper thread while the payload uploads.
+            # Once this object has listed the prefix, it knows every version (one writer at a
+            # time per URL), so later saves need no listing at all.
+            known = sorted(self._vids) if self._vids is not None else None
+            job = _PruneJob(self, vid, known)
+            self._bg = job.thread
+            job.thread.start()
+            committed = False
             try:
-                self._makedirs_if_local(fs, f"{vpath}/{DATA_DIR}")
-                kind, name, size, nfiles = upload(fs, vpath)
+                while True:
+                    vpath = self._vpath(vid)
+                    self._makedirs_if_local(fs, f"{vpath}/{DATA_DIR}")
+                    kind, name, size, nfiles = upload(fs, vpath)
+                    listed = job.listing()
+                    newer = [v for v in listed if v >= vid and v != vid]
+                    if not newer:
+                        break
+                    # Another version sorts after ours (a writer whose clock ran ahead of ours,
+                    # and which this object had not seen): committing here would not make ours
+                    # the newest. Rare; upload again under an id above everything listed.
+                    logger.warning(
+                        "checkpoint version %s under %s is not the newest (%s exists); re-uploading",
+                        vid, self._url, max(newer),
+                    )
+                    job.also_delete(vid)
+                    self._note(max(newer))
+                    if not replayable:
+                        raise RuntimeError(
+                            f"cannot save a stream checkpoint under {self._url}: version "
+                            f"{max(newer)} sorts after the one being written; save again"
+                        )
+                    vid = self._new_vid()
                 marker: dict[str, Any] = {
                     "format": MARKER_FORMAT,
-                    "seq": seq,
+                    "version": vid,
                     "kind": kind,
                     "name": name,
                     "size": size,
@@ -608,47 +699,20 @@ class Checkpoint:
                 }
                 # The commit point: one small object, written after the whole payload.
                 fs.pipe_file(f"{vpath}/{MARKER_NAME}", json.dumps(marker).encode())
+                committed = True
             finally:
-                if pruner is not None:
-                    pruner.join()
-            marker["url"] = self._vurl(seq)
-            self._markers[seq] = marker
-            if pruner is None:
-                self._prune(seq, existing)
+                # Deletes that must wait for the commit (keep == 1) run after this, in the
+                # helper thread; nothing is deleted past the commit point if the save failed.
+                job.finish(committed, vid)
+            marker["url"] = self._vurl(vid)
+            self._markers[vid] = marker
+            if self._vids is not None:
+                self._vids.add(vid)
 
-    def _prune(self, newest: int, older: list[int]) -> None:
-        """Delete complete versions beyond ``keep`` and incomplete ones older than ``newest``.
-
-        ``older`` is the listing taken before the save, so pruning needs no extra ``ls``, and
-        markers this object has seen are cached, so in steady state the only requests are the
-        deletes themselves. Best-effort: failures are logged, never raised.
-        """
-        kept = 1
-        doomed: list[tuple[int, dict[str, Any] | None]] = []
-        try:
-            for seq in sorted((s for s in older if s < newest), reverse=True):
-                m = self._marker(seq)
-                if m is not None and kept < self._keep:
-                    kept += 1
-                else:
-                    doomed.append((seq, m))
-        except Exception as e:  # noqa: BLE001 -- e.g. a network error reading a marker
-            logger.warning("not pruning old checkpoints under %s: %s", self._url, e)
-            return
-        for seq, m in doomed:
-            self._markers.pop(seq, None)
-            try:
-                self._delete_version(seq, m)
-            except FileNotFoundError:
-                pass
-            except Exception as e:  # noqa: BLE001 -- pruning must never fail a save
-                logger.warning("could not delete old checkpoint %s: %s", self._vurl(seq), e)
-
-    def _delete_version(self, seq: int, m: dict[str, Any] | None) -> None:
+    def _delete_version(self, vid: str, m: dict[str, Any] | None) -> None:
         fs = self.fs
-        vpath = self._vpath(seq)
-        protocol = fsspec.utils.get_protocol(self._url)
-        if m is not None and m["kind"] == "bytes" and protocol not in ("file", "local", "memory"):
+        vpath = self._vpath(vid)
+        if m is not None and m["kind"] == "bytes" and self._remote:
             # Object store, keys known from the marker: one bulk DeleteObjects request instead
             # of delete-marker + list + delete. Order inside it does not matter for safety:
             # a marker whose payload is gone fails size verification and is skipped by readers.
@@ -661,17 +725,51 @@ class Checkpoint:
 
     # ---- restoring ----------------------------------------------------------------------
 
-    def _resolve_and(self, fetch: Callable[[dict[str, Any]], T | None]) -> T | None:
+    def _resolve_and(
+        self,
+        fetch: Callable[[dict[str, Any]], T | None],
+        discard: Callable[[T], None] | None = None,
+    ) -> T | None:
         """Apply ``fetch`` to complete versions, newest first, until one succeeds.
 
         ``fetch`` returns None (or raises FileNotFoundError) when the version turns out to be
         damaged or was deleted under us; then the next older one is tried. If every candidate
         failed, the prefix is listed once more, because a concurrent save may have committed a
         newer version and pruned the one we picked.
+
+        On remote backends, when this object already knows a complete single-blob version (it
+        saved or restored it), that version is fetched *while* the prefix is listed, and the
+        result is kept only if the listing confirms it is still the newest complete version
+        (otherwise ``discard`` undoes it and the normal path runs on that listing). That takes
+        the listing off the critical path of the common save-then-restore pattern.
         """
+        self._wait_background()
+        listed: list[str] | None = None
+        known = list(self._markers)
+        guess = self._markers.get(max(known)) if known else None
+        if self._remote and guess is not None and guess["kind"] == "bytes":
+            lister = _Future(self._list_vids)
+            try:
+                out: T | None = fetch(guess)
+            except FileNotFoundError:
+                out = None
+            except BaseException:
+                lister.wait_quietly()
+                raise
+            try:
+                listed = lister.result()
+            except BaseException:
+                if out is not None and discard is not None:
+                    discard(out)
+                raise
+            newest = next(self._complete_newest_first(listed), None)
+            if newest is not None and newest["version"] == guess["version"] and out is not None:
+                return out
+            if out is not None and discard is not None:
+                discard(out)
         for _ in range(2):
             failed = False
-            for m in self._complete_newest_first():
+            for m in self._complete_newest_first(listed):
                 try:
                     out = fetch(m)
                 except FileNotFoundError:
@@ -680,9 +778,10 @@ class Checkpoint:
                     return out
                 failed = True
                 logger.warning("checkpoint %s is damaged or vanished; trying an older one", m["url"])
-                self._markers.pop(m["seq"], None)
+                self._markers.pop(m["version"], None)
             if not failed:
                 break
+            listed = None
         return None
 
     def read(self) -> bytes | None:
@@ -694,7 +793,7 @@ class Checkpoint:
         def fetch(m: dict[str, Any]) -> bytes | None:
             if m["kind"] != "bytes":
                 raise ValueError(f"newest checkpoint {m['url']} is a directory; use restore()")
-            data = self.fs.cat_file(f"{self._vpath(m['seq'])}/{DATA_DIR}/{m['name']}")
+            data = self.fs.cat_file(f"{self._vpath(m['version'])}/{DATA_DIR}/{m['name']}")
             return data if len(data) == m["size"] else None
 
         return self._resolve_and(fetch)
@@ -709,23 +808,48 @@ class Checkpoint:
         created = dest_dir is None
         dest = pathlib.Path(tempfile.mkdtemp(prefix="flyte-ray-restore-")) if created else pathlib.Path(dest_dir)
 
-        def fetch(m: dict[str, Any]) -> pathlib.Path | None:
+        def fetch(m: dict[str, Any]) -> tuple[pathlib.Path, pathlib.Path | None] | None:
             dest.mkdir(parents=True, exist_ok=True)
             return self._download(m, dest)
 
-        out = self._resolve_and(fetch)
-        if out is None and created:
-            shutil.rmtree(dest, ignore_errors=True)
-        return out
+        def discard(out: tuple[pathlib.Path, pathlib.Path | None]) -> None:
+            if out[1] is not None:
+                out[1].unlink(missing_ok=True)
 
-    def _download(self, m: dict[str, Any], dest: pathlib.Path) -> pathlib.Path | None:
+        got = self._resolve_and(fetch, discard)
+        if got is None:
+            if created:
+                shutil.rmtree(dest, ignore_errors=True)
+            return None
+        final, partial = got
+        if partial is not None:
+            os.replace(partial, final)
+        return final
+
+    def _download(
+        self, m: dict[str, Any], dest: pathlib.Path
+    ) -> tuple[pathlib.Path, pathlib.Path | None] | None:
+        """Fetch version ``m`` into ``dest``: ``(result path, partial file to rename onto it)``.
+
+        A single blob lands under a temporary name next to its final one and is renamed into
+        place by the caller once the version is confirmed (so a discarded or failed fetch never
+        leaves a wrong or truncated file under the final name).
+        """
         fs = self.fs
-        data = f"{self._vpath(m['seq'])}/{DATA_DIR}"
+        data = f"{self._vpath(m['version'])}/{DATA_DIR}"
         if m["kind"] == "bytes":
             name = m["name"] if _is_safe_name(m.get("name")) else DEFAULT_BLOB_NAME
-            target = dest / name
-            fs.get_file(f"{data}/{m['name']}", str(target))
-            return target if target.stat().st_size == m["size"] else None
+            partial = dest / f".{name}.{secrets.token_hex(4)}.partial"
+            try:
+                fs.get_file(f"{data}/{m['name']}", str(partial))
+                ok = partial.stat().st_size == m["size"]
+            except BaseException:
+                partial.unlink(missing_ok=True)
+                raise
+            if not ok:
+                partial.unlink(missing_ok=True)
+                return None
+            return dest / name, partial
         # Directory: one recursive listing, then an explicit list of transfers.
         found = fs.find(data, withdirs=False, detail=False)
         rpaths: list[str] = []
@@ -749,7 +873,7 @@ class Checkpoint:
             fs.get(rpaths, lpaths)
         if sum(os.path.getsize(p) for p in lpaths) != m["size"]:
             return None
-        return dest
+        return dest, None
 
     # ---- flyte-sdk style --------------------------------------------------------------------
 
@@ -762,14 +886,14 @@ class Checkpoint:
         m = self.latest()
         if m is None:
             return None
-        if self._loaded is not None and self._loaded[0] == m["seq"] and self._loaded[1].exists():
+        if self._loaded is not None and self._loaded[0] == m["version"] and self._loaded[1].exists():
             return self._loaded[1]
         ws = self.path
         for child in ws.iterdir():
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
         out = self.restore(ws)
         newest = self.latest()
-        self._loaded = (newest["seq"], out) if (out is not None and newest is not None) else None
+        self._loaded = (newest["version"], out) if (out is not None and newest is not None) else None
         return out
 
     # ``save``/``load`` block when called and have ``.aio`` for awaiting (flyte-sdk @syncify
@@ -809,3 +933,125 @@ def _is_safe_name(name: Any) -> bool:
         and "\x00" not in name
     )
 
+
+class _Future(Generic[T]):
+    """``fn()`` running in a daemon thread; :meth:`result` joins it and returns or raises."""
+
+    def __init__(self, fn: Callable[[], T], name: str = "flyte-ray-checkpoint-list"):
+        self._fn = fn
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._fn()
+        except BaseException as e:  # noqa: BLE001 -- handed to the caller
+            self._error = e
+
+    def result(self) -> T:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+    def wait_quietly(self) -> None:
+        self._thread.join()
+
+
+class _PruneJob:
+    """The helper thread of one save: lists the prefix (the save waits for that before it
+    commits) and retires old versions, best-effort.
+
+    Retirees are the complete versions beyond the newest ``keep`` (counting the one being
+    saved) and the incomplete versions older than it. Those that are not the newest complete
+    version are deleted right away, while the payload uploads; the newest complete one (a
+    retiree only when ``keep == 1``) is deleted only after the new version has committed, so
+    a crash at any point never leaves zero complete versions. The save does not wait for the
+    deletes; the next operation on the same :class:`Checkpoint` object does.
+    """
+
+    def __init__(self, cp: Checkpoint, vid: str, known: list[str] | None):
+        self._cp = cp
+        self._vid = vid
+        self._known = known
+        self._listed = threading.Event()
+        self._listing: list[str] = known or []
+        if known is not None:
+            self._listed.set()
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        self._committed = False
+        self._extra: list[str] = []
+        self.thread = threading.Thread(target=self._run, name="flyte-ray-checkpoint-prune", daemon=True)
+
+    # called by the saving thread
+
+    def listing(self) -> list[str]:
+        """Version ids listed while the payload uploaded (raises what the listing raised)."""
+        self._listed.wait()
+        if self._error is not None:
+            raise self._error
+        return self._listing
+
+    def also_delete(self, vid: str) -> None:
+        """An incomplete version of this save that must go too (after ``finish``)."""
+        self._extra.append(vid)
+
+    def finish(self, committed: bool, vid: str) -> None:
+        self._committed = committed
+        self._vid = vid
+        self._done.set()
+
+    # the helper thread
+
+    def _run(self) -> None:
+        cp = self._cp
+        first_vid = self._vid
+        if self._known is not None:
+            listed = self._known
+        else:
+            try:
+                listed = cp._list_vids()
+            except BaseException as e:  # noqa: BLE001 -- re-raised in the saving thread
+                self._error = e
+                self._listed.set()
+                return
+            self._listing = listed
+            self._listed.set()
+        try:
+            complete: list[tuple[str, dict[str, Any]]] = []
+            incomplete: list[str] = []
+            for v in sorted(listed, reverse=True):
+                if v == first_vid:
+                    continue
+                m = cp._marker(v)
+                if m is not None:
+                    complete.append((v, m))
+                elif v < first_vid:
+                    incomplete.append(v)
+        except Exception as e:  # noqa: BLE001 -- e.g. a network error reading a marker
+            logger.warning("not pruning old checkpoints under %s: %s", cp._url, e)
+            complete, incomplete = [], []
+        keep_old = cp._keep - 1  # complete versions to keep besides the new one
+        # Everything waits for the commit: deleting while the payload uploads would compete
+        # with it for the same connection pool, server and CPU, and a failed save must not
+        # cost any complete version.
+        self._done.wait()
+        if self._committed:
+            self._delete([(v, None) for v in incomplete] + complete[keep_old:])
+        self._delete([(v, None) for v in self._extra])
+
+    def _delete(self, doomed: list[tuple[str, dict[str, Any] | None]]) -> None:
+        cp = self._cp
+        for v, m in doomed:
+            cp._markers.pop(v, None)
+            if cp._vids is not None:
+                cp._vids.discard(v)
+            try:
+                cp._delete_version(v, m)
+            except FileNotFoundError:
+                pass
+            except Exception as e:  # noqa: BLE001 -- pruning must never fail a save
+                logger.warning("could not delete old checkpoint %s: %s", cp._vurl(v), e)

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import pytest
 
+import flyte_ray.checkpoint as ckpt_mod
 from flyte_ray.checkpoint import Checkpoint, Storage, sanitize_component
 try:  # pytest puts tests/ on sys.path (no tests/__init__.py); the repo root may not be
     from _s3server import s3_server  # noqa: F401 -- session fixture
@@ -60,6 +61,19 @@ def _tree(root: pathlib.Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def _vid(ns: int | None = None, tag: str = "0badc0de") -> str:
+    """A version id in the store's format (``<time_ns:020d>-<8 hex>``)."""
+    return f"{time.time_ns() if ns is None else ns:020d}-{tag}"
+
+
+def _dirs(cp: Checkpoint) -> list[str]:
+    """Names of the version folders under ``cp`` (complete or not), sorted."""
+    fs = cp.fs
+    root = fs._strip_protocol(cp.url)
+    fs.invalidate_cache(root)
+    return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
+
+
 def _sha(path: pathlib.Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -92,7 +106,9 @@ def test_bytes_round_trip(make_cp: Callable[..., Checkpoint], tmp_path: pathlib.
     out = cp.restore(tmp_path / "r")
     assert out is not None and out.parent == tmp_path / "r" and out.read_bytes() == payload
     m = cp.latest()
-    assert m is not None and m["kind"] == "bytes" and m["size"] == len(payload) and m["seq"] == 1
+    assert m is not None and m["kind"] == "bytes" and m["size"] == len(payload)
+    assert ckpt_mod._VID_RE.fullmatch(m["version"]) and m["url"] == f"{cp.url}/{m['version']}"
+    assert _dirs(cp) == [m["version"]]
 
 
 def test_file_round_trip(make_cp: Callable[..., Checkpoint], tmp_path: pathlib.Path) -> None:
@@ -106,8 +122,10 @@ def test_file_round_trip(make_cp: Callable[..., Checkpoint], tmp_path: pathlib.P
     assert cp.read() == src.read_bytes()
     assert cp.latest()["metadata"] == {"step": 7}  # type: ignore[index]
     # str paths work the same (flytekit passes str)
+    first = cp.latest()["version"]  # type: ignore[index]
     cp.save(str(src))
-    assert cp.latest()["seq"] == 2  # type: ignore[index]
+    assert cp.latest()["version"] > first  # type: ignore[index]
+    assert [m["version"] for m in cp.versions()][0] == first
 
 
 def test_directory_round_trip(make_cp: Callable[..., Checkpoint], tmp_path: pathlib.Path) -> None:
@@ -129,12 +147,14 @@ def test_directory_round_trip(make_cp: Callable[..., Checkpoint], tmp_path: path
     # pruning of directory versions removes their whole tree
     (src / "a.txt").write_text("alpha 2")
     cp.save(src)
+    v2 = cp.latest()["version"]  # type: ignore[index]
     cp.save(src)
-    assert [m["seq"] for m in cp.versions()] == [2, 3]
+    v3 = cp.latest()["version"]  # type: ignore[index]
+    assert [m["version"] for m in cp.versions()] == [v2, v3]
     root = cp.fs._strip_protocol(cp.url)
     cp.fs.invalidate_cache(root)
     seq_dirs = {p[len(root) + 1 :].split("/")[0] for p in cp.fs.find(root)}
-    assert seq_dirs == {"000000000002", "000000000003"}
+    assert seq_dirs == {v2, v3}
     assert _tree(cp.restore(tmp_path / "r3")) == _tree(src)  # type: ignore[arg-type]
 
 
@@ -182,19 +202,27 @@ def test_flyte_sdk_style(make_cp: Callable[..., Checkpoint], tmp_path: pathlib.P
 
 def test_newest_complete_and_keep(make_cp: Callable[..., Checkpoint]) -> None:
     cp = make_cp(keep=3)
+    vids = []
     for i in range(6):
         cp.write(f"v{i}".encode(), metadata={"i": i})
+        vids.append(cp.latest()["version"])  # type: ignore[index]
+    assert vids == sorted(vids) and len(set(vids)) == 6
     assert cp.read() == b"v5"
-    assert [m["seq"] for m in cp.versions()] == [4, 5, 6]
-    # pruned folders are gone, not just unmarked
-    fs = cp.fs
-    names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(cp.fs._strip_protocol(cp.url), detail=False))
-    assert names == ["000000000004", "000000000005", "000000000006"]
+    assert [m["version"] for m in cp.versions()] == vids[3:]
+    assert [m["metadata"] for m in cp.versions()] == [{"i": 3}, {"i": 4}, {"i": 5}]
+    # pruned folders are gone, not just unmarked (pruning runs after the commit, in the
+    # background; flush waits for it, as any later call on the object does)
+    cp.flush()
+    assert _dirs(cp) == vids[3:]
+    # another object (a retry) sees the same
+    assert [m["version"] for m in make_cp(keep=3).versions()] == vids[3:]
 
     one = make_cp("keep1", keep=1)
     for i in range(3):
         one.write(b"x%d" % i)
-    assert [m["seq"] for m in one.versions()] == [3]
+    one.flush()
+    assert [m["version"] for m in one.versions()] == _dirs(one)
+    assert len(_dirs(one)) == 1
     assert one.read() == b"x2"
 
 
@@ -209,35 +237,44 @@ def test_other_attempt_sees_newest(make_cp: Callable[..., Checkpoint], tmp_path:
     third = pickle.loads(pickle.dumps(second))
     assert third.read() == b"attempt-2 step 20"
     third.write(b"attempt-3")
-    assert [m["seq"] for m in third.versions()] == [2, 3]
+    assert [m["version"] for m in third.versions()] == _dirs(third)
+    assert len(third.versions()) == 2
+    # An object that saved an older version and still has it cached (the restore fetches it
+    # while it lists) must still return the newest, and leave no temporary files behind.
+    out = first.restore(tmp_path / "r1")
+    assert out is not None and out.read_bytes() == b"attempt-3"
+    assert sorted(p.name for p in (tmp_path / "r1").iterdir()) == ["payload"]
+    assert second.read() == b"attempt-3"
 
 
 def test_incomplete_version_ignored(make_cp: Callable[..., Checkpoint], tmp_path: pathlib.Path) -> None:
     cp = make_cp()
     cp.write(b"good")
+    good = cp.latest()["version"]  # type: ignore[index]
     fs = cp.fs
     root = fs._strip_protocol(cp.url)
-    # A crashed writer's folder: payload but no marker, with a larger seq.
+    crashed, garbage = _vid(tag="00000009"), _vid(tag="00000010")
+    assert good < crashed < garbage
+    # A crashed writer's folder: payload but no marker, with a newer id.
     if cp.url.startswith("/"):
-        os.makedirs(f"{root}/000000000009/data")
-    fs.pipe_file(f"{root}/000000000009/data/payload", b"half-written")
+        os.makedirs(f"{root}/{crashed}/data")
+    fs.pipe_file(f"{root}/{crashed}/data/payload", b"half-written")
     # A garbage marker (truncated write) also does not count.
     if cp.url.startswith("/"):
-        os.makedirs(f"{root}/000000000010/data")
-    fs.pipe_file(f"{root}/000000000010/data/payload", b"x")
-    fs.pipe_file(f"{root}/000000000010/_COMPLETE", b'{"seq": 10, "ki')
+        os.makedirs(f"{root}/{garbage}/data")
+    fs.pipe_file(f"{root}/{garbage}/data/payload", b"x")
+    fs.pipe_file(f"{root}/{garbage}/_COMPLETE", b'{"version": "' + garbage.encode() + b'", "ki')
     fresh = make_cp()
     assert fresh.read() == b"good"
     out = fresh.restore(tmp_path / "r")
     assert out is not None and out.read_bytes() == b"good"
-    assert [m["seq"] for m in fresh.versions()] == [1]
-    # The next save skips past the incomplete seqs and then prunes them.
+    assert [m["version"] for m in fresh.versions()] == [good]
+    # The next save gets a newer id than the incomplete ones and then prunes them.
     fresh.write(b"next")
-    assert fresh.latest()["seq"] == 11  # type: ignore[index]
+    new = fresh.latest()["version"]  # type: ignore[index]
+    assert new > garbage
     assert fresh.read() == b"next"
-    fs.invalidate_cache(root)
-    left = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
-    assert left == ["000000000001", "000000000011"]
+    assert _dirs(fresh) == [good, new]
 
 
 def test_damaged_newest_falls_back(make_cp: Callable[..., Checkpoint], tmp_path: pathlib.Path) -> None:
@@ -246,7 +283,7 @@ def test_damaged_newest_falls_back(make_cp: Callable[..., Checkpoint], tmp_path:
     cp.write(b"newer")
     fs = cp.fs
     root = fs._strip_protocol(cp.url)
-    fs.pipe_file(f"{root}/000000000002/data/payload", b"new")  # truncated behind our back
+    fs.pipe_file(f"{root}/{cp.latest()['version']}/data/payload", b"new")  # truncated behind our back
     fresh = make_cp()
     assert fresh.read() == b"older"
     out = fresh.restore(tmp_path / "r")
@@ -293,7 +330,8 @@ def test_storage_checkpoint_layout(tmp_path: pathlib.Path) -> None:
     assert st.prefix_url("cache", "v1") == f"{tmp_path}/cache/v1"
     cp = st.checkpoint("run-1", "pkg.mod.task", "abc")
     cp.write(b"hi")
-    assert (tmp_path / "checkpoints/run-1/pkg.mod.task/abc/000000000001/_COMPLETE").is_file()
+    (marker,) = (tmp_path / "checkpoints/run-1/pkg.mod.task/abc").glob("*/_COMPLETE")
+    assert marker.parent.name == cp.latest()["version"]  # type: ignore[index]
     _ = st.fs
     assert pickle.loads(pickle.dumps(st)).fs is not None
 
@@ -431,27 +469,40 @@ def _prev_checkpoint(cp: Checkpoint, tmp_path: pathlib.Path) -> bytes:
 def test_sigkill_during_local_save(tmp_path: pathlib.Path, big_file: pathlib.Path) -> None:
     cp = Checkpoint(tmp_path / "cp")
     prev = _prev_checkpoint(cp, tmp_path)
+    prev_vid = cp.latest()["version"]  # type: ignore[index]
     root = pathlib.Path(cp.url)
+    found: list[pathlib.Path] = []
+
+    def upload_in_flight() -> bool:
+        found[:] = [p for p in root.iterdir() if p.name != prev_vid and (p / "data" / "big.bin").exists()]
+        return bool(found)
+
     for attempt in range(5):
-        seq = max(int(p.name) for p in root.iterdir()) + 1
-        target = root / f"{seq:012d}" / "data" / "big.bin"
         proc = _start_child(cp.url, {}, big_file)
-        killed = _kill_when(proc, target.exists)
-        if killed and not (root / f"{seq:012d}" / "_COMPLETE").exists():
+        killed = _kill_when(proc, upload_in_flight)
+        if killed and not (found[0] / "_COMPLETE").exists():
             break
         # Lost the race (save finished first): that is a legitimate newer checkpoint; retry
         # with it removed so the "previous" checkpoint stays the small one.
-        shutil.rmtree(root / f"{seq:012d}")
+        for p in root.iterdir():
+            if p.name != prev_vid:
+                shutil.rmtree(p)
     else:
         pytest.fail("could not kill the writer mid-upload in 5 tries")
+    crashed = found[0]
+    target = crashed / "data" / "big.bin"
     print(f"killed on try {attempt + 1} with {target.stat().st_size} of {big_file.stat().st_size} bytes copied")
+    assert crashed.name > prev_vid
     _assert_previous_intact(cp, prev, tmp_path / "restored")
-    # A later save works, skips the half-written seq, becomes newest, and prunes the leftover.
+    # A later save works, gets a newer id than the half-written one, becomes newest, and
+    # prunes the leftover.
     after = Checkpoint(cp.url)
     after.write(b"after crash")
     assert after.read() == b"after crash"
-    assert after.latest()["seq"] == seq + 1  # type: ignore[index]
-    assert not (root / f"{seq:012d}").exists()
+    newest = after.latest()["version"]  # type: ignore[index]
+    assert newest > crashed.name
+    assert not crashed.exists()
+    assert sorted(p.name for p in root.iterdir()) == [prev_vid, newest]
 
 
 def test_sigkill_during_s3_save(s3_server: dict[str, Any], tmp_path: pathlib.Path, big_file: pathlib.Path) -> None:
@@ -477,5 +528,60 @@ def test_sigkill_during_s3_save(s3_server: dict[str, Any], tmp_path: pathlib.Pat
     after = Checkpoint(url, options=s3_server["options"])
     after.write(b"after crash")
     assert after.read() == b"after crash"
-    assert [m["seq"] for m in after.versions()] == [1, 2]
+    vs = after.versions()
+    assert len(vs) == 2 and vs[0]["name"] == "prev.bin" and vs[1]["name"] == "payload"
     assert Checkpoint(url, options=s3_server["options"]).read() == b"after crash"
+    after.flush()
+    # the killed upload left nothing visible behind: only the two committed versions remain
+    assert _dirs(after) == [m["version"] for m in vs]
+
+
+def test_newest_even_when_a_clock_ran_ahead(make_cp: Callable[..., Checkpoint], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Version ids come from the clock, but a save never commits below an existing version.
+
+    A writer whose clock ran ahead (another machine) leaves a version that sorts in the future;
+    the next save, by an object that never listed the prefix, sees it in the listing it takes
+    while uploading and re-uploads under a newer id.
+    """
+    real = time.time_ns
+
+    def write_ahead(data: bytes, seconds: int) -> str:
+        monkeypatch.setattr(ckpt_mod.time, "time_ns", lambda: real() + seconds * 10**9)
+        ahead = make_cp()
+        ahead.write(data)
+        monkeypatch.setattr(ckpt_mod.time, "time_ns", real)
+        return ahead.latest()["version"]  # type: ignore[index]
+
+    future = write_ahead(b"from the future", 3_600)
+    behind = make_cp()  # never listed: its first id comes from its own (earlier) clock
+    behind.write(b"now")
+    assert behind.latest()["version"] > future  # type: ignore[index]
+    assert make_cp().read() == b"now"
+    behind.flush()
+    assert _dirs(behind) == [m["version"] for m in behind.versions()]  # the first upload is gone
+    # A stream cannot be replayed: that save fails instead of committing below a newer version.
+    write_ahead(b"further ahead", 7_200)
+    with pytest.raises(RuntimeError, match="sorts after"):
+        make_cp().save(io.BytesIO(b"stream"))
+    assert make_cp().read() == b"further ahead"
+    # An object that has listed the prefix (a retry reads first) never picks an older id.
+    reader = make_cp()
+    assert reader.read() == b"further ahead"
+    reader.save(io.BytesIO(b"after reading"))
+    assert make_cp().read() == b"after reading"
+
+
+def test_warm_save_does_not_list(make_cp: Callable[..., Checkpoint], monkeypatch: pytest.MonkeyPatch) -> None:
+    """After its first listing an object tracks the versions itself: saves issue no ``ls``,
+    and pruning still keeps exactly ``keep`` versions."""
+    cp = make_cp(keep=2)
+    cp.write(b"0")
+    calls: list[Any] = []
+    real_ls = cp.fs.ls
+    monkeypatch.setattr(cp.fs, "ls", lambda *a, **k: calls.append(a) or real_ls(*a, **k))
+    for i in range(1, 4):
+        cp.write(b"%d" % i)
+    cp.flush()
+    assert calls == []
+    monkeypatch.undo()
+    assert make_cp().read() == b"3" and len(_dirs(cp)) == 2
