@@ -83,6 +83,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Optional, Tuple, Union
 
+import ray
+import ray.exceptions as rex
+
 if TYPE_CHECKING:
     from .supervisor import AttemptRequest, Outcome
     from .task import Call
@@ -149,6 +152,12 @@ MAX_REPICKS = 50  # rejected / retired picks before an attempt gives up (system 
 SYNC_QUEUE_SLOTS = 31  # extra threads of a sync replica: calls waiting there are visible demand
 ASYNC_QUEUE_SLOTS = 10_000
 _REJECTED = (None,)  # a retired replica's answer: "pick another one"
+_MISSING = object()
+_NEED_SETTINGS = (None, "settings")  # a replica's answer: "send the settings in full"
+
+
+class _NeedSettings(Exception):
+    pass
 
 
 # =============================================================================== replica side
@@ -167,6 +176,8 @@ class _ReplicaBase:
         self.retiring = False
         self.last_active = time.time()
         self.tasks: dict = {}
+        self.objs: dict = {}
+        self.settings: dict = {}  # digest -> Settings (few: one per driver)
         self.warm_error = ""
         try:  # imports the user's module here: its initialisation is paid once, before any call
             self.tasks[task_blob] = _load_task(task_blob)
@@ -178,6 +189,26 @@ class _ReplicaBase:
         if t is None:
             t = self.tasks[blob] = _load_task(blob)
         return t
+
+    def _unpack(self, p: tuple) -> tuple:
+        """The call's payload (see :func:`_payload`) -> ``(task, meta, args, kwargs)``."""
+        task = self._task(p[0])
+        if isinstance(p[1], tuple):  # (digest, blob): learn them
+            settings = self.settings[p[1][0]] = pickle.loads(p[1][1])
+        else:
+            settings = self.settings.get(p[1], _MISSING)
+            if settings is _MISSING:
+                raise _NeedSettings()
+        overrides = self._obj(p[2]) if p[2] is not None else None
+        return task, (p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], settings, overrides), p[11], p[12]
+
+    def _obj(self, blob: bytes) -> Any:
+        o = self.objs.get(blob, _MISSING)
+        if o is _MISSING:
+            if len(self.objs) > 1024:
+                self.objs.clear()
+            o = self.objs[blob] = pickle.loads(blob)
+        return o
 
     def _load_failed(self, e: BaseException) -> tuple:
         from .attempt import _current_node, _portable
@@ -206,11 +237,17 @@ class _Replica(_ReplicaBase):
         self.slots = threading.BoundedSemaphore(concurrency)
         self.mu = threading.Lock()  # counters are updated from several threads
 
-    def run(self, blob: bytes, meta: tuple, args: tuple, kwargs: dict) -> tuple:
+    def run(self, p: tuple) -> tuple:
         from .attempt import run_user_code
 
         if self.retiring:
             return _REJECTED
+        try:
+            task, meta, args, kwargs = self._unpack(p)
+        except _NeedSettings:
+            return _NEED_SETTINGS
+        except Exception as e:  # noqa: BLE001
+            return self._load_failed(e)
         with self.mu:
             self.waiting += 1
         self.slots.acquire()
@@ -218,10 +255,6 @@ class _Replica(_ReplicaBase):
             self.waiting -= 1
             self.active += 1
         try:
-            try:
-                task = self._task(blob)
-            except Exception as e:  # noqa: BLE001
-                return self._load_failed(e)
             return run_user_code(task, meta, args, kwargs)
         finally:
             with self.mu:
@@ -273,9 +306,15 @@ class _AsyncReplica(_ReplicaBase):
         super().__init__(task_blob, pool, concurrency)
         self.slots: Optional[asyncio.Semaphore] = None  # made on the actor's loop
 
-    async def run(self, blob: bytes, meta: tuple, args: tuple, kwargs: dict) -> tuple:
+    async def run(self, p: tuple) -> tuple:
         if self.retiring:
             return _REJECTED
+        try:
+            task, meta, args, kwargs = self._unpack(p)
+        except _NeedSettings:
+            return _NEED_SETTINGS
+        except Exception as e:  # noqa: BLE001
+            return self._load_failed(e)
         if self.slots is None:
             self.slots = asyncio.Semaphore(self.concurrency)
         self.waiting += 1
@@ -285,10 +324,6 @@ class _AsyncReplica(_ReplicaBase):
             self.waiting -= 1
         self.active += 1
         try:
-            try:
-                task = self._task(blob)
-            except Exception as e:  # noqa: BLE001
-                return self._load_failed(e)
             return await run_user_code_async(task, meta, args, kwargs)
         finally:
             self.active -= 1
@@ -824,17 +859,53 @@ def _make_client(call: "Call", req: "AttemptRequest") -> _PoolClient:
     return client
 
 
-def _blob(task: Any) -> bytes:
-    hit = _blobs.get(id(task))
-    if hit is not None and hit[0] is task:
+def _blob(obj: Any) -> bytes:
+    """``obj`` pickled, cached per object: tasks (by reference when importable, see
+    ``TaskTemplate.__reduce__``), settings and run overrides are the same for many calls."""
+    hit = _blobs.get(id(obj))
+    if hit is not None and hit[0] is obj:
         return hit[1]
     import ray
 
-    b = ray.cloudpickle.dumps(task)  # by reference when importable (TaskTemplate.__reduce__)
+    b = ray.cloudpickle.dumps(obj)
     if len(_blobs) > 4096:
         _blobs.clear()
-    _blobs[id(task)] = (task, b)
+    _blobs[id(obj)] = (obj, b)  # holding obj keeps id(obj) from being reused
     return b
+
+
+def _payload(call: "Call", req: "AttemptRequest") -> tuple:
+    """One call's argument to a replica: a single tuple of plain values (bytes, str, int) plus
+    the user's arguments, which Ray serializes in one go; the replica caches what repeats (the
+    task by its bytes; the settings by a digest, see :func:`_with_settings`). The same facts as
+    :func:`flyte_ray.attempt._meta`."""
+    ov = call.run_overrides  # a fresh dict per call: not worth caching here
+    return (_blob(call.task), _digest(call.settings), None if ov is None else ray.cloudpickle.dumps(ov),
+            call.run_name, call.spec.fqn, call.call_id, req.attempt, req.user_attempt, req.system_failures,
+            req.market, req.queue, call.args, call.kwargs)
+
+
+_digests: dict = {}
+
+
+def _digest(settings: Any) -> bytes:
+    hit = _digests.get(id(settings))
+    if hit is not None and hit[0] is settings:
+        return hit[1]
+    d = hashlib.sha1(_blob(settings)).digest()[:12]
+    if len(_digests) > 4096:
+        _digests.clear()
+    _digests[id(settings)] = (settings, d)
+    _settings_by_digest[d] = _blob(settings)
+    return d
+
+
+_settings_by_digest: dict = {}
+
+
+def _with_settings(payload: tuple) -> tuple:
+    """The payload with the full settings (sent once per replica that does not know them yet)."""
+    return payload[:1] + ((payload[1], _settings_by_digest[payload[1]]),) + payload[2:]
 
 
 def _limit(req: "AttemptRequest") -> Optional[float]:
@@ -862,26 +933,24 @@ def _unavailable(e: BaseException) -> "Outcome":
 
 def execute_sync(call: "Call", req: "AttemptRequest") -> "Outcome":
     """One attempt on a warm replica, from a blocking caller; returns its outcome."""
-    import ray
-    import ray.exceptions as rex
-
     from . import waiting
-    from .attempt import _meta, _unpack, classify
+    from .attempt import _unpack, classify
 
     try:
         client = _client_for(call, req)
-        blob = _blob(call.task)
+        payload = _payload(call, req)
     except Exception as e:  # noqa: BLE001
         return _unavailable(e)
-    meta = _meta(call, req)
     limit = _limit(req)
     t0 = time.monotonic()
+    again = None  # the replica to send the call to again (with the settings in full)
     for _ in range(MAX_REPICKS):
         try:
-            slot = client.pick_sync()
+            slot = again or client.pick_sync()
+            again = None
         except PoolUnavailable as e:
             return _unavailable(e)
-        ref = slot.handle.run.remote(blob, meta, call.args, call.kwargs)
+        ref = slot.handle.run.remote(payload)
         slot.inflight += 1
         try:
             left = None if limit is None else max(limit - (time.monotonic() - t0), 0.0)
@@ -902,8 +971,13 @@ def execute_sync(call: "Call", req: "AttemptRequest") -> "Outcome":
             return classify(e, req.market)
         finally:
             slot.inflight -= 1
-        if res[0] is None:  # rejected by a retiring replica
-            client.forget(slot)
+        if res[0] is None:
+            again = None
+            if len(res) == 2:  # the replica does not know these settings yet: same replica, in full
+                payload = _with_settings(payload)
+                again = slot
+            else:  # rejected by a retiring replica
+                client.forget(slot)
             continue
         return _unpack(res)
     return _unavailable(PoolUnavailable(f"pool {client.name}: no replica accepted the call"))
@@ -911,26 +985,24 @@ def execute_sync(call: "Call", req: "AttemptRequest") -> "Outcome":
 
 async def execute_async(call: "Call", req: "AttemptRequest") -> "Outcome":
     """One attempt on a warm replica, from an event loop; returns its outcome."""
-    import ray
-    import ray.exceptions as rex
-
-    from .attempt import _await, _meta, _unpack, classify
+    from .attempt import _await, _unpack, classify
 
     try:
         client = _client_for(call, req)
-        blob = _blob(call.task)
+        payload = _payload(call, req)
     except Exception as e:  # noqa: BLE001
         return _unavailable(e)
-    meta = _meta(call, req)
     limit = _limit(req)
     t0 = time.monotonic()
+    again = None  # the replica to send the call to again (with the settings in full)
     async_replica = client.config["kind"] == "async"
     for _ in range(MAX_REPICKS):
         try:
-            slot = await client.pick_async()
+            slot = again or await client.pick_async()
+            again = None
         except PoolUnavailable as e:
             return _unavailable(e)
-        ref = slot.handle.run.remote(blob, meta, call.args, call.kwargs)
+        ref = slot.handle.run.remote(payload)
         slot.inflight += 1
         try:
             left = None if limit is None else max(limit - (time.monotonic() - t0), 0.0)
@@ -958,7 +1030,12 @@ async def execute_async(call: "Call", req: "AttemptRequest") -> "Outcome":
         finally:
             slot.inflight -= 1
         if res[0] is None:
-            client.forget(slot)
+            again = None
+            if len(res) == 2:  # the replica does not know these settings yet: same replica, in full
+                payload = _with_settings(payload)
+                again = slot
+            else:  # rejected by a retiring replica
+                client.forget(slot)
             continue
         return _unpack(res)
     return _unavailable(PoolUnavailable(f"pool {client.name}: no replica accepted the call"))

@@ -270,8 +270,9 @@ def format_history(history: list[AttemptRecord]) -> str:
 
 def reset_process_state() -> None:
     """Forget per-process Ray state (remote functions, cluster view) after ``shutdown``."""
-    from . import attempt, placement, supervisor_actor
+    from . import attempt, placement, reuse, supervisor_actor
 
+    reuse.reset()  # first: it kills this driver's replica pools while Ray is still connected
     attempt.reset()
     placement.reset()
     supervisor_actor.reset()

@@ -1,0 +1,109 @@
+"""Tasks used by test_reuse.py and benchmarks/reuse.py (warm replicas).
+
+The ``reuse_warm`` environment sets ``FRT_REUSE_INIT_DIR`` in its replicas' environment: when
+that variable is set, importing this module does a 2 s "expensive initialisation" and records
+it in a file named after the process id — once per replica process if replicas are reused.
+"""
+
+import asyncio
+import os
+import tempfile
+import time
+
+import flyte_ray as flyte
+
+INIT_DIR = os.path.join(tempfile.gettempdir(), f"frt-reuse-init-{os.getpid()}")
+
+_init_dir = os.environ.get("FRT_REUSE_INIT_DIR")
+if _init_dir:  # a replica of reuse_warm: the expensive module initialisation
+    time.sleep(2.0)
+    os.makedirs(_init_dir, exist_ok=True)
+    with open(os.path.join(_init_dir, f"init-{os.getpid()}"), "a") as f:
+        f.write(f"{time.time()}\n")
+INITIALISED_AT = time.time()
+
+small = flyte.Resources(cpu=0.25)
+
+warm = flyte.TaskEnvironment(name="reuse_warm", resources=small, env_vars={"FRT_REUSE_INIT_DIR": INIT_DIR},
+                             reusable=flyte.ReusePolicy(replicas=2, idle_ttl=60))
+conc = flyte.TaskEnvironment(name="reuse_conc", resources=small,
+                             reusable=flyte.ReusePolicy(replicas=1, concurrency=4, idle_ttl=60))
+scale = flyte.TaskEnvironment(name="reuse_scale", resources=small,
+                              reusable=flyte.ReusePolicy(replicas=(1, 3), scaledown_ttl=2, idle_ttl=60))
+spotty = flyte.TaskEnvironment(name="reuse_spot", resources=flyte.Resources(cpu=0.5), interruptible=True,
+                               reusable=flyte.ReusePolicy(replicas=2, idle_ttl=60))
+bench = flyte.TaskEnvironment(name="reuse_bench", resources=small, reusable=flyte.ReusePolicy(replicas=1))
+bench_cached = flyte.TaskEnvironment(name="reuse_bench_cached", resources=small, cache="auto")
+idle = flyte.TaskEnvironment(name="reuse_idle", resources=small,
+                             reusable=flyte.ReusePolicy(replicas=1, idle_ttl=2))
+
+
+@warm.task
+def warm_call(i: int) -> dict:
+    return {"i": i, "pid": os.getpid(), "initialised_at": INITIALISED_AT}
+
+
+@warm.task
+def warm_fails(i: int) -> int:
+    raise ValueError(f"boom {i}")
+
+
+_running = 0
+_max_running = 0
+
+
+@conc.task
+async def conc_call(i: int, secs: float) -> dict:
+    global _running, _max_running
+    _running += 1
+    _max_running = max(_max_running, _running)
+    start = time.time()
+    try:
+        await asyncio.sleep(secs)
+    finally:
+        _running -= 1
+    return {"i": i, "pid": os.getpid(), "start": start, "end": time.time(), "max": _max_running}
+
+
+@scale.task
+def scale_call(secs: float) -> int:
+    time.sleep(secs)
+    return os.getpid()
+
+
+@spotty.task(retries=1)
+def spot_hold(flag: str) -> dict:
+    c = flyte.ctx()
+    if c.attempt == 0:
+        with open(flag, "w") as f:
+            f.write(f"{c.node_id} {os.getpid()}")
+        time.sleep(60)  # preempted here
+    return {"pid": os.getpid(), "node": c.node_id, "attempt": c.attempt, "market": c.market,
+            "system_failures": c.system_failures}
+
+
+@bench.task
+def bench_echo(x: int) -> int:
+    return x
+
+
+@bench.task
+async def bench_aecho(x: int) -> int:
+    return x
+
+
+@bench_cached.task
+def bench_cached_echo(x: int) -> int:
+    return x
+
+
+@bench_cached.task
+def bench_cached_probe(log: str) -> int:
+    with open(log, "a") as f:  # one line per execution: a cache hit writes nothing
+        f.write("ran\n")
+    return 1
+
+
+@idle.task
+def idle_call() -> int:
+    return os.getpid()
