@@ -49,19 +49,23 @@ class SupervisorActor:
         done = self.finished.get(key)
         if done is not None:
             return done + (True,)  # re-attached to a finished call: nothing runs again
-        fut = self.running.get(key)
-        attached = fut is not None
-        if fut is None:
-            from .task import Call
-
-            from .spec import resolve
-
-            spec = resolve(task, run_overrides) if run_overrides else task.spec
-            call = Call(task, spec, run_name, call_id, args, kwargs, settings, run_overrides)
-            fut = asyncio.ensure_future(self._host(key, call))
-            self.running[key] = fut
+        fut, attached = self._start(key, task, args, kwargs, run_name, call_id, settings, run_overrides)
         # shield: if our caller dies (a preempted parent), the call goes on for its retry
         return (await asyncio.shield(fut)) + (attached,)
+
+    def _start(self, key: str, task: Any, args: tuple, kwargs: dict, run_name: str, call_id: str,
+               settings: Any, run_overrides: Optional[dict]) -> tuple:
+        fut = self.running.get(key)
+        if fut is not None:
+            return fut, True  # re-attached to a running call: awaited, not restarted
+        from .spec import resolve
+        from .task import Call
+
+        spec = resolve(task, run_overrides) if run_overrides else task.spec
+        call = Call(task, spec, run_name, call_id, args, kwargs, settings, run_overrides)
+        fut = asyncio.ensure_future(self._host(key, call))
+        self.running[key] = fut
+        return fut, False
 
     async def _host(self, key: str, call: "Call") -> tuple:
         from .supervisor import run_async
@@ -79,7 +83,19 @@ class SupervisorActor:
 
     async def run_many(self, items: list) -> list:
         """Many calls in one actor call (a burst of ``.aio()`` calls from one caller)."""
-        return list(await asyncio.gather(*(self.run(*it) for it in items)))
+        out: list = [None] * len(items)
+        waits, where = [], []
+        for i, it in enumerate(items):
+            done = self.finished.get(it[0])
+            if done is not None:
+                out[i] = done + (True,)
+                continue
+            fut, attached = self._start(*it)
+            waits.append(asyncio.shield(fut))  # the calls outlive this batch's caller
+            where.append((i, attached))
+        for (i, attached), res in zip(where, await asyncio.gather(*waits)):
+            out[i] = res + (attached,)
+        return out
 
     async def ping(self) -> dict:
         import os
