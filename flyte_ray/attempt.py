@@ -59,10 +59,7 @@ def run_user_code(task: "TaskTemplate", meta: tuple, args: tuple, kwargs: dict) 
     """Run the user's function for one attempt; returns ``(True, value, node)`` or
     ``(False, exc, traceback_text, node)``."""
     node = _current_node()
-    c = TaskContext(run_name=meta[0], fqn=meta[1], call_id=meta[2], attempt=meta[3], user_attempt=meta[4],
-                    system_failures=meta[5], market=meta[6], queue=meta[7], node_id=node, settings=meta[8],
-                    run_overrides=meta[9])
-    token = set_context(c)
+    token = set_context(_context(meta, node))
     try:
         if task.is_async:
             value = waiting.run_coroutine_in_worker(task.func(*args, **kwargs))
@@ -71,13 +68,39 @@ def run_user_code(task: "TaskTemplate", meta: tuple, args: tuple, kwargs: dict) 
     except (KeyboardInterrupt, SystemExit):
         raise  # ray.cancel: let Ray report TaskCancelledError
     except BaseException as e:  # noqa: BLE001 - every user failure is reported as a value
-        # A Ray platform error escaping user code (a lost object or node under a dying worker)
-        # is the platform failing, not the user's code: report it as a system failure.
-        system = isinstance(e, rex.RayError) and not isinstance(e, (rex.RayTaskError, rex.TaskCancelledError))
-        return (False, _portable(e), format_exception(e), node, system)
+        return _failed(e, node)
     finally:
         reset_context(token)
     return (True, value, node)
+
+
+async def run_user_code_async(task: "TaskTemplate", meta: tuple, args: tuple, kwargs: dict) -> tuple:
+    """:func:`run_user_code` for an async task on an already running loop (an async warm replica);
+    cancellation propagates so Ray reports it."""
+    node = _current_node()
+    token = set_context(_context(meta, node))
+    try:
+        value = await task.func(*args, **kwargs)
+    except (KeyboardInterrupt, SystemExit, asyncio.CancelledError):
+        raise
+    except BaseException as e:  # noqa: BLE001 - every user failure is reported as a value
+        return _failed(e, node)
+    finally:
+        reset_context(token)
+    return (True, value, node)
+
+
+def _context(meta: tuple, node: str) -> TaskContext:
+    return TaskContext(run_name=meta[0], fqn=meta[1], call_id=meta[2], attempt=meta[3], user_attempt=meta[4],
+                       system_failures=meta[5], market=meta[6], queue=meta[7], node_id=node, settings=meta[8],
+                       run_overrides=meta[9])
+
+
+def _failed(e: BaseException, node: str) -> tuple:
+    # A Ray platform error escaping user code (a lost object or node under a dying worker) is the
+    # platform failing, not the user's code: report it as a system failure.
+    system = isinstance(e, rex.RayError) and not isinstance(e, (rex.RayTaskError, rex.TaskCancelledError))
+    return (False, _portable(e), format_exception(e), node, system)
 
 
 # ------------------------------------------------------------------------------- caller side

@@ -273,32 +273,6 @@ class _Replica(_ReplicaBase):
         self.retiring = flag
 
 
-async def run_user_code_async(task: Any, meta: tuple, args: tuple, kwargs: dict) -> tuple:
-    """:func:`flyte_ray.attempt.run_user_code` for an async task on the running loop (an async
-    replica): same context, same result tuple; cancellation propagates (Ray reports it)."""
-    import ray.exceptions as rex
-
-    from .attempt import _current_node, _portable
-    from .context import TaskContext, reset_context, set_context
-    from .errors import format_exception
-
-    node = _current_node()
-    c = TaskContext(run_name=meta[0], fqn=meta[1], call_id=meta[2], attempt=meta[3], user_attempt=meta[4],
-                    system_failures=meta[5], market=meta[6], queue=meta[7], node_id=node, settings=meta[8],
-                    run_overrides=meta[9])
-    token = set_context(c)
-    try:
-        value = await task.func(*args, **kwargs)
-    except (KeyboardInterrupt, SystemExit, asyncio.CancelledError):
-        raise
-    except BaseException as e:  # noqa: BLE001 - every user failure is reported as a value
-        system = isinstance(e, rex.RayError) and not isinstance(e, (rex.RayTaskError, rex.TaskCancelledError))
-        return (False, _portable(e), format_exception(e), node, system)
-    finally:
-        reset_context(token)
-    return (True, value, node)
-
-
 class _AsyncReplica(_ReplicaBase):
     """A warm replica for async tasks: up to ``concurrency`` calls at once on its event loop."""
 
@@ -324,6 +298,8 @@ class _AsyncReplica(_ReplicaBase):
             self.waiting -= 1
         self.active += 1
         try:
+            from .attempt import run_user_code_async
+
             return await run_user_code_async(task, meta, args, kwargs)
         finally:
             self.active -= 1
