@@ -31,7 +31,6 @@ __all__ = ["SPOT", "ONDEMAND", "MARKER", "DEFAULT_QUEUE", "ClusterView", "cluste
 
 SPOT = "spot"
 ONDEMAND = "ondemand"
-MARKETS = (SPOT, ONDEMAND)
 DEFAULT_QUEUE = "default"
 MARKER = 0.001  # per attempt; nodes declare e.g. 1000 of each marker
 QUEUE_PREFIX = "queue:"

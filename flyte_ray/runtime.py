@@ -13,7 +13,7 @@ import logging
 import os
 import tempfile
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -302,6 +302,3 @@ def init_from_config(path: Union[str, os.PathLike, None] = None, **overrides: An
         raise ValueError(f"init_from_config: invalid settings in {p or 'arguments'}:\n{e}") from None
     return init(**cfg.model_dump())
 
-
-def with_settings(**changes: Any) -> Settings:
-    return replace(current_settings(), **changes)
