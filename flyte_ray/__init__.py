@@ -25,6 +25,7 @@ Public names are re-exported here; the modules are small and named after what th
 from . import errors
 from .cache import Cache, CacheRequest
 from .checkpoint import Checkpoint, Storage
+from .compat import Image, Link, PodTemplate, Secret, SecretRequest, current_group, group, logger, trace, version
 from .context import TaskContext, ctx
 from .environment import TaskEnvironment
 from .resources import GPU, TPU, Device, Resources
@@ -36,6 +37,10 @@ from .supervisor import AttemptRecord, format_history
 from .task import TaskTemplate
 from .timeout import Timeout, TimeoutType
 
+# Flyte's ``flyte.map`` extras (``map.aio``, ``concurrency``, ``group_name``) over run.map; a
+# plain ``map(task, xs)`` call is run.map itself (see compat.py).
+from .compat import map  # noqa: E402,F811
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -46,11 +51,16 @@ __all__ = [
     "Checkpoint",
     "Device",
     "GPU",
+    "Image",
+    "Link",
+    "PodTemplate",
     "ReusePolicy",
     "Resources",
     "RetryStrategy",
     "Run",
     "RunContext",
+    "Secret",
+    "SecretRequest",
     "Settings",
     "Storage",
     "TPU",
@@ -61,14 +71,19 @@ __all__ = [
     "TimeoutType",
     "__version__",
     "ctx",
+    "current_group",
     "current_settings",
     "errors",
     "format_history",
+    "group",
     "init",
     "init_from_config",
     "is_initialized",
+    "logger",
     "map",
     "run",
     "shutdown",
+    "trace",
+    "version",
     "with_runcontext",
 ]
