@@ -51,6 +51,8 @@ class TaskEnvironment:
         image: recorded only: on Ray the cluster's image (or a runtime_env) provides the code.
         depends_on: other environments this one depends on (recorded).
         description: free text (at most 255 characters).
+        pod_template: recorded for flyte-sdk compatibility; Ray has no pods (use runtime_env /
+            the cluster config instead).
     """
 
     name: str
@@ -64,6 +66,7 @@ class TaskEnvironment:
     image: Any = None
     depends_on: Sequence["TaskEnvironment"] = ()
     description: Optional[str] = None
+    pod_template: Any = None
     _tasks: Dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
     _norm: Dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 

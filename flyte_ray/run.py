@@ -150,21 +150,33 @@ class RunContext:
         return Run(call, _submit(call))
 
 
-def with_runcontext(name: Optional[str] = None, *, interruptible: Optional[bool] = None,
-                    queue: Optional[str] = None, overwrite_cache: bool = False,
-                    env_vars: Optional[Dict[str, str]] = None, **unsupported: Any) -> RunContext:
+_MODES = ("remote", "local", "hybrid")
+_ACCEPTED_IGNORED = ("debug", "preserve_original_types", "log_level", "project", "domain", "labels",
+                     "annotations", "copy_style", "version", "raw_data_path", "run_base_dir")
+
+
+def with_runcontext(mode: Optional[str] = None, *, name: Optional[str] = None,
+                    interruptible: Optional[bool] = None, queue: Optional[str] = None,
+                    overwrite_cache: bool = False, env_vars: Optional[Dict[str, str]] = None,
+                    **unsupported: Any) -> RunContext:
     """Settings for one run: ``flyte_ray.with_runcontext(interruptible=False).run(task, x)``.
 
     Args:
+        mode: flyte-sdk's ``"remote"`` / ``"local"`` / ``"hybrid"``; accepted for compatibility:
+            every run executes on the Ray cluster flyte-ray is connected to.
         name: the run's name (default: generated).
         interruptible: for every call in the run (overrides task and environment).
         queue: for every call in the run.
         overwrite_cache: recompute cached tasks and store the new outputs.
         env_vars: extra environment variables for every call in the run.
     """
-    if unsupported:
-        raise TypeError(f"with_runcontext: unknown argument(s) {', '.join(sorted(unsupported))}; accepted: "
-                        "name, interruptible, queue, overwrite_cache, env_vars")
+    if mode is not None and mode not in _MODES:
+        raise ValueError(f"with_runcontext.mode: expected one of {_MODES} or None, got {mode!r}")
+    # flyte-sdk settings with no meaning on Ray are accepted and ignored, so its examples run.
+    unknown = sorted(k for k in unsupported if k not in _ACCEPTED_IGNORED)
+    if unknown:
+        raise TypeError(f"with_runcontext: unknown argument(s) {', '.join(unknown)}; accepted: "
+                        "mode, name, interruptible, queue, overwrite_cache, env_vars")
     if name is not None and (not isinstance(name, str) or not name or "/" in name):
         raise ValueError(f"with_runcontext.name: expected a non-empty string without '/', got {name!r}")
     o: Dict[str, Any] = {}

@@ -245,3 +245,11 @@ def test_task_module_not_importable_on_workers_fails_once_with_advice(tmp_path, 
     with pytest.raises(NonRecoverableError, match="cannot be imported on the Ray worker"):
         run.outputs()
     assert len(run.history) == 1  # not retried: it would fail the same way
+
+
+def test_with_runcontext_accepts_flyte_mode_and_rejects_unknown_mode():
+    assert flyte.with_runcontext("remote", debug=True).run(tc.square, 3).outputs() == 9
+    with pytest.raises(ValueError, match="mode"):
+        flyte.with_runcontext("cloud")
+    env = flyte.TaskEnvironment(name="podded", pod_template="my-template")  # recorded only
+    assert env.pod_template == "my-template"
