@@ -948,15 +948,18 @@ def execute_sync(call: "Call", req: "AttemptRequest") -> "Outcome":
         finally:
             slot.inflight -= 1
         if res[0] is None:
-            again = None
-            if len(res) == 2:  # the replica does not know these settings yet: same replica, in full
-                payload = _with_settings(payload)
-                again = slot
-            else:  # rejected by a retiring replica
-                client.forget(slot)
+            payload, again = _declined(res, payload, slot, client)
             continue
         return _unpack(res)
     return _unavailable(PoolUnavailable(f"pool {client.name}: no replica accepted the call"))
+
+
+def _declined(res: tuple, payload: tuple, slot: Any, client: Any) -> tuple:
+    """A replica declined the call: ``(payload, replica to resend to or None)``."""
+    if len(res) == 2:  # the replica does not know these settings yet: same replica, in full
+        return _with_settings(payload), slot
+    client.forget(slot)  # rejected by a retiring replica: pick another
+    return payload, None
 
 
 async def execute_async(call: "Call", req: "AttemptRequest") -> "Outcome":
@@ -1006,12 +1009,7 @@ async def execute_async(call: "Call", req: "AttemptRequest") -> "Outcome":
         finally:
             slot.inflight -= 1
         if res[0] is None:
-            again = None
-            if len(res) == 2:  # the replica does not know these settings yet: same replica, in full
-                payload = _with_settings(payload)
-                again = slot
-            else:  # rejected by a retiring replica
-                client.forget(slot)
+            payload, again = _declined(res, payload, slot, client)
             continue
         return _unpack(res)
     return _unavailable(PoolUnavailable(f"pool {client.name}: no replica accepted the call"))

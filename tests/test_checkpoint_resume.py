@@ -7,6 +7,7 @@ import uuid
 import pytest
 
 import flyte_ray as flyte
+from helpers import wait_until
 
 import tasks_ckpt as tk
 
@@ -21,13 +22,6 @@ STEPS = 20
 
 def _lines(path):
     return [ln.split() for ln in open(path).read().splitlines()] if os.path.exists(path) else []
-
-
-def _wait(pred, timeout=60):
-    deadline = time.time() + timeout
-    while not pred():
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.03)
 
 
 def expected(steps):
@@ -48,7 +42,7 @@ def storage(request, fleet, tmp_path):
 def test_resume_after_preemption_redoes_at_most_one_step(fleet, storage, tmp_path):
     progress = str(tmp_path / "progress")
     run = flyte.run(tk.train, STEPS, progress)
-    _wait(lambda: any(l[0] == "step" and int(l[2]) >= 8 for l in _lines(progress)))
+    wait_until(lambda: any(l[0] == "step" and int(l[2]) >= 8 for l in _lines(progress)))
     node = [l for l in _lines(progress) if l[0] == "step"][-1][3]
     assert fleet.market_of(node) == "spot"
     fleet.preempt(fleet.name_of(node), replace=True)
@@ -63,11 +57,11 @@ def test_retry_after_an_attempt_that_wrote_nothing_gets_the_newest_complete(flee
     flyte.init(storage=str(tmp_path / "store"))
     progress = str(tmp_path / "progress")
     run = flyte.run(tk.train, 12, progress, 0.3)
-    _wait(lambda: any(l[0] == "step" and int(l[2]) >= 4 for l in _lines(progress)))
+    wait_until(lambda: any(l[0] == "step" and int(l[2]) >= 4 for l in _lines(progress)))
     node0 = [l for l in _lines(progress) if l[0] == "step"][-1][3]
     fleet.preempt(fleet.name_of(node0), replace=True)
     # attempt 1 starts, then dies before it writes any checkpoint
-    _wait(lambda: any(l[0] == "start" and l[1] == "1" for l in _lines(progress)))
+    wait_until(lambda: any(l[0] == "start" and l[1] == "1" for l in _lines(progress)))
     node1 = [l for l in _lines(progress) if l[0] == "start" and l[1] == "1"][0][3]
     fleet.preempt(fleet.name_of(node1), graceful=False, replace=True)
     out = run.outputs()
@@ -82,7 +76,7 @@ def test_killed_mid_save_leaves_the_previous_checkpoint(fleet, tmp_path):
     flyte.init(storage=str(tmp_path / "store"))
     progress = str(tmp_path / "progress")
     run = flyte.run(tk.big_save, progress, 400)
-    _wait(lambda: any(l[0] == "saving" for l in _lines(progress)))
+    wait_until(lambda: any(l[0] == "saving" for l in _lines(progress)))
     time.sleep(0.05)
     node = _lines(progress)[0][3]
     fleet.preempt(fleet.name_of(node), graceful=False, replace=True)

@@ -9,18 +9,12 @@ import pytest
 import ray
 
 import flyte_ray as flyte
+from helpers import wait_until
 from flyte_ray import supervisor_actor
 
 import tasks_reattach as tr
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def _wait(pred, timeout=60):
-    deadline = time.time() + timeout
-    while not pred():
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.03)
 
 
 def _done(outdir):
@@ -31,7 +25,7 @@ def test_preempted_parent_reattaches_to_its_children(fleet, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     run = flyte.run(tr.parent, 20, str(out), 0.3)
-    _wait(lambda: len(_done(out)) >= 10)
+    wait_until(lambda: len(_done(out)) >= 10)
     parent_node = open(out / "parent").read().split()[1]
     assert fleet.market_of(parent_node) == "spot"
     fleet.preempt(fleet.name_of(parent_node), replace=True)
@@ -49,7 +43,7 @@ def test_killing_the_supervisor_never_hangs_callers(fleet, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     run = flyte.run(tr.parent, 6, str(out), 1.0)
-    _wait(lambda: ray.get(supervisor_actor._get_handle().ping.remote())["running"] > 0)
+    wait_until(lambda: ray.get(supervisor_actor._get_handle().ping.remote())["running"] > 0)
     pid = ray.get(supervisor_actor._get_handle().ping.remote())["pid"]
     os.kill(pid, signal.SIGKILL)
     t = time.time()
