@@ -56,10 +56,11 @@ def _portable(exc: BaseException) -> BaseException:
 
 
 def run_user_code(task: "TaskTemplate", meta: tuple, args: tuple, kwargs: dict) -> tuple:
-    """Run the user's function for one attempt; returns ``(True, value, node)`` or
-    ``(False, exc, traceback_text, node)``."""
+    """Run the user's function for one attempt; returns ``(True, value, node, seconds)`` or
+    ``(False, exc, traceback_text, node, is_system, seconds)`` (seconds: the user code's runtime)."""
     node = _current_node()
     token = set_context(_context(meta, node))
+    t0 = time.perf_counter()
     try:
         if task.is_async:
             value = waiting.run_coroutine_in_worker(task.func(*args, **kwargs))
@@ -68,10 +69,10 @@ def run_user_code(task: "TaskTemplate", meta: tuple, args: tuple, kwargs: dict) 
     except (KeyboardInterrupt, SystemExit):
         raise  # ray.cancel: let Ray report TaskCancelledError
     except BaseException as e:  # noqa: BLE001 - every user failure is reported as a value
-        return _failed(e, node)
+        return _failed(e, node, t0)
     finally:
         reset_context(token)
-    return (True, value, node)
+    return (True, value, node, time.perf_counter() - t0)
 
 
 async def run_user_code_async(task: "TaskTemplate", meta: tuple, args: tuple, kwargs: dict) -> tuple:
@@ -79,15 +80,16 @@ async def run_user_code_async(task: "TaskTemplate", meta: tuple, args: tuple, kw
     cancellation propagates so Ray reports it."""
     node = _current_node()
     token = set_context(_context(meta, node))
+    t0 = time.perf_counter()
     try:
         value = await task.func(*args, **kwargs)
     except (KeyboardInterrupt, SystemExit, asyncio.CancelledError):
         raise
     except BaseException as e:  # noqa: BLE001 - every user failure is reported as a value
-        return _failed(e, node)
+        return _failed(e, node, t0)
     finally:
         reset_context(token)
-    return (True, value, node)
+    return (True, value, node, time.perf_counter() - t0)
 
 
 def _context(meta: tuple, node: str) -> TaskContext:
@@ -96,11 +98,11 @@ def _context(meta: tuple, node: str) -> TaskContext:
                        run_overrides=meta[9])
 
 
-def _failed(e: BaseException, node: str) -> tuple:
+def _failed(e: BaseException, node: str, t0: float) -> tuple:
     # A Ray platform error escaping user code (a lost object or node under a dying worker) is the
     # platform failing, not the user's code: report it as a system failure.
     system = isinstance(e, rex.RayError) and not isinstance(e, (rex.RayTaskError, rex.TaskCancelledError))
-    return (False, _portable(e), format_exception(e), node, system)
+    return (False, _portable(e), format_exception(e), node, system, time.perf_counter() - t0)
 
 
 # ------------------------------------------------------------------------------- caller side
@@ -181,12 +183,14 @@ def reset() -> None:
 # ------------------------------------------------------------------------------- outcomes
 
 def _unpack(res: tuple, started: Optional[float] = None) -> Outcome:
+    # The runtime comes last and may be missing (a replica that failed before running user code).
     if res[0]:
-        return Outcome(OK, value=res[1], node_id=res[2], started=started)
+        return Outcome(OK, value=res[1], node_id=res[2], started=started, runtime=res[3] if len(res) > 3 else None)
+    runtime = res[5] if len(res) > 5 else None
     if res[4]:
         return Outcome(SYSTEM, error=res[1], traceback=res[2], node_id=res[3], started=started,
-                       system_reason="node_failure")
-    return Outcome(USER, error=res[1], traceback=res[2], node_id=res[3], started=started)
+                       system_reason="node_failure", runtime=runtime)
+    return Outcome(USER, error=res[1], traceback=res[2], node_id=res[3], started=started, runtime=runtime)
 
 
 _NODE_RE = re.compile(r"node ID:?\s*([0-9a-f]{16,})", re.I)

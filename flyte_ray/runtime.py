@@ -46,6 +46,11 @@ class Settings:
         checkpoint_keep: complete checkpoints kept per call.
         supervisor: ``"auto"`` hosts the attempt loop of calls made from spot attempts in a
             supervising actor on on-demand capacity; ``"inline"`` always supervises in the caller.
+        inline_under: with ``supervisor="auto"``, a call from a spot attempt whose task's recent
+            runs all finished in under this many seconds is supervised in its caller instead of
+            the actor (the actor's hop would cost more than re-running it if the caller is
+            preempted; its result is still recorded with the actor for re-attachment).
+            ``0`` sends every such call through the actor.
     """
 
     storage: Storage = field(default_factory=Storage)
@@ -53,6 +58,7 @@ class Settings:
     interruptible_failure_threshold: Optional[int] = None
     checkpoint_keep: int = 2
     supervisor: str = "auto"
+    inline_under: float = 0.1
 
     @property
     def failure_threshold(self) -> int:
@@ -76,6 +82,7 @@ class _ConfigFile(BaseModel):
     namespace: Optional[str] = None
     runtime_env: Optional[dict[str, Any]] = None
     supervisor: str = "auto"
+    inline_under: float = Field(0.1, ge=0)
 
     @field_validator("supervisor")
     @classmethod
@@ -127,6 +134,7 @@ def init(
     namespace: Optional[str] = None,
     runtime_env: Optional[dict[str, Any]] = None,
     supervisor: str = "auto",
+    inline_under: float = 0.1,
     log_level: Union[int, str] = logging.WARNING,
 ) -> Settings:
     """Connect flyte-ray to Ray and set its options.
@@ -146,6 +154,7 @@ def init(
         include_dashboard: start the Ray dashboard with the embedded cluster.
         namespace, runtime_env: passed to ``ray.init``.
         supervisor: ``"auto"`` or ``"inline"`` (see :class:`Settings`).
+        inline_under: seconds; short calls from spot attempts stay in their caller (see :class:`Settings`).
         log_level: Ray's own log level for the embedded cluster.
 
     If Ray is already initialized in this process (by an earlier ``init`` or by the user's own
@@ -163,12 +172,15 @@ def init(
         raise ValueError(f"checkpoint_keep: expected an int >= 1, got {checkpoint_keep!r}")
     if supervisor not in ("auto", "inline"):
         raise ValueError(f"supervisor: expected 'auto' or 'inline', got {supervisor!r}")
+    if isinstance(inline_under, bool) or not isinstance(inline_under, (int, float)) or inline_under < 0:
+        raise ValueError(f"inline_under: expected seconds as a number >= 0 (0 = always the actor), got {inline_under!r}")
     if address is not None and not isinstance(address, str):
         raise TypeError(f"address: expected None, 'auto', 'host:port' or 'ray://host:port'; got {address!r}")
     store = storage if isinstance(storage, Storage) else Storage(storage, storage_options)
     settings = Settings(storage=store, system_retries=system_retries,
                         interruptible_failure_threshold=interruptible_failure_threshold,
-                        checkpoint_keep=checkpoint_keep, supervisor=supervisor)
+                        checkpoint_keep=checkpoint_keep, supervisor=supervisor,
+                        inline_under=float(inline_under))
     with _lock:
         if ray.is_initialized():
             current = _state["address"]

@@ -63,6 +63,7 @@ class AttemptRecord:
     outcome: str = "running"  # succeeded | failed | preemption | node_failure | oom | timeout | queued_timeout | cancelled
     failure_kind: Optional[str] = None  # user | system | None
     error: str = ""
+    runtime: Optional[float] = None  # seconds the user's code ran, measured on the worker
 
     @property
     def duration(self) -> Optional[float]:
@@ -103,6 +104,7 @@ class Outcome:
     ended: Optional[float] = None
     system_reason: str = ""  # "preemption" | "node_failure" for system outcomes
     missing: tuple = ()  # for queued_timeout: resources no node offers
+    runtime: Optional[float] = None  # seconds the user's code ran (when the attempt reported it)
 
 
 def choose_market(interruptible: bool, retries: int, user_failures: int, system_failures: int,
@@ -206,6 +208,7 @@ def _record(rec: AttemptRecord, out: Outcome) -> None:
     rec.ended = out.ended or time.time()
     rec.started = out.started or rec.started
     rec.node_id = out.node_id or rec.node_id
+    rec.runtime = out.runtime
     if out.kind == SYSTEM:
         rec.outcome = out.system_reason or "node_failure"
         rec.failure_kind = "system"

@@ -12,6 +12,17 @@ spot attempt are handed to one async actor on on-demand capacity, created by the
   running again, running ones are awaited, not restarted;
 * if the actor dies, Ray restarts it (``max_restarts=-1``) and callers resubmit transparently;
   a caller that cannot reach a live supervisor within 30 s gets ``SupervisorLostError``.
+
+The hop to the actor costs a round trip (measured here: ~0.8 ms for a Ray actor call, where a
+trivial Ray task takes ~1.4 ms), so sending a one-millisecond child through it more than doubles
+the child's latency, while for a ten-second child it is noise. Hence *short* calls stay with their
+caller (:func:`is_short`): once every recent run of a task finished in under
+``Settings.inline_under`` seconds (default 0.1), a spot caller supervises that task's calls
+itself, exactly as the driver does, and records each finished result with the actor in batches
+(:class:`_Recorder`), off the call's path. If the caller is preempted, Ray ends the short
+children it owned (at most ``inline_under`` seconds of work each) and its retry, which always
+goes through the actor, gets the recorded results back and re-runs only the rest. Calls of
+unknown or longer runtime, and every call of a retried parent, go through the actor.
 """
 
 from __future__ import annotations
@@ -20,7 +31,7 @@ import asyncio
 import hashlib
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any, Optional
 
 import ray
@@ -43,6 +54,8 @@ class SupervisorActor:
     def __init__(self) -> None:
         self.running: dict[str, asyncio.Future] = {}
         self.finished: OrderedDict[str, tuple] = OrderedDict()
+        self.hosted = 0  # calls whose attempt loop ran here
+        self.recorded = 0  # short calls' results sent by the callers that supervised them
 
     async def run(self, key: str, task: Any, args: tuple, kwargs: dict, run_name: str, call_id: str,
                   settings: Any, run_overrides: Optional[dict]) -> tuple:
@@ -65,6 +78,7 @@ class SupervisorActor:
         call = Call(task, spec, run_name, call_id, args, kwargs, settings, run_overrides)
         fut = asyncio.ensure_future(self._host(key, call))
         self.running[key] = fut
+        self.hosted += 1
         return fut, False
 
     async def _host(self, key: str, call: "Call") -> tuple:
@@ -72,14 +86,25 @@ class SupervisorActor:
 
         try:
             value = await run_async(call)
-            out: tuple = (True, value, "")
+            out: tuple = (True, value, "", _runtime(call))
         except Exception as e:  # noqa: BLE001 - travels back to the caller as a value
-            out = (False, _portable(e), format_exception(e))
+            out = (False, _portable(e), format_exception(e), _runtime(call))
         self.running.pop(key, None)
+        self._keep(key, out)
+        return out
+
+    def _keep(self, key: str, out: tuple) -> None:
         self.finished[key] = out
         while len(self.finished) > KEEP_RESULTS:
             self.finished.popitem(last=False)
-        return out
+
+    async def record_many(self, items: list) -> None:
+        """Results of short calls that their (spot) callers supervised themselves, kept for a
+        retried caller to re-attach to (see :func:`is_short`)."""
+        for key, out in items:
+            if key not in self.running and key not in self.finished:
+                self._keep(key, out)
+                self.recorded += 1
 
     async def run_many(self, items: list) -> list:
         """Many calls in one actor call (a burst of ``.aio()`` calls from one caller)."""
@@ -101,13 +126,20 @@ class SupervisorActor:
         import os
 
         return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
-                "running": len(self.running), "finished": len(self.finished)}
+                "running": len(self.running), "finished": len(self.finished), "hosted": self.hosted,
+                "recorded": self.recorded}
 
 
 def _portable(exc: BaseException) -> BaseException:
     from .attempt import _portable as p
 
     return p(exc)
+
+
+def _runtime(call: "Call") -> Optional[float]:
+    """Seconds the call's last attempt ran user code (None when it never reported)."""
+    h = call.state.history
+    return h[-1].runtime if h else None
 
 
 _RemoteSupervisor = ray.remote(SupervisorActor)  # bound under another name: see ray-here notes
@@ -153,15 +185,110 @@ def reset() -> None:
     _handle = None
     _owned = None
     _batchers.clear()
+    _recent.clear()
 
 
 def should_delegate(call: "Call") -> bool:
-    """Delegate calls made from an attempt on spot capacity (its node may vanish)."""
+    """Calls made from an attempt on spot capacity (its node may vanish) are this module's:
+    :func:`run_sync` / :func:`run_async` host them here or in the actor."""
     from .context import ctx
 
     parent = ctx()
     return (parent is not None and parent.market == "spot" and call.settings.supervisor == "auto"
             and waiting.is_worker())
+
+
+RECENT = 8  # runs of a task remembered per process to judge it short
+_recent: "dict[str, deque]" = {}
+
+
+def note_runtime(fqn: str, seconds: Optional[float]) -> None:
+    """Remember how long a finished call of ``fqn`` ran (its last attempt's user code)."""
+    if seconds is None:
+        return
+    d = _recent.get(fqn)
+    if d is None:
+        if len(_recent) > 4096:
+            _recent.clear()
+        d = _recent[fqn] = deque(maxlen=RECENT)
+    d.append(seconds)
+
+
+def is_short(call: "Call") -> bool:
+    """Supervise this call in its caller: every recent run of its task took under
+    ``inline_under`` seconds, and the caller is a first attempt (a retried caller re-attaches
+    through the actor, which holds the results of its earlier attempt's children)."""
+    from .context import ctx
+
+    limit = call.settings.inline_under
+    if limit <= 0:
+        return False
+    d = _recent.get(call.spec.fqn)
+    if not d or max(d) >= limit:
+        return False
+    parent = ctx()
+    return parent is not None and parent.attempt == 0
+
+
+class _Recorder:
+    """Sends the results of short calls to the actor in batches, from a daemon thread, so
+    recording costs the call's path one list append. A result finished less than
+    :data:`FLUSH_S` before its caller is lost is not recorded: the retried caller re-runs it."""
+
+    FLUSH_S = 0.02
+
+    def __init__(self) -> None:
+        self.items: list = []
+        self.lock = threading.Lock()
+        self.thread: Optional[threading.Thread] = None
+
+    def add(self, call: "Call", value: Any) -> None:
+        with self.lock:
+            self.items.append((call, value))
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="flyte-ray-recorder", daemon=True)
+                self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.FLUSH_S)
+            with self.lock:
+                batch, self.items = self.items, []
+            if batch:
+                self.flush(batch)
+
+    @staticmethod
+    def flush(batch: list) -> None:
+        try:
+            items = [(call_key(c), (True, v, "", _runtime(c))) for c, v in batch]
+            _get_handle().record_many.remote(items)  # fire and forget
+        except Exception:  # noqa: BLE001 - best effort: an unrecorded short call re-runs
+            pass
+
+
+_recorder = _Recorder()
+
+
+def _inline_sync(call: "Call") -> Any:
+    from . import supervisor
+
+    try:
+        value = supervisor.run_sync(call)
+    finally:
+        note_runtime(call.spec.fqn, _runtime(call))
+    _recorder.add(call, value)
+    return value
+
+
+async def _inline_async(call: "Call") -> Any:
+    from . import supervisor
+
+    try:
+        value = await supervisor.run_async(call)
+    finally:
+        note_runtime(call.spec.fqn, _runtime(call))
+    _recorder.add(call, value)
+    return value
 
 
 def call_key(call: "Call") -> str:
@@ -178,8 +305,9 @@ def _args(call: "Call") -> tuple:
             call.run_overrides)
 
 
-def _unpack(res: tuple) -> Any:
+def _unpack(call: "Call", res: tuple) -> Any:
     ok, value, tb = res[0], res[1], res[2]
+    note_runtime(call.spec.fqn, res[3])
     if ok:
         return value
     if isinstance(value, (RuntimeUserError, RuntimeSystemError)):
@@ -193,6 +321,13 @@ def _lost(call: "Call", e: BaseException) -> SupervisorLostError:
 
 
 def run_sync(call: "Call") -> Any:
+    """Host a call from a blocking spot caller: in the caller when short, else in the actor."""
+    if is_short(call):
+        return _inline_sync(call)
+    return _delegate_sync(call)
+
+
+def _delegate_sync(call: "Call") -> Any:
     """Delegate a call from a blocking caller; resubmits if the actor restarts."""
     args = _args(call)
     deadline = time.monotonic() + RECOVERY_S
@@ -207,7 +342,7 @@ def run_sync(call: "Call") -> Any:
                 raise _lost(call, e) from e
             time.sleep(0.5)
             refresh = True
-    return _unpack(res)
+    return _unpack(call, res)
 
 
 BATCH = 64
@@ -264,6 +399,13 @@ _batchers: "dict[asyncio.AbstractEventLoop, _Batcher]" = {}
 
 
 async def run_async(call: "Call") -> Any:
+    """Host a call from a spot caller's event loop: in the caller when short, else in the actor."""
+    if is_short(call):
+        return await _inline_async(call)
+    return await _delegate_async(call)
+
+
+async def _delegate_async(call: "Call") -> Any:
     """Delegate a call from an event loop (batched with its siblings); falls back to single
     calls, with recovery, if the actor is unreachable."""
     from .attempt import _client_mode
@@ -277,7 +419,7 @@ async def run_async(call: "Call") -> Any:
                 _batchers.clear()
             b = _batchers[loop] = _Batcher(loop)
         try:
-            return _unpack(await b.add(args))
+            return _unpack(call, await b.add(args))
         except _Fallback:
             pass
     return await _run_async_single(call, args)
@@ -296,4 +438,4 @@ async def _run_async_single(call: "Call", args: tuple) -> Any:
                 raise _lost(call, e) from e
             await asyncio.sleep(0.5)
             refresh = True
-    return _unpack(res)
+    return _unpack(call, res)

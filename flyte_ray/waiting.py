@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import threading
+import weakref
 from typing import Any, Coroutine
 
 import ray
+from ray import ObjectRef
+from ray.exceptions import RayTaskError
 
 _inflight: set = set()
 _inflight_lock = threading.Lock()
@@ -145,14 +149,74 @@ def wait_blocking(ref: Any, timeout: float | None) -> Any:
     return ray.get(ref, timeout=timeout)
 
 
+class _Completions:
+    """Per event loop: hands Ray's completion callbacks to the loop in batches.
+
+    ``await ref`` costs, per ref, a ``concurrent.futures.Future`` chained to an asyncio future and
+    one ``call_soon_threadsafe`` (a self-pipe write that wakes the loop) per completion. Here a
+    completion is appended to a list on Ray's callback thread and the loop is woken once per
+    batch: with thousands of children in flight most completions ride on a wake-up already due.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.ready: list = []
+        self.lock = threading.Lock()
+        self.scheduled = False
+
+    def future(self, ref: Any) -> asyncio.Future:
+        fut = self.loop.create_future()
+        fut.object_ref = ref  # type: ignore[attr-defined]  # keeps the ref (and its value) alive
+        ref._on_completed(functools.partial(self._done, fut))
+        return fut
+
+    def _done(self, fut: asyncio.Future, data: Any) -> None:  # on Ray's callback thread
+        with self.lock:
+            self.ready.append((fut, data))
+            if self.scheduled:
+                return
+            self.scheduled = True
+        try:
+            self.loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the loop is closed: nobody awaits these any more
+            pass
+
+    def _drain(self) -> None:
+        with self.lock:
+            batch, self.ready = self.ready, []
+            self.scheduled = False
+        for fut, data in batch:
+            if fut.done():  # cancelled meanwhile
+                continue
+            if isinstance(data, RayTaskError):
+                fut.set_exception(data.as_instanceof_cause())  # as ``await ref`` raises it
+            elif isinstance(data, BaseException):
+                fut.set_exception(data)
+            else:
+                fut.set_result(data)
+
+
+_completions: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Completions]" = weakref.WeakKeyDictionary()
+
+
+def _future(ref: Any) -> Any:
+    if type(ref) is not ObjectRef:  # Ray client refs and anything else: Ray's own awaitable
+        return ref
+    loop = asyncio.get_running_loop()
+    c = _completions.get(loop)
+    if c is None:
+        c = _completions[loop] = _Completions(loop)
+    return c.future(ref)
+
+
 async def await_ref(ref: Any) -> Any:
     """Await an ObjectRef; inside a worker, registered so the parked main thread releases the CPU."""
     if is_worker():
         register(ref)
         try:
-            return await ref
+            return await _future(ref)
         finally:
             unregister(ref)
-    return await ref
+    return await _future(ref)
 
 

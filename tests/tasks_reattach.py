@@ -45,3 +45,21 @@ async def middle(i: int) -> int:
 @spot.task(retries=1)
 async def top(n: int) -> int:
     return sum(await asyncio.gather(*(middle.aio(i) for i in range(n))))
+
+
+@steady.task
+def quick(i: int, outdir: str) -> int:
+    with open(os.path.join(outdir, f"quick-{i}"), "a") as f:  # a counter on disk
+        f.write("ran\n")
+    return i + 1
+
+
+@spot.task(retries=1)
+def short_parent(n: int, outdir: str) -> list:
+    """Calls a short task n times, then (first attempt only) waits to be preempted."""
+    out = [quick(i, outdir) for i in range(n)]
+    if flyte.ctx().attempt == 0:
+        with open(os.path.join(outdir, "ready"), "w") as f:
+            f.write(flyte.ctx().node_id)
+        time.sleep(120)
+    return out

@@ -144,9 +144,11 @@ def test_init_twice_keeps_connection_and_rejects_other_address(caplog):
 
 def test_init_from_config(tmp_path):
     cfg = tmp_path / "flyte-ray.yaml"
-    cfg.write_text("system_retries: 7\ncheckpoint_keep: 3\n")
+    cfg.write_text("system_retries: 7\ncheckpoint_keep: 3\ninline_under: 0.5\n")
     s = flyte.init_from_config(cfg)
-    assert s.system_retries == 7 and s.checkpoint_keep == 3
+    assert s.system_retries == 7 and s.checkpoint_keep == 3 and s.inline_under == 0.5
+    with pytest.raises(ValueError, match="inline_under.*>= 0"):
+        flyte.init(inline_under=-1)
     bad = tmp_path / "bad.yaml"
     bad.write_text("system_retries: many\n")
     with pytest.raises(ValueError, match="system_retries"):

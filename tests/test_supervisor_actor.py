@@ -35,6 +35,28 @@ def test_preempted_parent_reattaches_to_its_children(fleet, tmp_path):
     assert len(runs) == 20 and set(runs.values()) == {1}, runs  # no child ran twice
 
 
+def test_short_calls_stay_in_the_caller_and_survive_its_preemption(fleet, tmp_path):
+    """After one run through the actor shows the task is short, a spot parent supervises its
+    calls itself and records their results with the actor; preempted, its retry gets them back."""
+    out = tmp_path / "out"
+    out.mkdir()
+    sup = supervisor_actor._get_handle()
+    before = ray.get(sup.ping.remote())
+    n = 30
+    run = flyte.run(tr.short_parent, n, str(out))
+    wait_until(lambda: (out / "ready").exists())
+    wait_until(lambda: ray.get(sup.ping.remote())["recorded"] - before["recorded"] >= n - 1)
+    mid = ray.get(sup.ping.remote())
+    assert mid["hosted"] - before["hosted"] == 1  # only the first call, while its runtime was unknown
+    parent_node = (out / "ready").read_text()
+    assert fleet.market_of(parent_node) == "spot"
+    fleet.preempt(fleet.name_of(parent_node), replace=True)
+    assert run.outputs() == [i + 1 for i in range(n)]
+    assert [r.outcome for r in run.history] == ["preemption", "succeeded"]
+    runs = [open(out / f"quick-{i}").read().count("ran") for i in range(n)]
+    assert runs == [1] * n, runs  # nothing re-ran: every result came back from the actor
+
+
 def test_three_level_async_fan_out_on_spot(fleet):
     assert asyncio.run(tr.top.aio(6)) == sum(i * 10 + j for i in range(6) for j in range(4))
 
