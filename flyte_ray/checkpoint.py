@@ -95,6 +95,7 @@ import time
 from typing import IO, Any, Awaitable, Callable, Generic, Iterator, TypeVar
 
 import fsspec
+import fsspec.asyn
 from fsspec.spec import AbstractFileSystem
 
 logger = logging.getLogger(__name__)
@@ -115,12 +116,24 @@ CHUNK_SIZE = 8 * 2**20
 # Version ids: ``<time_ns, 20 digits>-<8 random hex digits>``; string order is age order.
 _NS_DIGITS = 20
 _VID_RE = re.compile(r"\d{20}-[0-9a-f]{8}")
+# A single-object version: ``<version>.<file name>`` directly under the prefix.
+_OBJ_RE = re.compile(r"(\d{20}-[0-9a-f]{8})\.(.+)")
+# Backends where writing one object is atomic -- it is either entirely there or absent, and a
+# killed (multipart) upload never becomes visible -- so a single-blob save can be one object that
+# is its own commit point. S3 (s3fs) only for now: GCS and Azure blobs have the same property but
+# are not exercised by the tests here, so they keep the marker layout.
+_ATOMIC_OBJECT_PROTOCOLS = frozenset({"s3", "s3a"})
+# Read size of flyte-ray's own single-GET S3 download (s3fs's get_file reads 64 KiB at a time).
+_S3_READ_CHUNK = 2**20
 _SAFE_RE = re.compile(r"[A-Za-z0-9._-]+")
 _SAFE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 # Object keys may be 1024 bytes on S3 and file names 255 bytes on most local file systems.
 _MAX_COMPONENT = 120
 
 T = TypeVar("T")
+# What an upload step returns: kind, blob name, size, file count, and for a single-object stream
+# the function that commits (True) or discards (False) it; None where the upload is done.
+_Uploaded = tuple[str, "str | None", int, int, "Callable[[bool], None] | None"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,9 +389,10 @@ class Checkpoint:
         self._markers: dict[str, dict[str, Any]] = {}
         # Highest version id this object has seen (listed or written): new ids sort above it.
         self._known_max: str | None = None
-        # Version ids known to exist (complete or not): None until this object first lists
-        # the prefix, then kept up to date by every listing, save and delete of this object.
-        self._vids: set[str] | None = None
+        # Version ids known to exist (complete or not), each mapped to ``(file name, size)`` for
+        # a single-object version and to None for a version folder: None until this object first
+        # lists the prefix, then kept up to date by every listing, save and delete of this object.
+        self._vids: dict[str, tuple[str, int] | None] | None = None
         # The helper thread of the last save (listing + best-effort pruning).
         self._bg: threading.Thread | None = None
         self._workspace: tempfile.TemporaryDirectory[str] | None = None
@@ -453,10 +467,73 @@ class Checkpoint:
     def _vurl(self, vid: str) -> str:
         return f"{self._url}/{vid}"
 
+    def _blob_path(self, vid: str, name: str, single: bool) -> str:
+        """Where a single blob of version ``vid`` goes: ``<prefix>/<vid>.<name>`` for a
+        single-object version, ``<prefix>/<vid>/data/<name>`` in a version folder."""
+        return f"{self._root}/{vid}.{name}" if single else f"{self._vpath(vid)}/{DATA_DIR}/{name}"
+
+    def _data_path(self, m: dict[str, Any]) -> str:
+        """The payload of version ``m``: the blob, or the folder of a directory checkpoint."""
+        if m.get("layout") == "object":
+            return self._blob_path(m["version"], m["name"], True)
+        data = f"{self._vpath(m['version'])}/{DATA_DIR}"
+        return f"{data}/{m['name']}" if m["kind"] == "bytes" else data
+
+    def _object_marker(self, vid: str, name: str, size: int) -> dict[str, Any]:
+        """The marker of a single-object version, made from its listing entry."""
+        return {
+            "format": MARKER_FORMAT,
+            "version": vid,
+            "kind": "bytes",
+            "name": name,
+            "size": size,
+            "files": 1,
+            "created": int(vid[:_NS_DIGITS]) / 1e9,
+            "metadata": None,
+            "layout": "object",
+            "url": f"{self._url}/{vid}.{name}",
+        }
+
     @property
     def _remote(self) -> bool:
         """True for backends where a request costs a network round trip (not local, not memory)."""
         return fsspec.utils.get_protocol(self._url) not in ("file", "local", "memory")
+
+    @property
+    def _atomic(self) -> bool:
+        """True where one object write is atomic, so a single blob can be its own commit."""
+        return fsspec.utils.get_protocol(self._url) in _ATOMIC_OBJECT_PROTOCOLS
+
+    @property
+    def _s3(self) -> bool:
+        """True when :attr:`fs` is s3fs (flyte-ray then issues some GETs itself, see :func:`_s3_get_file`)."""
+        return self._atomic and hasattr(self.fs, "_call_s3")
+
+    # ---- transfers ----------------------------------------------------------------------
+
+    def _cat(self, path: str) -> bytes:
+        """Whole content of one object."""
+        if self._s3:
+            # s3fs's cat_file asks for the size first (a HEAD) to decide on ranged reads; one GET
+            # is all a marker or a checkpoint read by ``read()`` needs.
+            return fsspec.asyn.sync(self.fs.loop, _s3_cat, self.fs, path)
+        return self.fs.cat_file(path)
+
+    def _get_blob(self, path: str, lpath: str, size: int) -> None:
+        """Download one object of (expected) ``size`` bytes to the local file ``lpath``."""
+        fs = self.fs
+        if self._s3 and size <= getattr(fs, "default_block_size", 0):
+            # Objects s3fs itself would fetch with one streamed GET: do that GET here, reading
+            # 1 MiB at a time (s3fs reads 64 KiB), which costs markedly less CPU per byte. The
+            # response checksum is validated as in s3fs (same botocore client).
+            try:
+                fsspec.asyn.sync(fs.loop, _s3_get_file, fs, path, lpath)
+                return
+            except FileNotFoundError:
+                raise
+            except Exception as e:  # noqa: BLE001 -- s3fs's get_file resumes broken reads
+                logger.warning("single-GET download of %s failed (%s); retrying with get_file", path, e)
+        fs.get_file(path, lpath)
 
     # ---- background work ----------------------------------------------------------------
 
@@ -494,23 +571,36 @@ class Checkpoint:
             self._known_max = vid
 
     def _list_vids(self) -> list[str]:
-        """All version ids under the prefix (complete or not), ascending. One ``ls``."""
+        """All version ids under the prefix (complete or not), ascending. One ``ls``.
+
+        Where single-object versions exist (:data:`_ATOMIC_OBJECT_PROTOCOLS`), the listing's
+        sizes come along and their markers are made from it: such a version costs no marker read.
+        """
         fs = self.fs
+        detail = self._atomic
         # Object-store filesystems cache listings; a new attempt's writes must be visible.
         fs.invalidate_cache(self._root)
         try:
-            entries = fs.ls(self._root, detail=False)
+            entries = fs.ls(self._root, detail=detail)
         except (FileNotFoundError, NotADirectoryError):
             entries = []
-        vids = set()
+        found: dict[str, tuple[str, int] | None] = {}
         for e in entries:
-            name = str(e).rstrip("/").rsplit("/", 1)[-1]
+            path = e["name"] if detail else e
+            name = str(path).rstrip("/").rsplit("/", 1)[-1]
             if _VID_RE.fullmatch(name):
-                vids.add(name)
-        out = sorted(vids)
+                found.setdefault(name, None)
+            elif detail and e.get("type") != "directory":
+                mo = _OBJ_RE.fullmatch(name)
+                if mo is not None and _is_safe_name(mo.group(2)):
+                    found[mo.group(1)] = (mo.group(2), int(e.get("size") or 0))
+        out = sorted(found)
         if out:
             self._note(out[-1])
-        self._vids = set(out)
+        for vid, obj in found.items():
+            if obj is not None and vid not in self._markers:
+                self._markers[vid] = self._object_marker(vid, *obj)
+        self._vids = found
         return out
 
     def _marker(self, vid: str) -> dict[str, Any] | None:
@@ -518,13 +608,20 @@ class Checkpoint:
         cached = self._markers.get(vid)
         if cached is not None:
             return cached
+        obj = self._vids.get(vid) if self._vids is not None else None
+        if obj is not None:
+            # A single-object version: complete by construction, its marker is its listing.
+            m = self._object_marker(vid, *obj)
+            self._markers[vid] = m
+            return m
         try:
-            raw = self.fs.cat_file(f"{self._vpath(vid)}/{MARKER_NAME}")
+            raw = self._cat(f"{self._vpath(vid)}/{MARKER_NAME}")
             m = json.loads(raw)
         except (FileNotFoundError, ValueError, UnicodeDecodeError):
             return None
         if not (isinstance(m, dict) and m.get("version") == vid and m.get("kind") in ("bytes", "dir")):
             return None
+        m["layout"] = "folder"
         m["url"] = self._vurl(vid)
         self._markers[vid] = m
         return m
@@ -557,11 +654,11 @@ class Checkpoint:
         """Save ``data`` as a new single-blob checkpoint (flytekit ``write``)."""
         data = bytes(data) if not isinstance(data, bytes) else data
 
-        def upload(fs: AbstractFileSystem, vpath: str) -> tuple[str, str | None, int, int]:
-            fs.pipe_file(f"{vpath}/{DATA_DIR}/{DEFAULT_BLOB_NAME}", data)
-            return "bytes", DEFAULT_BLOB_NAME, len(data), 1
+        def upload(fs: AbstractFileSystem, vid: str, single: bool) -> _Uploaded:
+            fs.pipe_file(self._blob_path(vid, DEFAULT_BLOB_NAME, single), data)
+            return "bytes", DEFAULT_BLOB_NAME, len(data), 1, None
 
-        self._commit(upload, metadata)
+        self._commit(upload, metadata, blob=True)
 
     def _save(
         self,
@@ -580,13 +677,13 @@ class Checkpoint:
             self.write(src, metadata=metadata)
             return
         if hasattr(src, "read") and not isinstance(src, (str, os.PathLike)):
-            self._commit(functools.partial(self._upload_reader, src), metadata, replayable=False)  # type: ignore[arg-type]
+            self._commit(functools.partial(self._upload_reader, src), metadata, replayable=False, blob=True)  # type: ignore[arg-type]
             return
         local = pathlib.Path(os.fspath(src)).expanduser()
         if local.is_dir():
             self._commit(functools.partial(self._upload_dir, local), metadata)
         elif local.is_file():
-            self._commit(functools.partial(self._upload_file, local), metadata)
+            self._commit(functools.partial(self._upload_file, local), metadata, blob=True)
         else:
             raise FileNotFoundError(f"checkpoint source does not exist: {local}")
 
@@ -597,15 +694,16 @@ class Checkpoint:
             for d in dirs:
                 fs.makedirs(d, exist_ok=True)
 
-    def _upload_file(self, local: pathlib.Path, fs: AbstractFileSystem, vpath: str) -> tuple[str, str | None, int, int]:
+    def _upload_file(self, local: pathlib.Path, fs: AbstractFileSystem, vid: str, single: bool) -> _Uploaded:
         name = local.name if _is_safe_name(local.name) else DEFAULT_BLOB_NAME
         size = local.stat().st_size
-        fs.put_file(str(local), f"{vpath}/{DATA_DIR}/{name}")
-        return "bytes", name, size, 1
+        fs.put_file(str(local), self._blob_path(vid, name, single))
+        return "bytes", name, size, 1, None
 
-    def _upload_reader(self, reader: IO[bytes], fs: AbstractFileSystem, vpath: str) -> tuple[str, str | None, int, int]:
+    def _upload_reader(self, reader: IO[bytes], fs: AbstractFileSystem, vid: str, single: bool) -> _Uploaded:
+        out = fs.open(self._blob_path(vid, DEFAULT_BLOB_NAME, single), "wb")
         size = 0
-        with fs.open(f"{vpath}/{DATA_DIR}/{DEFAULT_BLOB_NAME}", "wb") as out:
+        try:
             while True:
                 chunk = reader.read(CHUNK_SIZE)
                 if not chunk:
@@ -614,9 +712,31 @@ class Checkpoint:
                     raise TypeError("checkpoint readers must be binary (read() returned str)")
                 out.write(chunk)
                 size += len(chunk)
-        return "bytes", DEFAULT_BLOB_NAME, size, 1
+            if not single:
+                out.close()
+        except BaseException:
+            # Never close() a failed stream: on an object store that would publish the part
+            # written so far (harmless in a version folder, which has no marker, but still waste).
+            _discard(out)
+            raise
+        if not single:
+            return "bytes", DEFAULT_BLOB_NAME, size, 1, None
 
-    def _upload_dir(self, local: pathlib.Path, fs: AbstractFileSystem, vpath: str) -> tuple[str, str | None, int, int]:
+        def finish(commit: bool) -> None:
+            # A single-object stream becomes visible -- complete -- only on close().
+            if commit:
+                try:
+                    out.close()
+                except BaseException:
+                    _discard(out)
+                    raise
+            else:
+                _discard(out)
+
+        return "bytes", DEFAULT_BLOB_NAME, size, 1, finish
+
+    def _upload_dir(self, local: pathlib.Path, fs: AbstractFileSystem, vid: str, single: bool) -> _Uploaded:
+        vpath = self._vpath(vid)
         lpaths: list[str] = []
         rpaths: list[str] = []
         rdirs: set[str] = set()
@@ -638,16 +758,20 @@ class Checkpoint:
             # Explicit lists: no glob expansion or trailing-slash rules, and async backends
             # (s3fs, gcsfs) upload the files concurrently.
             fs.put(lpaths, rpaths)
-        return "dir", None, size, len(lpaths)
+        return "dir", None, size, len(lpaths), None
 
     def _commit(
         self,
-        upload: Callable[[AbstractFileSystem, str], tuple[str, str | None, int, int]],
+        upload: Callable[[AbstractFileSystem, str, bool], _Uploaded],
         metadata: dict[str, Any] | None,
         *,
         replayable: bool = True,
+        blob: bool = False,
     ) -> None:
         meta_json = json.loads(json.dumps(metadata)) if metadata is not None else None  # fail early
+        # One object, no marker: a single blob without metadata on a backend whose object
+        # writes are atomic. Everything else gets a version folder and a marker written last.
+        single = blob and metadata is None and self._atomic
         with self._lock:
             self._wait_background()
             fs = self.fs
@@ -665,10 +789,20 @@ class Checkpoint:
             committed = False
             try:
                 while True:
-                    vpath = self._vpath(vid)
-                    self._makedirs_if_local(fs, f"{vpath}/{DATA_DIR}")
-                    kind, name, size, nfiles = upload(fs, vpath)
-                    listed = job.listing()
+                    if not single:
+                        self._makedirs_if_local(fs, f"{self._vpath(vid)}/{DATA_DIR}")
+                    kind, name, size, nfiles, finish = upload(fs, vid, single)
+                    # A single object (not a stream) is committed by now: if anything below
+                    # fails or supersedes it, the helper deletes it again (best-effort).
+                    uploaded = self._object_marker(vid, name, size) if single and finish is None else None
+                    try:
+                        listed = job.listing()
+                    except BaseException:
+                        if finish is not None:
+                            finish(False)
+                        else:
+                            job.also_delete(vid, uploaded)
+                        raise
                     newer = [v for v in listed if v >= vid and v != vid]
                     if not newer:
                         break
@@ -679,7 +813,10 @@ class Checkpoint:
                         "checkpoint version %s under %s is not the newest (%s exists); re-uploading",
                         vid, self._url, max(newer),
                     )
-                    job.also_delete(vid)
+                    if finish is not None:
+                        finish(False)  # an uncommitted single-object stream: never visible
+                    else:
+                        job.also_delete(vid, uploaded)
                     self._note(max(newer))
                     if not replayable:
                         raise RuntimeError(
@@ -687,30 +824,41 @@ class Checkpoint:
                             f"{max(newer)} sorts after the one being written; save again"
                         )
                     vid = self._new_vid()
-                marker: dict[str, Any] = {
-                    "format": MARKER_FORMAT,
-                    "version": vid,
-                    "kind": kind,
-                    "name": name,
-                    "size": size,
-                    "files": nfiles,
-                    "created": time.time(),
-                    "metadata": meta_json,
-                }
-                # The commit point: one small object, written after the whole payload.
-                fs.pipe_file(f"{vpath}/{MARKER_NAME}", json.dumps(marker).encode())
+                if single:
+                    # The commit point is the object itself: the upload above (one atomic
+                    # object), or for a stream the close() here.
+                    if finish is not None:
+                        finish(True)
+                    marker = self._object_marker(vid, name, size)  # type: ignore[arg-type]
+                else:
+                    marker = {
+                        "format": MARKER_FORMAT,
+                        "version": vid,
+                        "kind": kind,
+                        "name": name,
+                        "size": size,
+                        "files": nfiles,
+                        "created": time.time(),
+                        "metadata": meta_json,
+                    }
+                    # The commit point: one small object, written after the whole payload.
+                    fs.pipe_file(f"{self._vpath(vid)}/{MARKER_NAME}", json.dumps(marker).encode())
+                    marker["layout"] = "folder"
+                    marker["url"] = self._vurl(vid)
                 committed = True
             finally:
                 # Deletes that must wait for the commit (keep == 1) run after this, in the
                 # helper thread; nothing is deleted past the commit point if the save failed.
                 job.finish(committed, vid)
-            marker["url"] = self._vurl(vid)
             self._markers[vid] = marker
             if self._vids is not None:
-                self._vids.add(vid)
+                self._vids[vid] = (name, size) if single else None  # type: ignore[assignment]
 
     def _delete_version(self, vid: str, m: dict[str, Any] | None) -> None:
         fs = self.fs
+        if m is not None and m.get("layout") == "object":
+            fs.rm_file(self._data_path(m))  # one object: no marker to go first
+            return
         vpath = self._vpath(vid)
         if m is not None and m["kind"] == "bytes" and self._remote:
             # Object store, keys known from the marker: one bulk DeleteObjects request instead
@@ -793,7 +941,7 @@ class Checkpoint:
         def fetch(m: dict[str, Any]) -> bytes | None:
             if m["kind"] != "bytes":
                 raise ValueError(f"newest checkpoint {m['url']} is a directory; use restore()")
-            data = self.fs.cat_file(f"{self._vpath(m['version'])}/{DATA_DIR}/{m['name']}")
+            data = self._cat(self._data_path(m))
             return data if len(data) == m["size"] else None
 
         return self._resolve_and(fetch)
@@ -836,12 +984,12 @@ class Checkpoint:
         leaves a wrong or truncated file under the final name).
         """
         fs = self.fs
-        data = f"{self._vpath(m['version'])}/{DATA_DIR}"
+        data = self._data_path(m)
         if m["kind"] == "bytes":
             name = m["name"] if _is_safe_name(m.get("name")) else DEFAULT_BLOB_NAME
             partial = dest / f".{name}.{secrets.token_hex(4)}.partial"
             try:
-                fs.get_file(f"{data}/{m['name']}", str(partial))
+                self._get_blob(data, str(partial), m["size"])
                 ok = partial.stat().st_size == m["size"]
             except BaseException:
                 partial.unlink(missing_ok=True)
@@ -924,6 +1072,46 @@ class Checkpoint:
         return await asyncio.to_thread(self.restore, dest_dir)
 
 
+def _discard(f: Any) -> None:
+    """Abandon a file opened for writing without publishing it, where the backend can
+    (s3fs aborts the multipart upload); otherwise just close it."""
+    try:
+        f.discard()
+        f.closed = True  # or its __del__ would close(), i.e. publish, what is left
+    except Exception:  # noqa: BLE001 -- e.g. local files opened with autocommit cannot discard
+        try:
+            f.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+async def _s3_cat(fs: Any, path: str) -> bytes:
+    """One GET of a whole object (s3fs's ``cat_file`` sends a HEAD first)."""
+    bucket, key, _ = fs.split_path(path)
+    resp = await fs._call_s3("get_object", Bucket=bucket, Key=key)
+    body = resp["Body"]
+    try:
+        return await body.read()
+    finally:
+        body.close()
+
+
+async def _s3_get_file(fs: Any, path: str, lpath: str) -> None:
+    """One streamed GET of an object into ``lpath``, 1 MiB at a time (bounded memory)."""
+    bucket, key, _ = fs.split_path(path)
+    resp = await fs._call_s3("get_object", Bucket=bucket, Key=key)
+    body = resp["Body"]
+    try:
+        with open(lpath, "wb") as f:
+            while True:
+                chunk = await body.read(_S3_READ_CHUNK)
+                if not chunk:
+                    break
+                f.write(chunk)
+    finally:
+        body.close()
+
+
 def _is_safe_name(name: Any) -> bool:
     return (
         isinstance(name, str)
@@ -983,7 +1171,7 @@ class _PruneJob:
         self._error: BaseException | None = None
         self._done = threading.Event()
         self._committed = False
-        self._extra: list[str] = []
+        self._extra: list[tuple[str, dict[str, Any] | None]] = []
         self.thread = threading.Thread(target=self._run, name="flyte-ray-checkpoint-prune", daemon=True)
 
     # called by the saving thread
@@ -995,9 +1183,10 @@ class _PruneJob:
             raise self._error
         return self._listing
 
-    def also_delete(self, vid: str) -> None:
-        """An incomplete version of this save that must go too (after ``finish``)."""
-        self._extra.append(vid)
+    def also_delete(self, vid: str, m: dict[str, Any] | None = None) -> None:
+        """A version of this save that must go too (after ``finish``): an incomplete one, or
+        (``m`` given) a single object superseded before the save returned."""
+        self._extra.append((vid, m))
 
     def finish(self, committed: bool, vid: str) -> None:
         self._committed = committed
@@ -1017,6 +1206,8 @@ class _PruneJob:
             except BaseException as e:  # noqa: BLE001 -- re-raised in the saving thread
                 self._error = e
                 self._listed.set()
+                self._done.wait()
+                self._delete(self._extra)
                 return
             self._listing = listed
             self._listed.set()
@@ -1041,14 +1232,14 @@ class _PruneJob:
         self._done.wait()
         if self._committed:
             self._delete([(v, None) for v in incomplete] + complete[keep_old:])
-        self._delete([(v, None) for v in self._extra])
+        self._delete(self._extra)
 
     def _delete(self, doomed: list[tuple[str, dict[str, Any] | None]]) -> None:
         cp = self._cp
         for v, m in doomed:
             cp._markers.pop(v, None)
             if cp._vids is not None:
-                cp._vids.discard(v)
+                cp._vids.pop(v, None)
             try:
                 cp._delete_version(v, m)
             except FileNotFoundError:
