@@ -152,18 +152,84 @@ MAX_REPICKS = 50  # rejected / retired picks before an attempt gives up (system 
 SYNC_QUEUE_SLOTS = 31  # extra threads of a sync replica: calls waiting there are visible demand
 ASYNC_QUEUE_SLOTS = 10_000
 _REJECTED = (None,)  # a retired replica's answer: "pick another one"
-_MISSING = object()
-_NEED_SETTINGS = (None, "settings")  # a replica's answer: "send the settings in full"
+_NEED_STATIC = (None, "static")  # a replica's answer: "send the call's static part in full"
+
+# The wire format (hot path). Ray serializes an argument or result with msgpack when it holds only
+# msgpack types; a *tuple* anywhere sends it (or that part) through pickle, which measurably costs
+# on each side (about 4% of a warm call per direction). So a call travels as a list:
+#
+#   [static, overrides, run_name, call_id, attempt, user_attempt, system_failures, args, kwargs]
+#
+# ``static`` is a 12-byte digest of what repeats between calls (task, settings, fqn, market,
+# queue); a replica that does not know it yet gets it in full, as a list (see :func:`_static`).
+# ``overrides`` is None or the pickled run overrides. ``args`` is a list and ``kwargs`` a dict when
+# msgpack gives their values back as themselves (:func:`_wire_safe`; whatever msgpack cannot hold,
+# a tuple or a user object, Ray pickles, type intact), else ``args`` is the args tuple and
+# ``kwargs`` is ``(kwargs,)``: pickled whole. A successful call answers ``[value, node]`` when the
+# value is wire-safe, else ``(True, value, node)``; a failure is ``(False, exc, traceback, node,
+# system)`` (a user error as a value); a declined call :data:`_REJECTED` or :data:`_NEED_STATIC`.
+
+_SCALARS = frozenset({int, float, str, bytes, bool, type(None)})
+_WIRE_BUDGET = 256  # values looked at, at most; a bigger structure is pickled whole (as it was)
 
 
-class _NeedSettings(Exception):
-    pass
+def _lossy_types() -> frozenset:
+    """Types msgpack packs natively as something else (bytearray / memoryview as bytes)."""
+    out = {bytearray, memoryview}
+    try:
+        import msgpack
+
+        out.update((msgpack.ExtType, msgpack.Timestamp))
+    except Exception:  # noqa: BLE001
+        pass
+    return frozenset(out)
+
+
+_LOSSY = _lossy_types()
+
+
+def _wire_safe(v: Any) -> bool:
+    """True when Ray's msgpack serialization (strict types: lists and dicts are packed, a tuple or
+    any other object is pickled) gives ``v`` back as itself: it holds, through plain lists and
+    dicts, no value msgpack would pack as another type."""
+    if v.__class__ in _SCALARS:
+        return True
+    stack = [v]
+    n = 0
+    while stack:
+        x = stack.pop()
+        t = x.__class__
+        if t is list:
+            n += len(x)
+            if n > _WIRE_BUDGET:
+                return False
+            stack.extend(x)
+        elif t is dict:
+            n += 2 * len(x)
+            if n > _WIRE_BUDGET:
+                return False
+            stack.extend(x)
+            stack.extend(x.values())
+        elif t in _LOSSY:
+            return False
+    return True
 
 
 # =============================================================================== replica side
 
 def _load_task(blob: bytes) -> Any:
     return pickle.loads(blob)
+
+
+_run_user_code: Any = None
+_run_user_code_async: Any = None
+
+
+def _attempt_fns() -> None:
+    global _run_user_code, _run_user_code_async
+    from .attempt import run_user_code, run_user_code_async
+
+    _run_user_code, _run_user_code_async = run_user_code, run_user_code_async
 
 
 class _ReplicaBase:
@@ -175,14 +241,15 @@ class _ReplicaBase:
         self.served = 0
         self.retiring = False
         self.last_active = time.time()
-        self.tasks: dict = {}
-        self.objs: dict = {}
-        self.settings: dict = {}  # digest -> Settings (few: one per driver)
+        self.tasks: dict = {}  # task blob -> task (one object per task: by-value tasks keep their globals)
+        self.objs: dict = {}  # settings / overrides blob -> object
+        self.statics: dict = {}  # static digest -> (task, fqn, market, queue, settings)
         self.warm_error = ""
         try:  # imports the user's module here: its initialisation is paid once, before any call
             self.tasks[task_blob] = _load_task(task_blob)
         except Exception as e:  # noqa: BLE001 - reported per call, as a user error
             self.warm_error = f"{type(e).__name__}: {e}"
+        _attempt_fns()
 
     def _task(self, blob: bytes) -> Any:
         t = self.tasks.get(blob)
@@ -190,17 +257,24 @@ class _ReplicaBase:
             t = self.tasks[blob] = _load_task(blob)
         return t
 
-    def _unpack(self, p: tuple) -> tuple:
-        """The call's payload (see :func:`_payload`) -> ``(task, meta, args, kwargs)``."""
-        task = self._task(p[0])
-        if isinstance(p[1], tuple):  # (digest, blob): learn them
-            settings = self.settings[p[1][0]] = pickle.loads(p[1][1])
-        else:
-            settings = self.settings.get(p[1], _MISSING)
-            if settings is _MISSING:
-                raise _NeedSettings()
-        overrides = self._obj(p[2]) if p[2] is not None else None
-        return task, (p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], settings, overrides), p[11], p[12]
+    def _learn(self, full: list) -> tuple:
+        """A static part sent in full: ``[digest, task_blob, settings_blob, fqn, market, queue]``."""
+        st = (self._task(full[1]), full[3], full[4], full[5], self._obj(full[2]))
+        if len(self.statics) > 1024:
+            self.statics.clear()
+        self.statics[full[0]] = st
+        return st
+
+    def _meta(self, p: list) -> Any:
+        """``(task, meta)`` for payload ``p`` (see the wire format above), or None when the
+        replica does not know its static part."""
+        s = p[0]
+        st = self.statics.get(s) if s.__class__ is bytes else self._learn(s)
+        if st is None:
+            return None
+        ov = p[1]
+        return st[0], (p[2], st[1], p[3], p[4], p[5], p[6], st[2], st[3], st[4],
+                       None if ov is None else self._obj(ov))
 
     def _obj(self, blob: bytes) -> Any:
         o = self.objs.get(blob, _MISSING)
@@ -229,39 +303,57 @@ class _ReplicaBase:
                 else self.last_active)
 
 
+_MISSING = object()
+
+
 class _Replica(_ReplicaBase):
     """A warm replica for sync tasks: one call at a time (threaded actor, ``ctl`` group apart)."""
 
     def __init__(self, task_blob: bytes, pool: str, concurrency: int) -> None:
         super().__init__(task_blob, pool, concurrency)
-        self.slots = threading.BoundedSemaphore(concurrency)
-        self.mu = threading.Lock()  # counters are updated from several threads
+        # Sync tasks run one call at a time (concurrency=1): a plain lock is the slot, and the
+        # counters it guards need no other lock. ``mu`` guards ``waiting`` (and, with
+        # concurrency > 1, every counter).
+        self.slots = threading.Lock() if concurrency == 1 else threading.BoundedSemaphore(concurrency)
+        self.mu = threading.Lock()
 
-    def run(self, p: tuple) -> tuple:
-        from .attempt import run_user_code
-
+    def run(self, p: list) -> Any:
         if self.retiring:
             return _REJECTED
         try:
-            task, meta, args, kwargs = self._unpack(p)
-        except _NeedSettings:
-            return _NEED_SETTINGS
+            tm = self._meta(p)
         except Exception as e:  # noqa: BLE001
             return self._load_failed(e)
-        with self.mu:
-            self.waiting += 1
-        self.slots.acquire()
-        with self.mu:
-            self.waiting -= 1
-            self.active += 1
-        try:
-            return run_user_code(task, meta, args, kwargs)
-        finally:
+        if tm is None:
+            return _NEED_STATIC
+        slots = self.slots
+        if not slots.acquire(False):  # busy: wait, counted as demand
             with self.mu:
+                self.waiting += 1
+            slots.acquire()
+            with self.mu:
+                self.waiting -= 1
+        exclusive = self.concurrency == 1
+        if exclusive:
+            self.active += 1
+        else:
+            with self.mu:
+                self.active += 1
+        try:
+            kw = p[8]
+            r = _run_user_code(tm[0], tm[1], p[7], kw if kw.__class__ is dict else kw[0])
+        finally:
+            if exclusive:
                 self.active -= 1
                 self.served += 1
                 self.last_active = time.time()
-            self.slots.release()
+            else:
+                with self.mu:
+                    self.active -= 1
+                    self.served += 1
+                    self.last_active = time.time()
+            slots.release()
+        return [r[1], r[2]] if r[0] is True and _wire_safe(r[1]) else r
 
     def load(self) -> tuple:
         return self._load()
@@ -280,32 +372,36 @@ class _AsyncReplica(_ReplicaBase):
         super().__init__(task_blob, pool, concurrency)
         self.slots: Optional[asyncio.Semaphore] = None  # made on the actor's loop
 
-    async def run(self, p: tuple) -> tuple:
+    async def run(self, p: list) -> Any:
         if self.retiring:
             return _REJECTED
         try:
-            task, meta, args, kwargs = self._unpack(p)
-        except _NeedSettings:
-            return _NEED_SETTINGS
+            tm = self._meta(p)
         except Exception as e:  # noqa: BLE001
             return self._load_failed(e)
-        if self.slots is None:
-            self.slots = asyncio.Semaphore(self.concurrency)
-        self.waiting += 1
-        try:
-            await self.slots.acquire()
-        finally:
-            self.waiting -= 1
+        if tm is None:
+            return _NEED_STATIC
+        slots = self.slots
+        if slots is None:
+            slots = self.slots = asyncio.Semaphore(self.concurrency)
+        if slots.locked():  # no free slot: wait, counted as demand
+            self.waiting += 1
+            try:
+                await slots.acquire()
+            finally:
+                self.waiting -= 1
+        else:
+            await slots.acquire()  # free: returns at once
         self.active += 1
         try:
-            from .attempt import run_user_code_async
-
-            return await run_user_code_async(task, meta, args, kwargs)
+            kw = p[8]
+            r = await _run_user_code_async(tm[0], tm[1], p[7], kw if kw.__class__ is dict else kw[0])
         finally:
             self.active -= 1
             self.served += 1
             self.last_active = time.time()
-            self.slots.release()
+            slots.release()
+        return [r[1], r[2]] if r[0] is True and _wire_safe(r[1]) else r
 
     async def load(self) -> tuple:
         return self._load()
@@ -608,12 +704,14 @@ class PoolUnavailable(Exception):
 
 
 class _Slot:
-    __slots__ = ("rid", "handle", "inflight")
+    __slots__ = ("rid", "handle", "run", "inflight", "known")
 
     def __init__(self, rid: str, handle: Any) -> None:
         self.rid = rid
         self.handle = handle
+        self.run = handle.run  # the bound method, made once (``handle.run`` builds one per access)
         self.inflight = 0
+        self.known: set = set()  # static digests sent to this replica in full
 
 
 class _PoolClient:
@@ -672,6 +770,29 @@ class _PoolClient:
             _known_managers.pop(self.name, None)
             self.version = -1
 
+    def refresh_background(self) -> None:
+        """Ask the manager for a fresh list without waiting for it: the call goes on with the
+        current list, and the answer replaces it when it arrives (a blocking refresh would cost
+        the call a manager round trip once per ``REFRESH_S``)."""
+        with self.lock:
+            if self.pending is not None:
+                return
+            try:
+                ref = self.pending = self._manager().replicas.remote(self.version)
+            except Exception:  # noqa: BLE001 - the next blocking refresh says what is wrong
+                self.pending = None
+                return
+        ref.future().add_done_callback(lambda f: self._background_done(ref, f))
+
+    def _background_done(self, ref: Any, fut: Any) -> None:
+        try:
+            res = fut.result()
+        except Exception:  # noqa: BLE001 - manager gone: re-created by the next request
+            self._failed(ref)
+            self.fresh_at = time.monotonic() - REFRESH_S + 0.2  # try again in 0.2 s, not per call
+            return
+        self._apply(ref, res)
+
     def refresh_sync(self, force: bool = False) -> None:
         import ray.exceptions as rex
 
@@ -722,12 +843,12 @@ class _PoolClient:
                 best = s
         return best
 
-    def _stale(self) -> bool:
-        return not self.slots or time.monotonic() - self.fresh_at > REFRESH_S
-
     def pick_sync(self) -> _Slot:
-        if self._stale():
-            self.refresh_sync()
+        if time.monotonic() - self.fresh_at > REFRESH_S:
+            if self.slots:
+                self.refresh_background()
+            else:
+                self.refresh_sync()
         s = self._choose()
         while s is None:  # the manager always lists at least one (possibly starting) replica
             self.refresh_sync(force=True)
@@ -735,8 +856,11 @@ class _PoolClient:
         return s
 
     async def pick_async(self) -> _Slot:
-        if self._stale():
-            await self.refresh_async()
+        if time.monotonic() - self.fresh_at > REFRESH_S:
+            if self.slots:
+                self.refresh_background()
+            else:
+                await self.refresh_async()
         s = self._choose()
         while s is None:
             await self.refresh_async(force=True)
@@ -779,8 +903,26 @@ class _PoolClient:
 
 _clients: dict = {}
 _blobs: dict = {}
+_statics: dict = {}
 _known_managers: dict = {}  # name -> handle this process created or looked up (the driver's keep pools alive)
 _clients_lock = threading.Lock()
+
+# Bound on first use (importing them here would be circular): the hot path pays no import.
+_cluster_view: Any = None
+_Outcome: Any = None
+_OK: Any = None
+_unpack_result: Any = None
+_wait_blocking: Any = None
+
+
+def _bind_caller() -> None:
+    global _cluster_view, _Outcome, _OK, _unpack_result, _wait_blocking
+    from .attempt import _unpack
+    from .placement import cluster_view
+    from .supervisor import OK, Outcome
+    from .waiting import wait_blocking
+
+    _cluster_view, _Outcome, _OK, _unpack_result, _wait_blocking = cluster_view, Outcome, OK, _unpack, wait_blocking
 
 
 def _kind(call: "Call") -> str:
@@ -788,18 +930,19 @@ def _kind(call: "Call") -> str:
 
 
 def _client_for(call: "Call", req: "AttemptRequest") -> _PoolClient:
-    from .placement import cluster_view
-
-    view = cluster_view()
-    key = (id(call.spec), req.market, req.queue, view.has_markets(), view.has_queues())
-    hit = _clients.get(key)
-    if hit is not None and hit[0] is call.spec:
-        return hit[1]
+    # The pool depends on the spec, the market and queue, and on which markers the cluster
+    # declares (a pure function of the cluster view's resource names, the same object until the
+    # view refreshes): while that object is the same, the last answer stands.
+    names = _cluster_view().resource_names()
+    spec = call.spec
+    hit = _clients.get((id(spec), req.market, req.queue))
+    if hit is not None and hit[0] is spec and hit[1] is names:
+        return hit[2]
     with _clients_lock:
         client = _make_client(call, req)
         if len(_clients) > 4096:
             _clients.clear()
-        _clients[key] = (call.spec, client)  # holding spec keeps id(spec) from being reused
+        _clients[(id(spec), req.market, req.queue)] = (spec, names, client)  # spec held: its id is not reused
     return client
 
 
@@ -837,7 +980,7 @@ def _make_client(call: "Call", req: "AttemptRequest") -> _PoolClient:
 
 def _blob(obj: Any) -> bytes:
     """``obj`` pickled, cached per object: tasks (by reference when importable, see
-    ``TaskTemplate.__reduce__``), settings and run overrides are the same for many calls."""
+    ``TaskTemplate.__reduce__``) and settings are the same for many calls."""
     hit = _blobs.get(id(obj))
     if hit is not None and hit[0] is obj:
         return hit[1]
@@ -850,43 +993,56 @@ def _blob(obj: Any) -> bytes:
     return b
 
 
-def _payload(call: "Call", req: "AttemptRequest") -> tuple:
-    """One call's argument to a replica: a single tuple of plain values (bytes, str, int) plus
-    the user's arguments, which Ray serializes in one go; the replica caches what repeats (the
-    task by its bytes; the settings by a digest, see :func:`_with_settings`). The same facts as
-    :func:`flyte_ray.attempt._meta`."""
+def _static(call: "Call", req: "AttemptRequest") -> tuple:
+    """What repeats between a task's calls, once per (task, settings, market, queue) in this
+    process: ``(digest, full)``, where ``full`` (``[digest, task_blob, settings_blob, fqn, market,
+    queue]``) goes to a replica once and ``digest`` (12 bytes, the same in every process for the
+    same content) on every call after that."""
+    task, settings = call.task, call.settings
+    k = (id(task), id(settings), call.spec.fqn, req.market, req.queue)
+    hit = _statics.get(k)
+    if hit is not None and hit[0] is task and hit[1] is settings:
+        return hit[2]
+    tb, sb = _blob(task), _blob(settings)
+    digest = hashlib.sha1(pickle.dumps((tb, sb, k[2], k[3], k[4]))).digest()[:12]
+    st = (digest, [digest, tb, sb, k[2], k[3], k[4]])
+    if len(_statics) > 4096:
+        _statics.clear()
+    _statics[k] = (task, settings, st)  # holding both keeps their ids from being reused
+    return st
+
+
+def _payload(call: "Call", req: "AttemptRequest", static: Any) -> list:
+    """One call's argument to a replica, in the wire format (see the top of this module). The
+    same facts as :func:`flyte_ray.attempt._meta`."""
     ov = call.run_overrides  # a fresh dict per call: not worth caching here
-    return (_blob(call.task), _digest(call.settings), None if ov is None else ray.cloudpickle.dumps(ov),
-            call.run_name, call.spec.fqn, call.call_id, req.attempt, req.user_attempt, req.system_failures,
-            req.market, req.queue, call.args, call.kwargs)
+    args, kwargs = call.args, call.kwargs
+    for a in args:
+        if not _wire_safe(a):
+            break
+    else:
+        args = list(args)
+    if kwargs and not _wire_safe(kwargs):
+        kwargs = (kwargs,)
+    return [static, None if ov is None else ray.cloudpickle.dumps(ov), call.run_name, call.call_id,
+            req.attempt, req.user_attempt, req.system_failures, args, kwargs]
 
 
-_digests: dict = {}
-
-
-def _digest(settings: Any) -> bytes:
-    hit = _digests.get(id(settings))
-    if hit is not None and hit[0] is settings:
-        return hit[1]
-    d = hashlib.sha1(_blob(settings)).digest()[:12]
-    if len(_digests) > 4096:
-        _digests.clear()
-    _digests[id(settings)] = (settings, d)
-    _settings_by_digest[d] = _blob(settings)
-    return d
-
-
-_settings_by_digest: dict = {}
-
-
-def _with_settings(payload: tuple) -> tuple:
-    """The payload with the full settings (sent once per replica that does not know them yet)."""
-    return payload[:1] + ((payload[1], _settings_by_digest[payload[1]]),) + payload[2:]
+def _for_slot(payload: list, st: tuple, slot: _Slot) -> list:
+    """``payload`` as ``slot`` needs it: with the static part in full the first time."""
+    if st[0] in slot.known:
+        return payload
+    slot.known.add(st[0])  # optimistic: a replica that still lacks it answers _NEED_STATIC
+    p = payload.copy()
+    p[0] = st[1]
+    return p
 
 
 def _limit(req: "AttemptRequest") -> Optional[float]:
-    vals = [v for v in (req.max_runtime, req.deadline_left) if v is not None]
-    return max(min(vals), 0.0) if vals else None
+    a, b = req.max_runtime, req.deadline_left
+    if a is None:
+        return None if b is None else max(b, 0.0)
+    return max(a if b is None else min(a, b), 0.0)
 
 
 def _timeout_outcome(call: "Call", req: "AttemptRequest", limit: float) -> "Outcome":
@@ -909,28 +1065,30 @@ def _unavailable(e: BaseException) -> "Outcome":
 
 def execute_sync(call: "Call", req: "AttemptRequest") -> "Outcome":
     """One attempt on a warm replica, from a blocking caller; returns its outcome."""
-    from . import waiting
-    from .attempt import _unpack, classify
-
+    if _Outcome is None:
+        _bind_caller()
     try:
         client = _client_for(call, req)
-        payload = _payload(call, req)
+        st = _static(call, req)
+        payload = _payload(call, req, st[0])
     except Exception as e:  # noqa: BLE001
         return _unavailable(e)
     limit = _limit(req)
-    t0 = time.monotonic()
-    again = None  # the replica to send the call to again (with the settings in full)
+    t0 = time.monotonic() if limit is not None else 0.0
+    again = None  # the replica to send the call to again (with the static part in full)
     for _ in range(MAX_REPICKS):
-        try:
-            slot = again or client.pick_sync()
-            again = None
-        except PoolUnavailable as e:
-            return _unavailable(e)
-        ref = slot.handle.run.remote(payload)
+        if again is None:
+            try:
+                slot = client.pick_sync()
+            except PoolUnavailable as e:
+                return _unavailable(e)
+            ref = slot.run.remote(_for_slot(payload, st, slot))
+        else:
+            slot, again = again, None
+            ref = slot.run.remote(_with_static(payload, st))
         slot.inflight += 1
         try:
-            left = None if limit is None else max(limit - (time.monotonic() - t0), 0.0)
-            res = waiting.wait_blocking(ref, left)
+            res = _wait_blocking(ref, None if limit is None else max(limit - (time.monotonic() - t0), 0.0))
         except rex.GetTimeoutError:
             # a sync call cannot be interrupted: the replica is killed and replaced
             try:
@@ -942,46 +1100,67 @@ def execute_sync(call: "Call", req: "AttemptRequest") -> "Outcome":
         except rex.RayActorError as e:
             if client.report_lost_sync(slot) == "retired":
                 continue
-            return classify(e, req.market)
+            return _classify(e, req.market)
         except rex.RayError as e:
-            return classify(e, req.market)
+            return _classify(e, req.market)
         finally:
             slot.inflight -= 1
+        if res.__class__ is list:
+            return _Outcome(_OK, value=res[0], node_id=res[1])
         if res[0] is None:
-            payload, again = _declined(res, payload, slot, client)
+            again = _declined(res, slot, client)
             continue
-        return _unpack(res)
+        return _unpack_result(res)
     return _unavailable(PoolUnavailable(f"pool {client.name}: no replica accepted the call"))
 
 
-def _declined(res: tuple, payload: tuple, slot: Any, client: Any) -> tuple:
-    """A replica declined the call: ``(payload, replica to resend to or None)``."""
-    if len(res) == 2:  # the replica does not know these settings yet: same replica, in full
-        return _with_settings(payload), slot
+def _classify(e: BaseException, market: str) -> "Outcome":
+    from .attempt import classify
+
+    return classify(e, market)
+
+
+def _with_static(payload: list, st: tuple) -> list:
+    p = payload.copy()
+    p[0] = st[1]
+    return p
+
+
+def _declined(res: tuple, slot: _Slot, client: _PoolClient) -> Optional[_Slot]:
+    """A replica declined the call: the replica to resend it to (with the static part in full),
+    or None to pick another."""
+    if len(res) == 2:  # the replica does not know the static part: same replica, in full
+        return slot
     client.forget(slot)  # rejected by a retiring replica: pick another
-    return payload, None
+    return None
 
 
 async def execute_async(call: "Call", req: "AttemptRequest") -> "Outcome":
     """One attempt on a warm replica, from an event loop; returns its outcome."""
-    from .attempt import _await, _unpack, classify
+    from .attempt import _await, classify
 
+    if _Outcome is None:
+        _bind_caller()
     try:
         client = _client_for(call, req)
-        payload = _payload(call, req)
+        st = _static(call, req)
+        payload = _payload(call, req, st[0])
     except Exception as e:  # noqa: BLE001
         return _unavailable(e)
     limit = _limit(req)
     t0 = time.monotonic()
-    again = None  # the replica to send the call to again (with the settings in full)
+    again = None  # the replica to send the call to again (with the static part in full)
     async_replica = client.config["kind"] == "async"
     for _ in range(MAX_REPICKS):
-        try:
-            slot = again or await client.pick_async()
-            again = None
-        except PoolUnavailable as e:
-            return _unavailable(e)
-        ref = slot.handle.run.remote(payload)
+        if again is None:
+            try:
+                slot = await client.pick_async()
+            except PoolUnavailable as e:
+                return _unavailable(e)
+            ref = slot.run.remote(_for_slot(payload, st, slot))
+        else:
+            slot, again = again, None
+            ref = slot.run.remote(_with_static(payload, st))
         slot.inflight += 1
         try:
             left = None if limit is None else max(limit - (time.monotonic() - t0), 0.0)
@@ -1008,10 +1187,12 @@ async def execute_async(call: "Call", req: "AttemptRequest") -> "Outcome":
             return await asyncio.get_running_loop().run_in_executor(None, classify, e, req.market)
         finally:
             slot.inflight -= 1
+        if res.__class__ is list:
+            return _Outcome(_OK, value=res[0], node_id=res[1])
         if res[0] is None:
-            payload, again = _declined(res, payload, slot, client)
+            again = _declined(res, slot, client)
             continue
-        return _unpack(res)
+        return _unpack_result(res)
     return _unavailable(PoolUnavailable(f"pool {client.name}: no replica accepted the call"))
 
 
@@ -1091,8 +1272,8 @@ def shutdown_pools(env: Any = None) -> int:
     if env is None:
         _clients.clear()
     else:
-        for k, (spec, c) in list(_clients.items()):
-            if c.name not in _by_name:
+        for k, hit in list(_clients.items()):
+            if hit[2].name not in _by_name:
                 _clients.pop(k, None)
     return n
 
@@ -1112,4 +1293,5 @@ def reset() -> None:
     _clients.clear()
     _by_name.clear()
     _blobs.clear()
+    _statics.clear()
     _known_managers.clear()

@@ -6,6 +6,7 @@ it in a file named after the process id — once per replica process if replicas
 """
 
 import asyncio
+import collections
 import os
 import tempfile
 import time
@@ -36,6 +37,9 @@ bench = flyte.TaskEnvironment(name="reuse_bench", resources=small, reusable=flyt
 bench_cached = flyte.TaskEnvironment(name="reuse_bench_cached", resources=small, cache="auto")
 idle = flyte.TaskEnvironment(name="reuse_idle", resources=small,
                              reusable=flyte.ReusePolicy(replicas=1, idle_ttl=2))
+wire = flyte.TaskEnvironment(name="reuse_wire", resources=small, reusable=flyte.ReusePolicy(replicas=1, idle_ttl=60))
+wire_kid = flyte.TaskEnvironment(name="reuse_wire_kid", resources=small,
+                                 reusable=flyte.ReusePolicy(replicas=1, idle_ttl=60))
 
 
 @warm.task
@@ -107,3 +111,56 @@ def bench_cached_probe(log: str) -> int:
 @idle.task
 def idle_call() -> int:
     return os.getpid()
+
+Point = collections.namedtuple("Point", "x y")
+
+# Values that must reach a warm replica, and come back, as themselves (type included).
+WIRE_VALUES = [(1, 2), 2 ** 70, -(2 ** 70), {1: "a", (2, 3): [4, (5,)]}, b"\x00b", bytearray(b"xy"),
+               [1, (2, [3])], "\u00e9t\u00e9", None, True, 1.5, {"s": {1, 2}}, frozenset({3}),
+               collections.OrderedDict(a=1), Point(1, (2,)), [], (), {}]
+
+
+def _ctx_facts() -> dict:
+    c = flyte.ctx()
+    return {"run_name": c.run_name, "fqn": c.fqn, "call_id": c.call_id, "attempt": c.attempt,
+            "user_attempt": c.user_attempt, "system_failures": c.system_failures, "market": c.market,
+            "queue": c.queue, "node_id": c.node_id, "has_settings": c.settings is not None,
+            "run_overrides": c.run_overrides, "pid": os.getpid()}
+
+
+@wire.task
+def wire_echo(*args, **kwargs) -> dict:
+    """The arguments as the task saw them (types included) and its context."""
+    return {"args": args, "kwargs": kwargs, "ctx": _ctx_facts()}
+
+
+@wire.task
+async def wire_aecho(*args, **kwargs) -> dict:
+    return {"args": args, "kwargs": kwargs, "ctx": _ctx_facts()}
+
+
+@wire.task
+def wire_value(v):
+    return v
+
+
+@wire.task
+def wire_fails(code: int) -> int:
+    raise KeyError(f"missing {code}")
+
+
+@wire.task
+async def wire_afails(code: int) -> int:
+    raise KeyError(f"missing {code}")
+
+
+@wire_kid.task
+def wire_child(x: int) -> dict:
+    return {"x": x, "ctx": _ctx_facts()}
+
+
+@wire.task
+def wire_parent(n: int) -> dict:
+    """Calls a warm child from a warm replica: the nested call's context and settings."""
+    kids = [wire_child(i) for i in range(n)]
+    return {"ctx": _ctx_facts(), "kids": kids}

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+import ray
 
 import flyte_ray as flyte
 from flyte_ray import reuse
@@ -176,3 +177,85 @@ def test_replica_preempted_mid_call_completes_on_another_replica(fleet, tmp_path
     # the lost replica is replaced
     s = _wait_stats("reuse_spot", lambda s: s and s["ready"] == 2 and s["lost"] >= 1, timeout=30)
     assert node not in s["nodes"]
+
+
+def _same(a, b):
+    """Equal, and of the same types all the way down."""
+    assert type(a) is type(b), (a, b)
+    if isinstance(a, (list, tuple)):
+        assert len(a) == len(b), (a, b)
+        for x, y in zip(a, b):
+            _same(x, y)
+    elif isinstance(a, dict):
+        assert list(a) == list(b), (a, b)
+        for k in a:
+            _same(a[k], b[k])
+    else:
+        assert a == b, (a, b)
+
+
+def _check_ctx(c, fqn):
+    assert c["fqn"] == fqn and c["call_id"] == "root"
+    assert (c["attempt"], c["user_attempt"], c["system_failures"]) == (0, 0, 0)
+    assert c["market"] == "ondemand" and c["queue"] == "default"
+    assert c["node_id"] and c["has_settings"] and c["run_overrides"] is None
+    assert c["pid"] != os.getpid()
+
+
+def test_values_keep_their_types_and_the_task_sees_its_context(fleet):
+    args, kwargs = tr.WIRE_VALUES, {"k": (1,), "s": {1, 2}, "n": None, "l": [(1,)]}
+    r = tr.wire_echo(*args, **kwargs)
+    _same(r["args"], tuple(args))
+    _same(r["kwargs"], kwargs)
+    _check_ctx(r["ctx"], "reuse_wire.wire_echo")
+    for v in tr.WIRE_VALUES:  # results too
+        _same(tr.wire_value(v), v)
+    ra = asyncio.run(tr.wire_aecho.aio(*args, **kwargs))
+    _same(ra["args"], tuple(args))
+    _same(ra["kwargs"], kwargs)
+    _check_ctx(ra["ctx"], "reuse_wire.wire_aecho")
+    assert r["ctx"]["run_name"] != ra["ctx"]["run_name"]  # one run per top-level call
+    # the run's name and overrides reach the replica; the attempt records its node
+    run = flyte.with_runcontext(name="wire-run", queue="default").run(tr.wire_echo, 1)
+    out = run.outputs(timeout=30)
+    assert out["ctx"]["run_name"] == "wire-run" and out["ctx"]["run_overrides"] == {"queue": "default"}
+    assert [h.outcome for h in run.history] == ["succeeded"]
+    assert run.history[0].node_id == out["ctx"]["node_id"]
+
+
+def test_user_errors_come_back_as_values_sync_and_async(fleet):
+    with pytest.raises(KeyError, match="missing 7") as ei:
+        tr.wire_fails(7)
+    assert isinstance(ei.value, RuntimeUserError)
+    with pytest.raises(KeyError, match="missing 8") as ei:
+        asyncio.run(tr.wire_afails.aio(8))
+    assert isinstance(ei.value, RuntimeUserError)
+    run = flyte.run(tr.wire_fails, 9)
+    with pytest.raises(KeyError):
+        run.outputs(timeout=30)
+    assert [(h.outcome, h.failure_kind) for h in run.history] == [("failed", "user")]
+    assert tr.wire_value(3) == 3  # the replica is still fine
+
+
+def test_nested_warm_calls_carry_the_run_and_settings(fleet):
+    r = tr.wire_parent(3)
+    kids = r["kids"]
+    assert [k["x"] for k in kids] == [0, 1, 2]
+    assert [k["ctx"]["call_id"] for k in kids] == [f"root/wire_child-{i}" for i in range(3)]
+    assert {k["ctx"]["run_name"] for k in kids} == {r["ctx"]["run_name"]}
+    assert all(k["ctx"]["has_settings"] for k in kids)
+    assert len({k["ctx"]["pid"] for k in kids}) == 1 and kids[0]["ctx"]["pid"] != r["ctx"]["pid"]
+
+
+def test_a_replica_that_lacks_the_static_part_asks_for_it(fleet, monkeypatch):
+    # The caller sends a task's static part (task, settings, fqn, market, queue) in full once per
+    # replica and a 12-byte digest after that; a replica that does not know the digest asks.
+    assert tr.wire_value(1) == 1
+    client = next(c for c in reuse._by_name.values() if c.name.startswith(reuse.POOL_PREFIX + "reuse_wire:"))
+    unknown = [b"\0" * 12, None, "r", "root", 0, 0, 0, [1], {}]
+    assert ray.get(client.slots[0].run.remote(unknown)) == reuse._NEED_STATIC
+    reuse.shutdown_pools("reuse_wire")
+    monkeypatch.setattr(reuse, "_for_slot", lambda payload, st, slot: payload)  # never in full up front
+    assert tr.wire_value(2) == 2  # a fresh replica: it asks, gets it in full, runs the call
+    assert tr.wire_value(3) == 3
+    _wait_stats("reuse_wire", lambda s: s and s["served"] == 2 and s["created"] == 1)
