@@ -13,7 +13,15 @@ def _square(x: int) -> int:
     return x * x
 
 
-raw_square = ray.remote(_square)
+def raw_remote():
+    """The raw baseline: the same function as a plain Ray task, placed like flyte-ray's attempts
+    (the spot market's marker), so both sides run on the same nodes and only overhead differs."""
+    from flyte_ray.placement import attempt_options
+
+    return _raw.options(**attempt_options({}, "spot", "default"))
+
+
+_raw = ray.remote(_square)
 
 
 @env.task(retries=1)
