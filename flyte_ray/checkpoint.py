@@ -13,6 +13,7 @@ Layout under a checkpoint prefix::
 
     <prefix>/<version>/data/<payload or directory tree>
     <prefix>/<version>/_COMPLETE        <- JSON commit marker, written LAST
+    <prefix>/<version>.<file name>      <- S3 only: a single blob saved without metadata
 
 where ``<version>`` is ``<time_ns, 20 digits>-<8 random hex digits>``, e.g.
 ``01795603878385555316-3fa2c01e``: string order is age order, so "newest" is the largest id.
@@ -29,13 +30,23 @@ checkpoint as the newest readable one. The marker also records the payload size,
 verify without extra requests: a version whose payload disappeared or was truncated (e.g. by a
 concurrent pruner) is skipped in favour of the next older complete one.
 
+On S3 the same atomicity makes a marker unnecessary for a single blob (a file, ``bytes`` or a
+stream) saved without ``metadata``: it is written as one object, ``<prefix>/<version>.<name>``,
+which *is* the commit point -- present means complete. A killed upload (single PUT or multipart)
+never becomes visible; a failed stream is discarded (its multipart upload aborted), never
+closed. Such a version's marker is made from the listing (name and size from the key and the
+listing, ``created`` from the version id, ``metadata`` None), so it costs no marker write on save
+and no marker read on restore. Directory checkpoints and saves with metadata keep the folder
+layout. (GCS and Azure blobs are just as atomic, but untested here, so they keep it too.)
+
 Version ids are chosen without reading the store: the random suffix makes them unique, so a save
 never writes into anyone's half-written folder, and the time part is forced above every id the
 object has already seen. The one listing a save needs (to prune, and to make sure its id really
 is the newest) runs while the payload uploads; if it shows a version that sorts after the new id
 (a writer whose clock ran ahead), the payload is uploaded again under a newer id before the
 commit (a stream, which cannot be replayed, fails with RuntimeError instead), so a committed save
-is always the newest version. Once an object has listed the prefix it keeps track of the versions
+is always the newest version. (A single object has committed by then; it is deleted again once
+the re-upload has committed, and is in any case older than the version that superseded it.) Once an object has listed the prefix it keeps track of the versions
 itself (one writer at a time per URL is assumed), so its later saves issue no listing at all.
 
 After the commit, each save retires complete versions beyond the newest ``keep`` and incomplete
@@ -47,12 +58,23 @@ Versions are deleted marker-first where the backend allows it; where a bulk dele
 and payload together, size verification covers the gap.
 
 Finding the newest checkpoint costs one ``ls`` of the prefix plus one small GET of its marker
-(markers are immutable, so they are cached per object). Every read lists afresh, so a retry's
-save is visible to an object made by an earlier attempt. On remote backends, when the object
-already knows the newest single-blob version (it saved or read it), :meth:`Checkpoint.restore`
-and :meth:`Checkpoint.read` fetch that version *while* listing, and keep the result only if the
-listing confirms it is still the newest complete one (a restore downloads to a temporary name
-and renames it into place only then).
+(markers are immutable, so they are cached per object; single-object versions need none). Every
+read lists afresh, so a retry's save is visible to an object made by an earlier attempt. On
+remote backends, when the object already knows the newest single-blob version (it saved or read
+it), :meth:`Checkpoint.restore` and :meth:`Checkpoint.read` fetch that version *while* listing,
+and keep the result only if the listing confirms it is still the newest complete one (a restore
+downloads to a temporary name and renames it into place only then).
+
+S3 requests, per operation (s3fs adds none of its own HEADs or parent listings on these paths):
+
+* save, single blob without metadata: one PUT (or one multipart upload), plus one LIST, in
+  parallel, on an object's first save only; pruning afterwards: one DELETE per retired version.
+* save with metadata, or a directory: the payload, then one PUT of the marker.
+* restore / read by an object that knows the newest version: one LIST and one GET, concurrently
+  (blobs up to s3fs's block size -- 50 MiB -- are fetched with a single GET read 1 MiB at a
+  time; larger ones with s3fs's concurrent ranged GETs).
+* restore / read by a fresh object (a retry): one LIST, then one GET (plus one marker GET for a
+  folder version).
 
 Two API styles on one object
 ----------------------------
@@ -577,6 +599,8 @@ class Checkpoint:
         sizes come along and their markers are made from it: such a version costs no marker read.
         """
         fs = self.fs
+        if self._s3:
+            return self._apply_listing(fsspec.asyn.sync(fs.loop, self._s3_list))
         detail = self._atomic
         # Object-store filesystems cache listings; a new attempt's writes must be visible.
         fs.invalidate_cache(self._root)
@@ -584,6 +608,15 @@ class Checkpoint:
             entries = fs.ls(self._root, detail=detail)
         except (FileNotFoundError, NotADirectoryError):
             entries = []
+        return self._apply_listing(entries, detail)
+
+    async def _s3_list(self) -> list[dict[str, Any]]:
+        """One LIST request (s3fs's ``ls`` lists the parent as well when the prefix is empty),
+        bypassing s3fs's listings cache (``refresh``): a new attempt's writes must be visible."""
+        return await self.fs._lsdir(self._root, refresh=True)
+
+    def _apply_listing(self, entries: list[Any], detail: bool = True) -> list[str]:
+        """Record a listing of the prefix (``ls`` entries); return its version ids, ascending."""
         found: dict[str, tuple[str, int] | None] = {}
         for e in entries:
             path = e["name"] if detail else e
@@ -877,6 +910,7 @@ class Checkpoint:
         self,
         fetch: Callable[[dict[str, Any]], T | None],
         discard: Callable[[T], None] | None = None,
+        afetch: Callable[[dict[str, Any]], Awaitable[T | None]] | None = None,
     ) -> T | None:
         """Apply ``fetch`` to complete versions, newest first, until one succeeds.
 
@@ -889,16 +923,45 @@ class Checkpoint:
         saved or restored it), that version is fetched *while* the prefix is listed, and the
         result is kept only if the listing confirms it is still the newest complete version
         (otherwise ``discard`` undoes it and the normal path runs on that listing). That takes
-        the listing off the critical path of the common save-then-restore pattern.
+        the listing off the critical path of the common save-then-restore pattern. On S3, with
+        ``afetch`` (the same fetch as a coroutine, for blobs up to s3fs's block size), both run
+        as one coroutine on fsspec's event loop, the GET sent first.
         """
         self._wait_background()
         listed: list[str] | None = None
         known = list(self._markers)
         guess = self._markers.get(max(known)) if known else None
-        if self._remote and guess is not None and guess["kind"] == "bytes":
+        if (
+            afetch is not None
+            and self._s3
+            and guess is not None
+            and guess["kind"] == "bytes"
+            and guess["size"] <= getattr(self.fs, "default_block_size", 0)
+        ):
+            got, entries = fsspec.asyn.sync(
+                self.fs.loop, _gather_settled, afetch(guess), self._s3_list()
+            )
+            out: T | None = None
+            if isinstance(got, BaseException):
+                if not isinstance(got, FileNotFoundError):
+                    # Not fatal: the fetch is tried again below (with s3fs's get_file).
+                    logger.warning("fetching checkpoint %s failed: %r", guess["url"], got)
+            else:
+                out = got
+            if isinstance(entries, BaseException):
+                if out is not None and discard is not None:
+                    discard(out)
+                raise entries
+            listed = self._apply_listing(entries)
+            newest = next(self._complete_newest_first(listed), None)
+            if newest is not None and newest["version"] == guess["version"] and out is not None:
+                return out
+            if out is not None and discard is not None:
+                discard(out)
+        elif self._remote and guess is not None and guess["kind"] == "bytes":
             lister = _Future(self._list_vids)
             try:
-                out: T | None = fetch(guess)
+                out = fetch(guess)
             except FileNotFoundError:
                 out = None
             except BaseException:
@@ -944,7 +1007,11 @@ class Checkpoint:
             data = self._cat(self._data_path(m))
             return data if len(data) == m["size"] else None
 
-        return self._resolve_and(fetch)
+        async def afetch(m: dict[str, Any]) -> bytes | None:
+            data = await _s3_cat(self.fs, self._data_path(m))
+            return data if len(data) == m["size"] else None
+
+        return self._resolve_and(fetch, afetch=afetch)
 
     def restore(self, dest_dir: str | os.PathLike[str] | None = None) -> pathlib.Path | None:
         """Download the newest complete checkpoint into ``dest_dir`` (a new temporary directory
@@ -964,7 +1031,23 @@ class Checkpoint:
             if out[1] is not None:
                 out[1].unlink(missing_ok=True)
 
-        got = self._resolve_and(fetch, discard)
+        async def afetch(m: dict[str, Any]) -> tuple[pathlib.Path, pathlib.Path | None] | None:
+            # A single blob of at most s3fs's block size (see _resolve_and), fetched as _download does.
+            dest.mkdir(parents=True, exist_ok=True)
+            name = m["name"] if _is_safe_name(m.get("name")) else DEFAULT_BLOB_NAME
+            partial = dest / f".{name}.{secrets.token_hex(4)}.partial"
+            try:
+                await _s3_get_file(self.fs, self._data_path(m), str(partial))
+                ok = partial.stat().st_size == m["size"]
+            except BaseException:
+                partial.unlink(missing_ok=True)
+                raise
+            if not ok:
+                partial.unlink(missing_ok=True)
+                return None
+            return dest / name, partial
+
+        got = self._resolve_and(fetch, discard, afetch)
         if got is None:
             if created:
                 shutil.rmtree(dest, ignore_errors=True)
@@ -1083,6 +1166,11 @@ def _discard(f: Any) -> None:
             f.close()
         except Exception:  # noqa: BLE001
             pass
+
+
+async def _gather_settled(*aws: Awaitable[Any]) -> list[Any]:
+    """Run awaitables concurrently, in order; each one's result or exception (never cancels)."""
+    return await asyncio.gather(*aws, return_exceptions=True)
 
 
 async def _s3_cat(fs: Any, path: str) -> bytes:

@@ -427,19 +427,26 @@ def test_hostile_names_round_trip_on_backend(backend: tuple[str, dict[str, Any]]
 
 _CHILD = textwrap.dedent(
     """
-    import json, sys
+    import json, sys, time
     from flyte_ray.checkpoint import Checkpoint
-    url, options, src = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
-    Checkpoint(url, options=options).save(src)
+    url, options, src, mode = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
+    if mode == "stream":
+        class Slow:  # a stream that never ends: the save is always killed mid-way
+            def read(self, n):
+                time.sleep(0.02)
+                return b"s" * n
+        Checkpoint(url, options=options).save(Slow())
+    else:
+        Checkpoint(url, options=options).save(src)
     print("DONE", flush=True)
     """
 )
 
 
-def _start_child(url: str, options: dict[str, Any], src: pathlib.Path) -> subprocess.Popen[bytes]:
+def _start_child(url: str, options: dict[str, Any], src: pathlib.Path, mode: str = "path") -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.Popen(
-        [sys.executable, "-c", _CHILD, url, json.dumps(options), str(src)],
+        [sys.executable, "-c", _CHILD, url, json.dumps(options), str(src), mode],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -525,7 +532,12 @@ def test_sigkill_during_local_save(tmp_path: pathlib.Path, big_file: pathlib.Pat
     assert sorted(p.name for p in root.iterdir()) == [prev_vid, newest]
 
 
-def test_sigkill_during_s3_save(s3_server: dict[str, Any], tmp_path: pathlib.Path, big_file: pathlib.Path) -> None:
+@pytest.mark.parametrize("mode", ["path", "stream"])
+def test_sigkill_during_s3_save(
+    s3_server: dict[str, Any], tmp_path: pathlib.Path, big_file: pathlib.Path, mode: str
+) -> None:
+    """On S3 a single blob is one object with no marker: killed mid-upload (a multipart upload
+    of a file, or of a stream), it must never become visible."""
     url = f"{s3_server['url']}/crash-{uuid.uuid4().hex[:8]}/cp"
     cp = Checkpoint(url, options=s3_server["options"])
     prev = _prev_checkpoint(cp, tmp_path)
@@ -542,7 +554,7 @@ def test_sigkill_during_s3_save(s3_server: dict[str, Any], tmp_path: pathlib.Pat
                 return True
         return False
 
-    proc = _start_child(url, s3_server["options"], big_file)
+    proc = _start_child(url, s3_server["options"], big_file, mode)
     assert _kill_when(proc, upload_in_flight), "the 200 MB upload finished before it could be killed"
     _assert_previous_intact(cp, prev, tmp_path / "restored")
     after = Checkpoint(url, options=s3_server["options"])
@@ -605,3 +617,105 @@ def test_warm_save_does_not_list(make_cp: Callable[..., Checkpoint], monkeypatch
     assert calls == []
     monkeypatch.undo()
     assert make_cp().read() == b"3" and len(_dirs(cp)) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# single-object versions (S3): failures publish nothing; request counts
+# --------------------------------------------------------------------------------------------
+
+
+class _FailingReader:
+    """Yields ``good`` chunks of 8 MiB, then raises (a stream that breaks mid-save)."""
+
+    def __init__(self, good: int):
+        self.left = good
+
+    def read(self, n: int) -> bytes:
+        if self.left == 0:
+            raise OSError("source broke")
+        self.left -= 1
+        return b"z" * n
+
+
+def test_failed_stream_publishes_nothing(make_cp: Callable[..., Checkpoint], tmp_path: pathlib.Path) -> None:
+    cp = make_cp()
+    cp.write(b"previous")
+    prev = cp.latest()["version"]  # type: ignore[index]
+    with pytest.raises(OSError, match="source broke"):
+        cp.save(_FailingReader(2))
+    assert cp.read() == b"previous"
+    assert make_cp().read() == b"previous"
+    out = make_cp().restore(tmp_path / "r")
+    assert out is not None and out.read_bytes() == b"previous"
+    if cp.url.startswith("s3://"):
+        # not even a truncated object, and no multipart upload left behind
+        assert _dirs(cp) == [prev]
+        bucket, key, _ = cp.fs.split_path(cp.url)
+        assert cp.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key).get("Uploads", []) == []
+    # the next save works and prunes whatever the broken one left
+    cp.write(b"next")
+    cp.flush()
+    assert make_cp().read() == b"next" and len(_dirs(cp)) == 2
+
+
+def test_listing_failure_fails_the_save_and_retracts_it(
+    make_cp: Callable[..., Checkpoint], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh object cannot confirm its version is the newest without its listing: the save
+    raises, and what it uploaded (on S3 an already visible single object) is deleted again."""
+    make_cp().write(b"previous")
+    cp = make_cp()
+
+    def broken() -> list[str]:
+        raise ConnectionError("listing failed")
+
+    monkeypatch.setattr(cp, "_list_vids", broken)
+    with pytest.raises(ConnectionError):
+        cp.write(b"unconfirmed")
+    cp.flush()
+    monkeypatch.undo()
+    assert make_cp().read() == b"previous"
+    assert len(_dirs(cp)) == 1
+
+
+def test_s3_request_counts(s3_server: dict[str, Any], tmp_path: pathlib.Path) -> None:
+    """The S3 requests behind each operation (see the module docstring): a warm save of a blob
+    is one PUT, a warm restore one LIST plus one GET, a retry's restore one LIST then one GET."""
+    url = f"{s3_server['url']}/counts-{uuid.uuid4().hex[:8]}/cp"
+    src = tmp_path / "model.bin"
+    src.write_bytes(os.urandom(3 * 2**20))
+    cp = Checkpoint(url, options=s3_server["options"])
+    calls: list[str] = []
+
+    def record(model: Any, **_: Any) -> None:
+        calls.append(model.name)
+
+    def ops(fn: Callable[[], Any], target: Checkpoint = cp) -> list[str]:
+        target.flush()
+        calls.clear()
+        fn()
+        out = list(calls)
+        target.flush()
+        return out
+
+    cp.save(src)  # first save: PUT + the listing, in parallel
+    cp.fs.s3.meta.events.register("before-call.s3", record)
+    try:
+        cp.save(src)
+        cp.flush()
+        assert ops(lambda: cp.save(src)) == ["PutObject"]
+        calls.clear()
+        cp.save(src)
+        cp.flush()  # keep=2: the oldest version goes, one DELETE
+        assert calls == ["PutObject", "DeleteObject"]
+        assert sorted(ops(lambda: cp.restore(tmp_path / "r1"))) == ["GetObject", "ListObjectsV2"]
+        assert sorted(ops(cp.read)) == ["GetObject", "ListObjectsV2"]
+        retry = Checkpoint(url, options=s3_server["options"])
+        assert retry.fs is cp.fs  # fsspec caches the instance: the hook sees its calls too
+        assert ops(lambda: retry.restore(tmp_path / "r2"), retry) == ["ListObjectsV2", "GetObject"]
+        assert (tmp_path / "r2" / "model.bin").read_bytes() == src.read_bytes()
+        # with metadata: the folder layout, payload then marker
+        assert ops(lambda: cp.save(src, metadata={"step": 1})) == ["PutObject", "PutObject"]
+        assert ops(lambda: Checkpoint(url, options=s3_server["options"]).latest()) == ["ListObjectsV2", "GetObject"]
+    finally:
+        cp.fs.s3.meta.events.unregister("before-call.s3", record)
