@@ -615,7 +615,10 @@ class Checkpoint:
     async def _s3_list(self) -> list[dict[str, Any]]:
         """One LIST request (s3fs's ``ls`` lists the parent as well when the prefix is empty),
         bypassing s3fs's listings cache (``refresh``): a new attempt's writes must be visible."""
-        return await self.fs._lsdir(self._root, refresh=True)
+        try:
+            return await self.fs._lsdir(self._root, refresh=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
 
     def _apply_listing(self, entries: list[Any], detail: bool = True) -> list[str]:
         """Record a listing of the prefix (``ls`` entries); return its version ids, ascending."""
