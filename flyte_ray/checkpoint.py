@@ -949,7 +949,7 @@ class Checkpoint:
             out: T | None = None
             if isinstance(got, BaseException):
                 if not isinstance(got, FileNotFoundError):
-                    # Not fatal: the fetch is tried again below (with s3fs's get_file).
+                    # Not fatal: the path below fetches the newest version again.
                     logger.warning("fetching checkpoint %s failed: %r", guess["url"], got)
             else:
                 out = got
