@@ -920,9 +920,11 @@ def _bind_caller() -> None:
     from .attempt import _unpack
     from .placement import cluster_view
     from .supervisor import OK, Outcome
-    from .waiting import wait_blocking
+    from .waiting import in_worker, wait_blocking
 
-    _cluster_view, _Outcome, _OK, _unpack_result, _wait_blocking = cluster_view, Outcome, OK, _unpack, wait_blocking
+    _cluster_view, _Outcome, _OK, _unpack_result = cluster_view, Outcome, OK, _unpack
+    # Outside a worker (the driver) a blocking wait needs no registration: plain ray.get.
+    _wait_blocking = wait_blocking if in_worker() else ray.get
 
 
 def _kind(call: "Call") -> str:
@@ -993,6 +995,23 @@ def _blob(obj: Any) -> bytes:
     return b
 
 
+_last_route: tuple = (None, None, None, None, None, None, None)
+
+
+def _route(call: "Call", req: "AttemptRequest") -> tuple:
+    """``(client, static)`` for this call: the last answer when the call is like the last one
+    (same spec, task, settings, market, queue and cluster view), else from the caches."""
+    global _last_route
+    names = _cluster_view().resource_names()
+    r = _last_route
+    if r[0] is call.spec and r[1] is call.task and r[2] is call.settings and r[3] is names \
+            and r[4] == req.market and r[5] == req.queue:
+        return r[6]
+    cs = (_client_for(call, req), _static(call, req))
+    _last_route = (call.spec, call.task, call.settings, names, req.market, req.queue, cs)  # one atomic swap
+    return cs
+
+
 def _static(call: "Call", req: "AttemptRequest") -> tuple:
     """What repeats between a task's calls, once per (task, settings, market, queue) in this
     process: ``(digest, full)``, where ``full`` (``[digest, task_blob, settings_blob, fqn, market,
@@ -1016,16 +1035,18 @@ def _payload(call: "Call", req: "AttemptRequest", static: Any) -> list:
     """One call's argument to a replica, in the wire format (see the top of this module). The
     same facts as :func:`flyte_ray.attempt._meta`."""
     ov = call.run_overrides  # a fresh dict per call: not worth caching here
+    if ov is not None:
+        ov = ray.cloudpickle.dumps(ov)
     args, kwargs = call.args, call.kwargs
     for a in args:
-        if not _wire_safe(a):
+        if a.__class__ not in _SCALARS and not _wire_safe(a):
             break
     else:
         args = list(args)
     if kwargs and not _wire_safe(kwargs):
         kwargs = (kwargs,)
-    return [static, None if ov is None else ray.cloudpickle.dumps(ov), call.run_name, call.call_id,
-            req.attempt, req.user_attempt, req.system_failures, args, kwargs]
+    return [static, ov, call.run_name, call.call_id, req.attempt, req.user_attempt, req.system_failures,
+            args, kwargs]
 
 
 def _for_slot(payload: list, st: tuple, slot: _Slot) -> list:
@@ -1064,17 +1085,21 @@ def _unavailable(e: BaseException) -> "Outcome":
 
 
 def execute_sync(call: "Call", req: "AttemptRequest") -> "Outcome":
-    """One attempt on a warm replica, from a blocking caller; returns its outcome."""
+    """One attempt on a warm replica, from a blocking caller; returns its outcome.
+
+    The hot path, kept short on purpose: the driver's own Python between two calls is most of
+    what a warm call costs over a raw actor call (it runs with cold caches after each wait)."""
     if _Outcome is None:
         _bind_caller()
     try:
-        client = _client_for(call, req)
-        st = _static(call, req)
+        client, st = _route(call, req)
         payload = _payload(call, req, st[0])
     except Exception as e:  # noqa: BLE001
         return _unavailable(e)
-    limit = _limit(req)
-    t0 = time.monotonic() if limit is not None else 0.0
+    limit = req.max_runtime
+    if limit is not None or req.deadline_left is not None:
+        limit = _limit(req)
+        t0 = time.monotonic()
     again = None  # the replica to send the call to again (with the static part in full)
     for _ in range(MAX_REPICKS):
         if again is None:
@@ -1082,13 +1107,13 @@ def execute_sync(call: "Call", req: "AttemptRequest") -> "Outcome":
                 slot = client.pick_sync()
             except PoolUnavailable as e:
                 return _unavailable(e)
-            ref = slot.run.remote(_for_slot(payload, st, slot))
+            ref = slot.run.remote(payload if st[0] in slot.known else _for_slot(payload, st, slot))
         else:
             slot, again = again, None
             ref = slot.run.remote(_with_static(payload, st))
         slot.inflight += 1
         try:
-            res = _wait_blocking(ref, None if limit is None else max(limit - (time.monotonic() - t0), 0.0))
+            res = _wait_blocking(ref, timeout=None if limit is None else max(limit - (time.monotonic() - t0), 0.0))
         except rex.GetTimeoutError:
             # a sync call cannot be interrupted: the replica is killed and replaced
             try:
@@ -1106,7 +1131,7 @@ def execute_sync(call: "Call", req: "AttemptRequest") -> "Outcome":
         finally:
             slot.inflight -= 1
         if res.__class__ is list:
-            return _Outcome(_OK, value=res[0], node_id=res[1])
+            return _Outcome(_OK, res[0], None, "", res[1])
         if res[0] is None:
             again = _declined(res, slot, client)
             continue
@@ -1142,8 +1167,7 @@ async def execute_async(call: "Call", req: "AttemptRequest") -> "Outcome":
     if _Outcome is None:
         _bind_caller()
     try:
-        client = _client_for(call, req)
-        st = _static(call, req)
+        client, st = _route(call, req)
         payload = _payload(call, req, st[0])
     except Exception as e:  # noqa: BLE001
         return _unavailable(e)
@@ -1252,6 +1276,7 @@ def pool_stats(env: Any = None, timeout: float = 10.0) -> list:
 def shutdown_pools(env: Any = None) -> int:
     """Kill the replica pools (of ``env``; all when ``None``) in this Ray namespace, replicas
     included; returns how many. The next call to a reusable task starts a fresh pool."""
+    global _last_route
     import ray
 
     n = 0
@@ -1269,6 +1294,7 @@ def shutdown_pools(env: Any = None) -> int:
         if client is not None:
             client.manager = None
             client.slots = []
+    _last_route = (None,) * 7
     if env is None:
         _clients.clear()
     else:
@@ -1290,8 +1316,10 @@ def reset() -> None:
             shutdown_pools()
     except Exception:  # noqa: BLE001
         pass
+    global _last_route
     _clients.clear()
     _by_name.clear()
     _blobs.clear()
     _statics.clear()
+    _last_route = (None,) * 7
     _known_managers.clear()
