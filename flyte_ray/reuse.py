@@ -770,19 +770,21 @@ class _PoolClient:
             _known_managers.pop(self.name, None)
             self.version = -1
 
-    def refresh_background(self) -> None:
+    def refresh_background(self) -> bool:
         """Ask the manager for a fresh list without waiting for it: the call goes on with the
         current list, and the answer replaces it when it arrives (a blocking refresh would cost
-        the call a manager round trip once per ``REFRESH_S``)."""
+        the call a manager round trip once per ``REFRESH_S``). False when that cannot be done:
+        the caller refreshes the blocking way."""
         with self.lock:
             if self.pending is not None:
-                return
+                return True
             try:
                 ref = self.pending = self._manager().replicas.remote(self.version)
-            except Exception:  # noqa: BLE001 - the next blocking refresh says what is wrong
+                ref.future().add_done_callback(lambda f: self._background_done(ref, f))
+            except Exception:  # noqa: BLE001 - the blocking refresh says what is wrong
                 self.pending = None
-                return
-        ref.future().add_done_callback(lambda f: self._background_done(ref, f))
+                return False
+        return True
 
     def _background_done(self, ref: Any, fut: Any) -> None:
         try:
@@ -844,11 +846,8 @@ class _PoolClient:
         return best
 
     def pick_sync(self) -> _Slot:
-        if time.monotonic() - self.fresh_at > REFRESH_S:
-            if self.slots:
-                self.refresh_background()
-            else:
-                self.refresh_sync()
+        if time.monotonic() - self.fresh_at > REFRESH_S and not (self.slots and self.refresh_background()):
+            self.refresh_sync()
         s = self._choose()
         while s is None:  # the manager always lists at least one (possibly starting) replica
             self.refresh_sync(force=True)
@@ -856,11 +855,8 @@ class _PoolClient:
         return s
 
     async def pick_async(self) -> _Slot:
-        if time.monotonic() - self.fresh_at > REFRESH_S:
-            if self.slots:
-                self.refresh_background()
-            else:
-                await self.refresh_async()
+        if time.monotonic() - self.fresh_at > REFRESH_S and not (self.slots and self.refresh_background()):
+            await self.refresh_async()
         s = self._choose()
         while s is None:
             await self.refresh_async(force=True)
@@ -933,12 +929,14 @@ def _kind(call: "Call") -> str:
 
 def _client_for(call: "Call", req: "AttemptRequest") -> _PoolClient:
     # The pool depends on the spec, the market and queue, and on which markers the cluster
-    # declares (a pure function of the cluster view's resource names, the same object until the
-    # view refreshes): while that object is the same, the last answer stands.
+    # declares (a function of the cluster view's resource names): while those are the same, the
+    # last answer stands.
     names = _cluster_view().resource_names()
     spec = call.spec
     hit = _clients.get((id(spec), req.market, req.queue))
-    if hit is not None and hit[0] is spec and hit[1] is names:
+    if hit is not None and hit[0] is spec and (hit[1] is names or hit[1] == names):
+        if hit[1] is not names:  # the view was refreshed, to the same names
+            _clients[(id(spec), req.market, req.queue)] = (spec, names, hit[2])
         return hit[2]
     with _clients_lock:
         client = _make_client(call, req)
@@ -1004,9 +1002,13 @@ def _route(call: "Call", req: "AttemptRequest") -> tuple:
     global _last_route
     names = _cluster_view().resource_names()
     r = _last_route
-    if r[0] is call.spec and r[1] is call.task and r[2] is call.settings and r[3] is names \
-            and r[4] == req.market and r[5] == req.queue:
-        return r[6]
+    if r[0] is call.spec and r[1] is call.task and r[2] is call.settings and r[4] == req.market \
+            and r[5] == req.queue:
+        if r[3] is names:
+            return r[6]
+        if r[3] == names:  # the view was refreshed, to the same names
+            _last_route = (r[0], r[1], r[2], names, r[4], r[5], r[6])
+            return r[6]
     cs = (_client_for(call, req), _static(call, req))
     _last_route = (call.spec, call.task, call.settings, names, req.market, req.queue, cs)  # one atomic swap
     return cs
