@@ -259,3 +259,17 @@ def test_a_replica_that_lacks_the_static_part_asks_for_it(fleet, monkeypatch):
     assert tr.wire_value(2) == 2  # a fresh replica: it asks, gets it in full, runs the call
     assert tr.wire_value(3) == 3
     _wait_stats("reuse_wire", lambda s: s and s["served"] == 2 and s["created"] == 1)
+
+
+def test_a_pool_whose_manager_died_is_recreated_and_the_call_retried(fleet):
+    first = tr.wire_echo(1)["ctx"]
+    name = next(n for n in reuse._known_managers if n.startswith(reuse.POOL_PREFIX + "reuse_wire:"))
+    ray.kill(reuse._known_managers[name], no_restart=True)  # its replica dies with it
+    time.sleep(1.0)
+    run = flyte.run(tr.wire_echo, 2)
+    out = run.outputs(timeout=60)
+    assert out["args"] == (2,) and out["ctx"]["pid"] != first["pid"]
+    # the lost replica cost a system retry at most, never a user one
+    assert run.user_failures == 0 and [h.failure_kind for h in run.history][-1] is None
+    assert all(h.failure_kind in ("system", None) for h in run.history)
+    assert _wait_stats("reuse_wire", lambda s: s and s["ready"] == 1)["created"] == 1  # a fresh pool
