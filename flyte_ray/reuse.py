@@ -770,31 +770,6 @@ class _PoolClient:
             _known_managers.pop(self.name, None)
             self.version = -1
 
-    def refresh_background(self) -> bool:
-        """Ask the manager for a fresh list without waiting for it: the call goes on with the
-        current list, and the answer replaces it when it arrives (a blocking refresh would cost
-        the call a manager round trip once per ``REFRESH_S``). False when that cannot be done:
-        the caller refreshes the blocking way."""
-        with self.lock:
-            if self.pending is not None:
-                return True
-            try:
-                ref = self.pending = self._manager().replicas.remote(self.version)
-                ref.future().add_done_callback(lambda f: self._background_done(ref, f))
-            except Exception:  # noqa: BLE001 - the blocking refresh says what is wrong
-                self.pending = None
-                return False
-        return True
-
-    def _background_done(self, ref: Any, fut: Any) -> None:
-        try:
-            res = fut.result()
-        except Exception:  # noqa: BLE001 - manager gone: re-created by the next request
-            self._failed(ref)
-            self.fresh_at = time.monotonic() - REFRESH_S + 0.2  # try again in 0.2 s, not per call
-            return
-        self._apply(ref, res)
-
     def refresh_sync(self, force: bool = False) -> None:
         import ray.exceptions as rex
 
@@ -846,7 +821,7 @@ class _PoolClient:
         return best
 
     def pick_sync(self) -> _Slot:
-        if time.monotonic() - self.fresh_at > REFRESH_S and not (self.slots and self.refresh_background()):
+        if not self.slots or time.monotonic() - self.fresh_at > REFRESH_S:
             self.refresh_sync()
         s = self._choose()
         while s is None:  # the manager always lists at least one (possibly starting) replica
@@ -855,7 +830,7 @@ class _PoolClient:
         return s
 
     async def pick_async(self) -> _Slot:
-        if time.monotonic() - self.fresh_at > REFRESH_S and not (self.slots and self.refresh_background()):
+        if not self.slots or time.monotonic() - self.fresh_at > REFRESH_S:
             await self.refresh_async()
         s = self._choose()
         while s is None:

@@ -265,7 +265,7 @@ def test_a_pool_whose_manager_died_is_recreated_and_the_call_retried(fleet):
     first = tr.wire_echo(1)["ctx"]
     name = next(n for n in reuse._known_managers if n.startswith(reuse.POOL_PREFIX + "reuse_wire:"))
     ray.kill(reuse._known_managers[name], no_restart=True)  # its replica dies with it
-    time.sleep(1.0)
+    time.sleep(reuse.REFRESH_S + 0.5)  # the caller's replica list is stale too: it asks the dead manager
     run = flyte.run(tr.wire_echo, 2)
     out = run.outputs(timeout=60)
     assert out["args"] == (2,) and out["ctx"]["pid"] != first["pid"]
