@@ -34,7 +34,9 @@ Hot path
     older than ``REFRESH_S``: one small manager call per second at most, or at once after a
     failure) and a local count of its own calls in flight per replica; it picks the least loaded
     replica (round-robin among equals) and makes **one actor call** to it. No per-call actor
-    creation or lookup.
+    creation or lookup. The call travels as one msgpack-able list (see "wire format" below):
+    what repeats between calls (task, settings, market, queue) goes to a replica once and as a
+    12-byte digest after that, and plain arguments and results are not pickled.
 
 Scaling (the manager, every ``TICK_S``)
     It polls each replica's load (a separate ``ctl`` concurrency group answers while calls run).
