@@ -167,9 +167,10 @@ _NEED_STATIC = (None, "static")  # a replica's answer: "send the call's static p
 # ``overrides`` is None or the pickled run overrides. ``args`` is a list and ``kwargs`` a dict when
 # msgpack gives their values back as themselves (:func:`_wire_safe`; whatever msgpack cannot hold,
 # a tuple or a user object, Ray pickles, type intact), else ``args`` is the args tuple and
-# ``kwargs`` is ``(kwargs,)``: pickled whole. A successful call answers ``[value, node]`` when the
-# value is wire-safe, else ``(True, value, node)``; a failure is ``(False, exc, traceback, node,
-# system)`` (a user error as a value); a declined call :data:`_REJECTED` or :data:`_NEED_STATIC`.
+# ``kwargs`` is ``(kwargs,)``: pickled whole. A successful call answers ``[value, node, seconds]``
+# (the user code's runtime) when the value is wire-safe, else ``(True, value, node, seconds)``; a
+# failure is ``(False, exc, traceback, node, system, seconds)`` (a user error as a value); a
+# declined call :data:`_REJECTED` or :data:`_NEED_STATIC`.
 
 _SCALARS = frozenset({int, float, str, bytes, bool, type(None)})
 _WIRE_BUDGET = 256  # values looked at, at most; a bigger structure is pickled whole (as it was)
@@ -355,7 +356,7 @@ class _Replica(_ReplicaBase):
                     self.served += 1
                     self.last_active = time.time()
             slots.release()
-        return [r[1], r[2]] if r[0] is True and _wire_safe(r[1]) else r
+        return [r[1], r[2], r[3] if len(r) > 3 else None] if r[0] is True and _wire_safe(r[1]) else r
 
     def load(self) -> tuple:
         return self._load()
@@ -403,7 +404,7 @@ class _AsyncReplica(_ReplicaBase):
             self.served += 1
             self.last_active = time.time()
             slots.release()
-        return [r[1], r[2]] if r[0] is True and _wire_safe(r[1]) else r
+        return [r[1], r[2], r[3] if len(r) > 3 else None] if r[0] is True and _wire_safe(r[1]) else r
 
     async def load(self) -> tuple:
         return self._load()
@@ -1110,7 +1111,7 @@ def execute_sync(call: "Call", req: "AttemptRequest") -> "Outcome":
         finally:
             slot.inflight -= 1
         if res.__class__ is list:
-            return _Outcome(_OK, res[0], None, "", res[1])
+            return _Outcome(_OK, res[0], None, "", res[1], runtime=res[2])
         if res[0] is None:
             again = _declined(res, slot, client)
             continue
@@ -1191,7 +1192,7 @@ async def execute_async(call: "Call", req: "AttemptRequest") -> "Outcome":
         finally:
             slot.inflight -= 1
         if res.__class__ is list:
-            return _Outcome(_OK, value=res[0], node_id=res[1])
+            return _Outcome(_OK, value=res[0], node_id=res[1], runtime=res[2])
         if res[0] is None:
             again = _declined(res, slot, client)
             continue

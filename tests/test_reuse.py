@@ -221,6 +221,7 @@ def test_values_keep_their_types_and_the_task_sees_its_context(fleet):
     assert out["ctx"]["run_name"] == "wire-run" and out["ctx"]["run_overrides"] == {"queue": "default"}
     assert [h.outcome for h in run.history] == ["succeeded"]
     assert run.history[0].node_id == out["ctx"]["node_id"]
+    assert run.history[0].runtime is not None and 0 <= run.history[0].runtime < 5  # measured on the replica
 
 
 def test_user_errors_come_back_as_values_sync_and_async(fleet):
@@ -234,6 +235,7 @@ def test_user_errors_come_back_as_values_sync_and_async(fleet):
     with pytest.raises(KeyError):
         run.outputs(timeout=30)
     assert [(h.outcome, h.failure_kind) for h in run.history] == [("failed", "user")]
+    assert run.history[0].runtime is not None
     assert tr.wire_value(3) == 3  # the replica is still fine
 
 
