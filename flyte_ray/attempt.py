@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import ray
 import ray.exceptions as rex
 
-from . import waiting
+from . import reuse, waiting
 from .context import TaskContext, reset_context, set_context
 from .errors import NonRecoverableError, OOMError, RuntimeUserError, TaskTimeoutError, format_exception
 from .placement import SPOT, attempt_options, cluster_view, describe, request_of
@@ -328,8 +328,6 @@ def _watchdog() -> None:
 def execute_sync(call: "Call", req: AttemptRequest) -> Outcome:
     """Run one attempt from a blocking caller; returns its outcome (never raises for attempt failures)."""
     if call.spec.reusable is not None:
-        from . import reuse
-
         return reuse.execute_sync(call, req)
     return _execute_plain_sync(call, req)
 
@@ -450,8 +448,6 @@ async def _await(ref: Any, timeout: Optional[float]) -> Any:
 async def execute_async(call: "Call", req: AttemptRequest) -> Outcome:
     """Run one attempt from an event loop; returns its outcome."""
     if call.spec.reusable is not None:
-        from . import reuse
-
         return await reuse.execute_async(call, req)
     return await _execute_plain_async(call, req)
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import os
 import sys
-import uuid
 from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional
 
 from . import supervisor_actor
 from .context import ctx
+from .runtime import current_settings, ensure_init
 from .spec import FIELDS, CallSpec, resolve
 from .supervisor import CallState, run_async, run_sync
 from .validation import normalize
@@ -33,7 +34,7 @@ _FORBIDDEN = {"name": "the task's name is its identity", "image": "the image bel
 
 
 def new_run_name() -> str:
-    return "r" + uuid.uuid4().hex[:12]
+    return "r" + os.urandom(6).hex()  # 48 random bits, as uuid4().hex[:12], at a fifth of the cost
 
 
 class Call:
@@ -74,6 +75,11 @@ class TaskTemplate:
         self._overrides: Dict[str, Any] = dict(overrides or {})
         self._spec: Optional[CallSpec] = None
         self._signature = inspect.signature(func)
+        params = self._signature.parameters.values()
+        # Arity when every parameter is plain positional-or-keyword without a default: a call with
+        # exactly that many positional arguments binds without inspect (~5 us on the hot path).
+        self._n_plain = len(params) if all(p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty
+                                           for p in params) else -1
         functools.update_wrapper(self, func)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ settings
@@ -150,12 +156,11 @@ class TaskTemplate:
         return self.func(*args, **kwargs)
 
     def _make_call(self, args: tuple, kwargs: dict, run_ctx: Optional[Mapping[str, Any]]) -> Call:
-        try:
-            self._signature.bind(*args, **kwargs)
-        except TypeError as e:
-            raise TypeError(f"{self.name}{self._signature}: {e}") from None
-        from .runtime import current_settings, ensure_init
-
+        if kwargs or len(args) != self._n_plain:
+            try:
+                self._signature.bind(*args, **kwargs)
+            except TypeError as e:
+                raise TypeError(f"{self.name}{self._signature}: {e}") from None
         ensure_init()
         parent = ctx()
         if run_ctx is None and parent is not None:
