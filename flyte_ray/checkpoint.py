@@ -103,6 +103,7 @@ checkpoint URI".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
@@ -381,6 +382,30 @@ class _sync_aio(Generic[T]):
 # Checkpoint
 # --------------------------------------------------------------------------------------------
 
+
+
+def _blob_target(m: dict[str, Any], dest: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    """Where a single-blob version lands: its final path, and the temporary name it is fetched
+    under (renamed onto the final one only once the version is confirmed)."""
+    name = m["name"] if _is_safe_name(m.get("name")) else DEFAULT_BLOB_NAME
+    return dest / name, dest / f".{name}.{secrets.token_hex(4)}.partial"
+
+
+@contextlib.contextmanager
+def _removed_on_error(path: pathlib.Path) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def _if_complete(final: pathlib.Path, partial: pathlib.Path, size: int) -> tuple[pathlib.Path, pathlib.Path] | None:
+    """``(final, partial)`` when the fetched file has the version's size, else removed and None."""
+    if partial.stat().st_size == size:
+        return final, partial
+    partial.unlink(missing_ok=True)
+    return None
 
 class Checkpoint:
     """Versioned, crash-safe checkpoint of one task call, shared by all of its attempts.
@@ -1069,18 +1094,10 @@ class Checkpoint:
         ) -> tuple[pathlib.Path, pathlib.Path | None] | None:
             # A single blob of at most s3fs's block size (see _resolve_and), fetched as _download does.
             dest.mkdir(parents=True, exist_ok=True)
-            name = m["name"] if _is_safe_name(m.get("name")) else DEFAULT_BLOB_NAME
-            partial = dest / f".{name}.{secrets.token_hex(4)}.partial"
-            try:
+            final, partial = _blob_target(m, dest)
+            with _removed_on_error(partial):
                 await _s3_get_file(self.fs, self._data_path(m), str(partial), started)
-                ok = partial.stat().st_size == m["size"]
-            except BaseException:
-                partial.unlink(missing_ok=True)
-                raise
-            if not ok:
-                partial.unlink(missing_ok=True)
-                return None
-            return dest / name, partial
+            return _if_complete(final, partial, m["size"])
 
         got = self._resolve_and(fetch, discard, afetch)
         if got is None:
@@ -1104,18 +1121,10 @@ class Checkpoint:
         fs = self.fs
         data = self._data_path(m)
         if m["kind"] == "bytes":
-            name = m["name"] if _is_safe_name(m.get("name")) else DEFAULT_BLOB_NAME
-            partial = dest / f".{name}.{secrets.token_hex(4)}.partial"
-            try:
+            final, partial = _blob_target(m, dest)
+            with _removed_on_error(partial):
                 self._get_blob(data, str(partial), m["size"])
-                ok = partial.stat().st_size == m["size"]
-            except BaseException:
-                partial.unlink(missing_ok=True)
-                raise
-            if not ok:
-                partial.unlink(missing_ok=True)
-                return None
-            return dest / name, partial
+            return _if_complete(final, partial, m["size"])
         # Directory: one recursive listing, then an explicit list of transfers.
         found = fs.find(data, withdirs=False, detail=False)
         rpaths: list[str] = []
