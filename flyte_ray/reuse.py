@@ -305,6 +305,30 @@ class _ReplicaBase:
         return (self.active, self.waiting, self.served, time.time() if (self.active or self.waiting)
                 else self.last_active)
 
+    def _admit(self, p: list) -> tuple:
+        """``(task and meta, None)`` when this replica runs the call, else ``(None, answer)``:
+        retiring, the task failed to load, or its static part must be sent in full first."""
+        if self.retiring:
+            return None, _REJECTED
+        try:
+            tm = self._meta(p)
+        except Exception as e:  # noqa: BLE001
+            return None, self._load_failed(e)
+        if tm is None:
+            return None, _NEED_STATIC
+        return tm, None
+
+
+def _kwargs(p: list) -> dict:
+    kw = p[8]
+    return kw if kw.__class__ is dict else kw[0]
+
+
+def _answer(r: tuple) -> Any:
+    """A success travels as ``[value, node, seconds]`` (msgpack-friendly) when its value survives
+    msgpack unchanged; anything else as the attempt's tuple."""
+    return [r[1], r[2], r[3] if len(r) > 3 else None] if r[0] is True and _wire_safe(r[1]) else r
+
 
 _MISSING = object()
 
@@ -321,14 +345,9 @@ class _Replica(_ReplicaBase):
         self.mu = threading.Lock()
 
     def run(self, p: list) -> Any:
-        if self.retiring:
-            return _REJECTED
-        try:
-            tm = self._meta(p)
-        except Exception as e:  # noqa: BLE001
-            return self._load_failed(e)
-        if tm is None:
-            return _NEED_STATIC
+        tm, answer = self._admit(p)
+        if answer is not None:
+            return answer
         slots = self.slots
         if not slots.acquire(False):  # busy: wait, counted as demand
             with self.mu:
@@ -343,8 +362,7 @@ class _Replica(_ReplicaBase):
             with self.mu:
                 self.active += 1
         try:
-            kw = p[8]
-            r = _run_user_code(tm[0], tm[1], p[7], kw if kw.__class__ is dict else kw[0])
+            r = _run_user_code(tm[0], tm[1], p[7], _kwargs(p))
         finally:
             if exclusive:
                 self.active -= 1
@@ -356,7 +374,7 @@ class _Replica(_ReplicaBase):
                     self.served += 1
                     self.last_active = time.time()
             slots.release()
-        return [r[1], r[2], r[3] if len(r) > 3 else None] if r[0] is True and _wire_safe(r[1]) else r
+        return _answer(r)
 
     def load(self) -> tuple:
         return self._load()
@@ -376,14 +394,9 @@ class _AsyncReplica(_ReplicaBase):
         self.slots: Optional[asyncio.Semaphore] = None  # made on the actor's loop
 
     async def run(self, p: list) -> Any:
-        if self.retiring:
-            return _REJECTED
-        try:
-            tm = self._meta(p)
-        except Exception as e:  # noqa: BLE001
-            return self._load_failed(e)
-        if tm is None:
-            return _NEED_STATIC
+        tm, answer = self._admit(p)
+        if answer is not None:
+            return answer
         slots = self.slots
         if slots is None:
             slots = self.slots = asyncio.Semaphore(self.concurrency)
@@ -397,14 +410,13 @@ class _AsyncReplica(_ReplicaBase):
             await slots.acquire()  # free: returns at once
         self.active += 1
         try:
-            kw = p[8]
-            r = await _run_user_code_async(tm[0], tm[1], p[7], kw if kw.__class__ is dict else kw[0])
+            r = await _run_user_code_async(tm[0], tm[1], p[7], _kwargs(p))
         finally:
             self.active -= 1
             self.served += 1
             self.last_active = time.time()
             slots.release()
-        return [r[1], r[2], r[3] if len(r) > 3 else None] if r[0] is True and _wire_safe(r[1]) else r
+        return _answer(r)
 
     async def load(self) -> tuple:
         return self._load()
