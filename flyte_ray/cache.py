@@ -888,16 +888,83 @@ def _share(fut: concurrent.futures.Future) -> Any:
 
 def run_cached_sync(call: Any, inner: Callable[[Any], Any]) -> Any:
     """Run ``call`` through the cache: a hit returns the stored output, a miss runs ``inner``."""
+    gen = _cached(call)
+    done, op = _advance(gen, None, None)
+    while not done:
+        try:
+            send, exc = _do_sync(op, call, inner), None
+        except BaseException as x:  # noqa: BLE001 - handed to the flow, which decides
+            send, exc = None, x
+        done, op = _advance(gen, send, exc)
+    return op
+
+
+async def run_cached_async(call: Any, inner: Callable[[Any], Any]) -> Any:
+    """The async form of :func:`run_cached_sync` (storage I/O off the loop for remote storage)."""
+    gen = _cached(call)
+    done, op = _advance(gen, None, None)
+    while not done:
+        try:
+            send, exc = await _do_async(op, call, inner), None
+        except BaseException as x:  # noqa: BLE001 - handed to the flow, which decides
+            send, exc = None, x
+        done, op = _advance(gen, send, exc)
+    return op
+
+
+def _advance(gen: Generator[tuple, Any, Any], send: Any, exc: Optional[BaseException]) -> Tuple[bool, Any]:
+    """Resume the flow with a result or an exception: ``(False, next op)`` or ``(True, value)``."""
+    try:
+        return False, (gen.throw(exc) if exc is not None else gen.send(send))
+    except StopIteration as stop:
+        return True, stop.value
+
+
+def _do_sync(op: tuple, call: Any, inner: Callable[[Any], Any]) -> Any:
+    kind = op[0]
+    if kind == _IO:
+        return op[2](*op[3])
+    if kind == _INNER:
+        return inner(call)
+    if kind == _NAP:
+        return _nap_sync(op[1])
+    return _wait_shared_sync(op[1])
+
+
+async def _do_async(op: tuple, call: Any, inner: Callable[[Any], Any]) -> Any:
+    kind = op[0]
+    if kind == _IO:
+        return op[2](*op[3]) if op[1] else await asyncio.to_thread(op[2], *op[3])
+    if kind == _INNER:
+        return await inner(call)
+    if kind == _NAP:
+        return await _nap_async(op[1])
+    return await _await_shared(op[1])
+
+
+# What the flow asks its host to do; the sync and async hosts above differ only in how.
+_IO = "io"  # (_IO, local, fn, args): storage work (the async host runs it off the loop unless local)
+_INNER = "inner"  # (_INNER,): run the call
+_NAP = "nap"  # (_NAP, seconds): back off while another process holds the lease
+_WAIT = "wait"  # (_WAIT, future): wait for the same call running in this process
+
+
+def _io(e: _Entry, fn: Callable[..., Any], *args: Any) -> tuple:
+    return (_IO, e.local, fn, args)
+
+
+def _cached(call: Any) -> Generator[tuple, Any, Any]:
+    """The cached call's flow, with no waiting in it: it yields what to do and is sent the result."""
     e = _Entry(call)
     if not e.overwrite:
-        got = _lookup(e)
+        got = yield _io(e, _lookup, e)
         if got is not None:
             ok, value = _loads(e, got[1])
             if ok:
                 return value
     if not e.serialize:
-        value = inner(call)
-        _store(e, value, _new_owner())
+        value = yield (_INNER,)
+        yield _io(e, _store, e, value, _new_owner())
         return value
     while True:
         with _inflight_lock:
@@ -906,13 +973,12 @@ def run_cached_sync(call: Any, inner: Callable[[Any], Any]) -> Any:
             if lead:
                 fut = _inflight[e.url] = concurrent.futures.Future()
         if not lead:
-            try:
-                _wait_future_sync(fut)
-            except _LeaderFailed:  # the runner failed: try again (maybe as the runner)
-                continue
+            yield (_WAIT, fut)
+            if isinstance(fut.exception(), _LeaderFailed):
+                continue  # the runner failed: try again (maybe as the runner)
             return _share(fut)
         try:
-            value, shared = _lead_sync(e, call, inner)
+            value, shared = yield from _lead(e)
         except BaseException as exc:
             fut.set_exception(_LeaderFailed(repr(exc)))
             raise
@@ -923,6 +989,13 @@ def run_cached_sync(call: Any, inner: Callable[[Any], Any]) -> Any:
             with _inflight_lock:
                 if _inflight.get(e.url) is fut:
                     del _inflight[e.url]
+
+
+def _wait_shared_sync(fut: concurrent.futures.Future) -> None:
+    try:
+        _wait_future_sync(fut)
+    except _LeaderFailed:
+        pass  # the flow sees it on the future
 
 
 def _step(gen: Generator[_Sleep, None, Any]) -> Tuple[bool, Any]:
@@ -933,13 +1006,14 @@ def _step(gen: Generator[_Sleep, None, Any]) -> Tuple[bool, Any]:
         return True, stop.value
 
 
-def _lead_sync(e: _Entry, call: Any, inner: Callable[[Any], Any]) -> Tuple[Any, tuple]:
+def _lead(e: _Entry) -> Generator[tuple, Any, Tuple[Any, tuple]]:
+    """This process runs the call: under the storage lease when it can get one."""
     try:
         gen = _elect(e, checked=True)
-        done, res = _step(gen)
+        done, res = yield _io(e, _step, gen)
         while not done:
-            _nap_sync(res.seconds)
-            done, res = _step(gen)
+            yield (_NAP, res.seconds)
+            done, res = yield _io(e, _step, gen)
     except Exception as exc:  # noqa: BLE001 - storage trouble: run unserialized rather than fail
         logger.warning("cache %s: serialize lease unavailable (%s: %s); running without it", e.fqn,
                        type(exc).__name__, exc)
@@ -949,95 +1023,18 @@ def _lead_sync(e: _Entry, call: Any, inner: Callable[[Any], Any]) -> Tuple[Any, 
             ok, value = _loads(e, res.payload)
             if ok:
                 return value, ("payload", res.payload)
-        value = inner(call)  # no lease (storage trouble) or an unloadable output: run, store
-        payload = _store(e, value, _new_owner())
+        value = yield (_INNER,)  # no lease (storage trouble) or an unloadable output: run, store
+        payload = yield _io(e, _store, e, value, _new_owner())
         return value, _shared(value, payload)
     renewer = _Renewer(e, res.owner)
     try:
-        value = inner(call)
-        payload = _store(e, value, res.owner)
+        value = yield (_INNER,)
+        payload = yield _io(e, _store, e, value, res.owner)
     finally:
         renewer.close()
-        _release(e, res.owner)
+        yield _io(e, _release, e, res.owner)
     return value, _shared(value, payload)
 
 
 def _shared(value: Any, payload: Optional[bytes]) -> tuple:
     return ("payload", payload) if payload is not None else ("value", value)
-
-
-async def run_cached_async(call: Any, inner: Callable[[Any], Any]) -> Any:
-    """The async form of :func:`run_cached_sync` (storage I/O off the loop for remote storage)."""
-    e = _Entry(call)
-    io = _io_for(e)
-    if not e.overwrite:
-        got = await io(_lookup, e)
-        if got is not None:
-            ok, value = _loads(e, got[1])
-            if ok:
-                return value
-    if not e.serialize:
-        value = await inner(call)
-        await io(_store, e, value, _new_owner())
-        return value
-    while True:
-        with _inflight_lock:
-            fut = _inflight.get(e.url)
-            lead = fut is None
-            if lead:
-                fut = _inflight[e.url] = concurrent.futures.Future()
-        if not lead:
-            await _await_shared(fut)
-            if isinstance(fut.exception(), _LeaderFailed):
-                continue  # the runner failed: try again (maybe as the runner)
-            return _share(fut)
-        try:
-            value, shared = await _lead_async(e, call, inner, io)
-        except BaseException as exc:
-            fut.set_exception(_LeaderFailed(repr(exc)))
-            raise
-        else:
-            fut.set_result(shared)
-            return value
-        finally:
-            with _inflight_lock:
-                if _inflight.get(e.url) is fut:
-                    del _inflight[e.url]
-
-
-def _io_for(e: _Entry) -> Callable[..., Any]:
-    if e.local:
-        async def inline(fn: Callable[..., Any], *args: Any) -> Any:
-            return fn(*args)
-
-        return inline
-    return asyncio.to_thread
-
-
-async def _lead_async(e: _Entry, call: Any, inner: Callable[[Any], Any], io: Callable[..., Any]) -> Tuple[Any, tuple]:
-    try:
-        gen = _elect(e, checked=True)
-        done, res = await io(_step, gen)
-        while not done:
-            await _nap_async(res.seconds)
-            done, res = await io(_step, gen)
-    except Exception as exc:  # noqa: BLE001 - storage trouble: run unserialized rather than fail
-        logger.warning("cache %s: serialize lease unavailable (%s: %s); running without it", e.fqn,
-                       type(exc).__name__, exc)
-        res = None
-    if not isinstance(res, _Run):
-        if res is not None:
-            ok, value = _loads(e, res.payload)
-            if ok:
-                return value, ("payload", res.payload)
-        value = await inner(call)
-        payload = await io(_store, e, value, _new_owner())
-        return value, _shared(value, payload)
-    renewer = _Renewer(e, res.owner)
-    try:
-        value = await inner(call)
-        payload = await io(_store, e, value, res.owner)
-    finally:
-        renewer.close()
-        await io(_release, e, res.owner)
-    return value, _shared(value, payload)
