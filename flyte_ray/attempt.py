@@ -362,6 +362,21 @@ def _limit(*values: Optional[float]) -> Optional[float]:
     return min(vals) if vals else None
 
 
+def _run_limit(req: AttemptRequest, started: float) -> Optional[float]:
+    """Seconds a started attempt may still run: ``max_runtime``, or what is left of the deadline."""
+    return _limit(req.max_runtime, None if req.deadline_left is None else req.deadline_left - (time.time() - started))
+
+
+def _ran_too_long(call: "Call", req: AttemptRequest, node: str, started: float, limit: float) -> Outcome:
+    return Outcome(TIMEOUT, node_id=node, started=started, error=TaskTimeoutError(
+        f"{call.spec.fqn}: attempt {req.attempt} ran longer than {limit:.1f}s and was cancelled"))
+
+
+def _no_result() -> Outcome:
+    # The streaming attempt ended before yielding its result: its worker went away.
+    return Outcome(SYSTEM, error=rex.RaySystemError("attempt ended without a result"), system_reason="node_failure")
+
+
 def _execute_streaming_sync(call: "Call", req: AttemptRequest, bound: Any, opts: dict, meta: tuple) -> Outcome:
     gen = bound.remote((meta, call.args, call.kwargs))
     _watch_add(gen, call, req, opts)
@@ -373,13 +388,11 @@ def _execute_streaming_sync(call: "Call", req: AttemptRequest, bound: Any, opts:
             return _not_started(call, req, opts)
         node, started = ray.get(next(gen))
         _watch.pop(gen, None)
-        run_limit = _limit(req.max_runtime, None if req.deadline_left is None
-                           else req.deadline_left - (time.time() - started))
+        run_limit = _run_limit(req, started)
         ready, _ = ray.wait([gen], timeout=run_limit)
         if not ready:
             ray.cancel(gen, force=True, recursive=True)
-            return Outcome(TIMEOUT, node_id=node, started=started, error=TaskTimeoutError(
-                f"{call.spec.fqn}: attempt {req.attempt} ran longer than {run_limit:.1f}s and was cancelled"))
+            return _ran_too_long(call, req, node, started, run_limit)
         return _unpack(ray.get(next(gen)), started)
     except KeyboardInterrupt:
         ray.cancel(gen, recursive=True)
@@ -387,8 +400,7 @@ def _execute_streaming_sync(call: "Call", req: AttemptRequest, bound: Any, opts:
     except rex.RayError as e:
         return classify(e, req.market)
     except StopIteration:
-        return Outcome(SYSTEM, error=rex.RaySystemError("attempt ended without a result"),
-                       system_reason="node_failure")
+        return _no_result()
     finally:
         _watch.pop(gen, None)
 
@@ -492,15 +504,13 @@ async def _execute_streaming_async(call: "Call", req: AttemptRequest, bound: Any
             return _not_started(call, req, opts)
         node, started = await _await(first.result(), None)
         _watch.pop(gen, None)
-        run_limit = _limit(req.max_runtime, None if req.deadline_left is None
-                           else req.deadline_left - (time.time() - started))
+        run_limit = _run_limit(req, started)
         second = asyncio.ensure_future(gen.__anext__())
         done, _ = await asyncio.wait({second}, timeout=run_limit)
         if not done:
             second.cancel()
             ray.cancel(gen, force=True, recursive=True)
-            return Outcome(TIMEOUT, node_id=node, started=started, error=TaskTimeoutError(
-                f"{call.spec.fqn}: attempt {req.attempt} ran longer than {run_limit:.1f}s and was cancelled"))
+            return _ran_too_long(call, req, node, started, run_limit)
         return _unpack(await _await(second.result(), None), started)
     except asyncio.CancelledError:
         ray.cancel(gen, recursive=True)
@@ -508,7 +518,6 @@ async def _execute_streaming_async(call: "Call", req: AttemptRequest, bound: Any
     except rex.RayError as e:
         return classify(e, req.market)
     except StopAsyncIteration:
-        return Outcome(SYSTEM, error=rex.RaySystemError("attempt ended without a result"),
-                       system_reason="node_failure")
+        return _no_result()
     finally:
         _watch.pop(gen, None)
