@@ -1212,14 +1212,19 @@ def _discard(f: Any) -> None:
             pass
 
 
-async def _s3_cat(fs: Any, path: str, started: Callable[[], None] | None = None) -> bytes:
-    """One GET of a whole object (s3fs's ``cat_file`` sends a HEAD first). ``started()`` is
-    called once the response has begun."""
+async def _s3_body(fs: Any, path: str, started: Callable[[], None] | None) -> Any:
+    """The body of one GET of ``path`` (s3fs's ``cat_file`` / ``get_file`` send a HEAD first).
+    ``started()`` is called once the response has begun."""
     bucket, key, _ = fs.split_path(path)
     resp = await fs._call_s3("get_object", Bucket=bucket, Key=key)
     if started is not None:
         started()
-    body = resp["Body"]
+    return resp["Body"]
+
+
+async def _s3_cat(fs: Any, path: str, started: Callable[[], None] | None = None) -> bytes:
+    """One GET of a whole object."""
+    body = await _s3_body(fs, path, started)
     try:
         return await body.read()
     finally:
@@ -1227,13 +1232,8 @@ async def _s3_cat(fs: Any, path: str, started: Callable[[], None] | None = None)
 
 
 async def _s3_get_file(fs: Any, path: str, lpath: str, started: Callable[[], None] | None = None) -> None:
-    """One streamed GET of an object into ``lpath``, up to 4 MiB per read (bounded memory).
-    ``started()`` is called once the response has begun."""
-    bucket, key, _ = fs.split_path(path)
-    resp = await fs._call_s3("get_object", Bucket=bucket, Key=key)
-    if started is not None:
-        started()
-    body = resp["Body"]
+    """One streamed GET of an object into ``lpath``, up to 4 MiB per read (bounded memory)."""
+    body = await _s3_body(fs, path, started)
     try:
         with open(lpath, "wb") as f:
             while True:

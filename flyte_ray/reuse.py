@@ -1076,6 +1076,12 @@ def _unavailable(e: BaseException) -> "Outcome":
     return Outcome(SYSTEM, error=RuntimeSystemError("ReplicaPoolUnavailable", str(e)), system_reason="node_failure")
 
 
+def _prepared(call: "Call", req: "AttemptRequest") -> tuple:
+    """The pool client for this attempt's placement, the call's static part and its wire payload."""
+    client, st = _route(call, req)
+    return client, st, _payload(call, req, st[0])
+
+
 def execute_sync(call: "Call", req: "AttemptRequest") -> "Outcome":
     """One attempt on a warm replica, from a blocking caller; returns its outcome.
 
@@ -1084,8 +1090,7 @@ def execute_sync(call: "Call", req: "AttemptRequest") -> "Outcome":
     if _Outcome is None:
         _bind_caller()
     try:
-        client, st = _route(call, req)
-        payload = _payload(call, req, st[0])
+        client, st, payload = _prepared(call, req)
     except Exception as e:  # noqa: BLE001
         return _unavailable(e)
     limit = req.max_runtime
@@ -1159,8 +1164,7 @@ async def execute_async(call: "Call", req: "AttemptRequest") -> "Outcome":
     if _Outcome is None:
         _bind_caller()
     try:
-        client, st = _route(call, req)
-        payload = _payload(call, req, st[0])
+        client, st, payload = _prepared(call, req)
     except Exception as e:  # noqa: BLE001
         return _unavailable(e)
     limit = _limit(req)
