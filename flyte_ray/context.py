@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import contextvars
-import itertools
-import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
+
+from ._core.call import ChildSequencer
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint
@@ -45,9 +45,8 @@ class TaskContext:
     node_id: str = ""
     settings: Optional["Settings"] = None
     run_overrides: Optional[dict] = None
-    _child_counter: Any = field(default_factory=itertools.count, repr=False)
+    _children: ChildSequencer = field(default_factory=ChildSequencer, repr=False)
     _checkpoint: Any = field(default=None, repr=False)
-    _lock: Any = field(default_factory=threading.Lock, repr=False)
 
     @property
     def action(self) -> str:
@@ -68,11 +67,10 @@ class TaskContext:
         return self._checkpoint
 
     def next_child_id(self, short_name: str) -> str:
-        """Identity for the next child call: deterministic in call order, so a retried parent
-        that makes the same calls in the same order gets the same ids."""
-        with self._lock:
-            n = next(self._child_counter)
-        return f"{self.call_id}/{short_name}-{n}"
+        """Identity for the next call of task ``short_name`` made by this attempt: numbered per task
+        (see :class:`~flyte_ray._core.call.ChildSequencer`), so a retried parent that makes the same
+        calls gets the same ids, whatever order calls to different tasks interleave in."""
+        return self._children.next_id(self.call_id, short_name)
 
 
 _CTX: contextvars.ContextVar[Optional[TaskContext]] = contextvars.ContextVar("flyte_ray_ctx", default=None)

@@ -32,6 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, TextIO, Tuple
 
+from ._core.call import CallState
+from ._core.policy import AttemptPolicy
+
 __all__ = ["doctor", "main", "NodeInfo", "node_infos", "find_tasks", "task_markets", "load_node_types"]
 
 _EPS = 1e-9
@@ -242,15 +245,16 @@ def find_tasks(mod: Any) -> List[Any]:
 
 def task_markets(spec: Any, threshold: int) -> List[str]:
     """The markets the supervisor may place this call's attempts on (its own rule, enumerated)."""
-    from .supervisor import choose_market
-
     retries = spec.retries.count if spec.retries else 0
-    seen = []
-    # choose_market only compares the counts with retries / threshold: their extremes cover it.
+    seen: List[str] = []
+    # The market rule only compares the counts with retries / threshold: their extremes cover it.
     for user in sorted({0, retries}):
         for system in sorted({0, max(threshold, 0)}):
             for forced in (False, True):
-                m = choose_market(spec.interruptible, retries, user, system, threshold, forced)
+                policy = AttemptPolicy(spec.fqn, interruptible=spec.interruptible, retries=spec.retries,
+                                       system_retries=-1, failure_threshold=threshold)
+                policy.forced_ondemand = forced
+                m = str(policy.market(CallState(user_failures=user, system_failures=system)))
                 if m not in seen:
                     seen.append(m)
     order = ("spot", "ondemand")

@@ -7,12 +7,12 @@ import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, TypeVar, Union, overload
 
-from .cache import CacheRequest
+from .cache_policy import CacheRequest
 from .resources import Resources
 from .retry import RetryStrategy
-from .reuse import ReusePolicy
+from .reuse_policy import ReusePolicy
 from .timeout import TimeoutType
-from .validation import normalize
+from ._core.validation import normalize
 
 __all__ = ["TaskEnvironment"]
 

@@ -1,43 +1,79 @@
-"""User retry policy: ``RetryStrategy`` and ``Backoff``.
+"""User retry policy: ``RetryStrategy`` and ``Backoff`` (value types: no Ray, no I/O).
 
 These budget *user* failures only (exceptions, OOM, timeouts). Losing a node is a *system*
 failure with its own budget (``init(system_retries=...)``) and never consumes ``retries``.
+
+Semantics follow flyte-sdk's ``flyte.Backoff``: ``base`` and ``cap`` take seconds (int/float) or a
+``timedelta``, ``factor >= 1``, and retries are counted from 0: the first retry waits ``base``,
+retry ``n`` waits ``min(base * factor**n, cap)``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Optional, Union
 
 __all__ = ["RetryStrategy", "Backoff", "as_retry_strategy"]
 
+Duration = Union[int, float, timedelta]
+# timedelta's own range ends at 999,999,999 days; a longer "delay" is a mistake, not a policy.
+_MAX_SECONDS = timedelta.max.total_seconds()
+
+
+def _duration(value: Duration, field_name: str) -> timedelta:
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise TypeError(f"{field_name}: expected seconds (int/float) or a timedelta, got {value!r}")
+    if not math.isfinite(seconds) or seconds < 0 or seconds > _MAX_SECONDS:
+        raise ValueError(f"{field_name}: expected a finite duration >= 0 seconds, got {value!r}")
+    return value if isinstance(value, timedelta) else timedelta(seconds=seconds)
+
 
 @dataclass(frozen=True)
 class Backoff:
-    """Delay before user retry ``n`` (1-based): ``min(base * factor**n, cap)`` seconds.
+    """Delay between user retries: retry ``n`` (0-based) waits ``min(base * factor**n, cap)``.
 
-    ``cap`` is required when ``factor > 1`` so delays cannot grow without bound.
+    Args:
+        base: delay before the first retry: seconds or a ``timedelta`` (stored as ``timedelta``,
+            as flyte-sdk does).
+        factor: per-retry multiplier, a finite number >= 1 (1: a constant delay).
+        cap: upper bound of the delay; required when ``factor > 1``.
     """
 
-    base: float
+    base: Duration
     factor: float = 1.0
-    cap: Optional[float] = None
+    cap: Optional[Duration] = None
 
     def __post_init__(self) -> None:
-        for name in ("base", "factor"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise ValueError(f"Backoff.{name}: expected a number >= 0, got {v!r}")
-        if self.cap is not None and (isinstance(self.cap, bool) or not isinstance(self.cap, (int, float))
-                                     or self.cap < 0):
-            raise ValueError(f"Backoff.cap: expected a number >= 0 or None, got {self.cap!r}")
-        if self.factor > 1 and self.cap is None:
+        object.__setattr__(self, "base", _duration(self.base, "Backoff.base"))
+        f = self.factor
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) or f < 1:
+            raise ValueError(f"Backoff.factor: expected a finite number >= 1 (1: constant delay), got {f!r}")
+        if self.cap is not None:
+            object.__setattr__(self, "cap", _duration(self.cap, "Backoff.cap"))
+        elif f > 1:
             raise ValueError("Backoff.cap: required when factor > 1 (e.g. Backoff(base=1, factor=2, cap=60))")
 
-    def delay(self, n: int) -> float:
-        """Seconds to wait before retry number ``n`` (1 for the first retry)."""
-        d = self.base * (self.factor ** n)
-        return min(d, self.cap) if self.cap is not None else d
+    def seconds(self, n: int) -> float:
+        """Seconds to wait before retry ``n`` (0 for the first retry)."""
+        if n < 0:
+            raise ValueError(f"retry index n must be >= 0, got {n}")
+        base = self.base.total_seconds()  # type: ignore[union-attr]
+        cap = self.cap.total_seconds() if self.cap is not None else None  # type: ignore[union-attr]
+        try:
+            d = base * (float(self.factor) ** n)
+        except OverflowError:
+            d = math.inf
+        return min(d, cap) if cap is not None else d
+
+    def compute_delay(self, n: int) -> timedelta:
+        """flyte-sdk's name: the delay before retry ``n`` (0-based) as a ``timedelta``."""
+        return timedelta(seconds=self.seconds(n))
 
 
 @dataclass(frozen=True)
@@ -54,7 +90,8 @@ class RetryStrategy:
             raise TypeError(f"RetryStrategy.backoff: expected Backoff or None, got {self.backoff!r}")
 
     def delay(self, n: int) -> float:
-        return self.backoff.delay(n) if self.backoff else 0.0
+        """Seconds to wait before retry ``n`` (0-based, as ``Backoff.compute_delay``)."""
+        return self.backoff.seconds(n) if self.backoff else 0.0
 
 
 def as_retry_strategy(value: Union[int, RetryStrategy, None], field_name: str = "retries") -> Optional[RetryStrategy]:

@@ -95,52 +95,7 @@ if TYPE_CHECKING:
 __all__ = ["ReusePolicy", "pool_stats", "shutdown_pools"]
 
 
-def _secs(v, name: str) -> float:
-    if isinstance(v, timedelta):
-        v = v.total_seconds()
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-        raise ValueError(f"ReusePolicy.{name}: expected seconds >= 0 or a timedelta, got {v!r}")
-    return float(v)
-
-
-@dataclass(frozen=True)
-class ReusePolicy:
-    """Warm replicas for a reusable environment.
-
-    Args:
-        replicas: a fixed count, or ``(min, max)`` to scale with demand.
-        idle_ttl: seconds a pool may sit unused before it is torn down.
-        concurrency: calls one replica runs at once; > 1 needs async tasks.
-        scaledown_ttl: seconds a replica above ``min`` may sit idle before it is removed.
-    """
-
-    replicas: Union[int, Tuple[int, int]] = 2
-    idle_ttl: Union[int, float, timedelta] = 30
-    concurrency: int = 1
-    scaledown_ttl: Union[int, float, timedelta] = 30
-
-    def __post_init__(self) -> None:
-        r = self.replicas
-        if isinstance(r, (tuple, list)):
-            if len(r) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in r) \
-                    or r[0] < 0 or r[1] < max(1, r[0]):
-                raise ValueError(f"ReusePolicy.replicas: expected an int >= 1 or (min, max) with "
-                                 f"0 <= min <= max, max >= 1; got {r!r}")
-            object.__setattr__(self, "replicas", (int(r[0]), int(r[1])))
-        elif isinstance(r, bool) or not isinstance(r, int) or r < 1:
-            raise ValueError(f"ReusePolicy.replicas: expected an int >= 1 or (min, max), got {r!r}")
-        if isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int) or self.concurrency < 1:
-            raise ValueError(f"ReusePolicy.concurrency: expected an int >= 1, got {self.concurrency!r}")
-        object.__setattr__(self, "idle_ttl", _secs(self.idle_ttl, "idle_ttl"))
-        object.__setattr__(self, "scaledown_ttl", _secs(self.scaledown_ttl, "scaledown_ttl"))
-
-    @property
-    def min_replicas(self) -> int:
-        return self.replicas[0] if isinstance(self.replicas, tuple) else self.replicas
-
-    @property
-    def max_replicas(self) -> int:
-        return self.replicas[1] if isinstance(self.replicas, tuple) else self.replicas
+from .reuse_policy import ReusePolicy  # noqa: E402  (re-exported: flyte_ray.reuse.ReusePolicy)
 
 
 # =============================================================================== tunables

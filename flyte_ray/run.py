@@ -10,7 +10,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional
 from . import waiting
 from .supervisor import AttemptRecord, format_history
 from .task import Call, TaskTemplate, _run_call_async
-from .validation import normalize
+from ._core.validation import normalize
 
 __all__ = ["Run", "RunContext", "run", "with_runcontext", "map"]
 

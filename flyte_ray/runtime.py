@@ -20,6 +20,7 @@ from typing import Any, Optional, Union
 import ray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ._core.settings import Settings
 from .checkpoint import Storage
 
 __all__ = ["Settings", "init", "init_from_config", "shutdown", "current_settings", "is_initialized"]
@@ -31,40 +32,6 @@ if not logger.handlers:
     logger.addHandler(_h)
     logger.setLevel(logging.INFO)
     logger.propagate = False
-
-
-@dataclass(frozen=True)
-class Settings:
-    """flyte-ray settings for a driver; travel with every attempt so nested calls use them too.
-
-    Attributes:
-        storage: where checkpoints (and cached outputs) live.
-        system_retries: system failures (preemptions, node losses) a call may absorb; -1 = unlimited.
-        interruptible_failure_threshold: after this many system failures an interruptible call's
-            attempts run on on-demand capacity. ``None``: the last allowed system attempt runs on
-            on-demand (with unlimited system retries: after 3).
-        checkpoint_keep: complete checkpoints kept per call.
-        supervisor: ``"auto"`` hosts the attempt loop of calls made from spot attempts in a
-            supervising actor on on-demand capacity; ``"inline"`` always supervises in the caller.
-        inline_under: with ``supervisor="auto"``, a call from a spot attempt whose task's recent
-            runs all finished in under this many seconds is supervised in its caller instead of
-            the actor (the actor's hop would cost more than re-running it if the caller is
-            preempted; its result is still recorded with the actor for re-attachment).
-            ``0`` sends every such call through the actor.
-    """
-
-    storage: Storage = field(default_factory=Storage)
-    system_retries: int = 3
-    interruptible_failure_threshold: Optional[int] = None
-    checkpoint_keep: int = 2
-    supervisor: str = "auto"
-    inline_under: float = 0.1
-
-    @property
-    def failure_threshold(self) -> int:
-        if self.interruptible_failure_threshold is not None:
-            return self.interruptible_failure_threshold
-        return self.system_retries if self.system_retries >= 0 else 3
 
 
 class _ConfigFile(BaseModel):

@@ -71,7 +71,7 @@ class SupervisorActor:
         fut = self.running.get(key)
         if fut is not None:
             return fut, True  # re-attached to a running call: awaited, not restarted
-        from .spec import resolve
+        from ._core.spec import resolve
         from .task import Call
 
         spec = resolve(task, run_overrides) if run_overrides else task.spec

@@ -17,15 +17,16 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional
 from . import supervisor_actor
 from .context import ctx
 from .runtime import current_settings, ensure_init
-from .spec import FIELDS, CallSpec, resolve
-from .supervisor import CallState, run_async, run_sync
-from .validation import normalize
+from ._core.spec import FIELDS, CallSpec, resolve
+from ._core.call import Call
+from .supervisor import run_async, run_sync
+from ._core.validation import normalize
 
 if TYPE_CHECKING:
     from .environment import TaskEnvironment
     from .runtime import Settings
 
-__all__ = ["TaskTemplate", "Call"]
+__all__ = ["TaskTemplate"]
 
 _OVERRIDABLE = ("short_name", "resources", "cache", "retries", "timeout", "reusable", "env_vars", "secrets",
                 "queue", "interruptible")
@@ -35,24 +36,6 @@ _FORBIDDEN = {"name": "the task's name is its identity", "image": "the image bel
 
 def new_run_name() -> str:
     return "r" + os.urandom(6).hex()  # 48 random bits, as uuid4().hex[:12], at a fifth of the cost
-
-
-class Call:
-    """One call of a task: what the supervisor runs, and its accounting."""
-
-    __slots__ = ("task", "spec", "run_name", "call_id", "args", "kwargs", "settings", "state", "run_overrides")
-
-    def __init__(self, task: "TaskTemplate", spec: CallSpec, run_name: str, call_id: str, args: tuple,
-                 kwargs: dict, settings: "Settings", run_overrides: Optional[Mapping[str, Any]] = None) -> None:
-        self.run_overrides = run_overrides
-        self.task = task
-        self.spec = spec
-        self.run_name = run_name
-        self.call_id = call_id
-        self.args = args
-        self.kwargs = kwargs
-        self.settings = settings
-        self.state = CallState()
 
 
 class TaskTemplate:

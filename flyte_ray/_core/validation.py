@@ -9,11 +9,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .cache import as_cache
-from .resources import Resources
-from .retry import as_retry_strategy
-from .reuse import ReusePolicy
-from .timeout import as_timeout
+from ..cache_policy import as_cache
+from ..resources import Resources
+from ..retry import as_retry_strategy
+from ..reuse_policy import ReusePolicy
+from ..timeout import as_timeout
 
 _QUEUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 

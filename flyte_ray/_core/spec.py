@@ -7,19 +7,19 @@ from flyte-sdk, which merges with ``x or self.x``: in flyte-ray ``retries=0`` an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Optional
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional
 
-from .cache import Cache
-from .resources import Resources
-from .retry import RetryStrategy
-from .reuse import ReusePolicy
-from .timeout import Timeout
+from ..cache_policy import Cache
+from ..resources import Resources
+from ..retry import RetryStrategy
+from ..reuse_policy import ReusePolicy
+from ..timeout import Timeout
 
 if TYPE_CHECKING:
-    from .task import TaskTemplate
+    from ..task import TaskTemplate
 
-__all__ = ["CallSpec", "resolve"]
+__all__ = ["CallSpec", "RunOverrides", "resolve"]
 
 #: fields a level may set, in the order they are resolved
 FIELDS = ("resources", "env_vars", "secrets", "cache", "reusable", "interruptible", "queue", "retries", "timeout")
@@ -41,12 +41,52 @@ class CallSpec:
     cache: Optional[Cache]
     reusable: Optional[ReusePolicy]
     ray_options: Mapping[str, Any]  # the task's own Ray options, before placement markers
+    #: caches of the layers below that depend only on this spec (bound Ray options, the replica
+    #: pool, the warm call's static part), generation-stamped: see flyte_ray._core.process
+    memo: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
+
+    def __reduce__(self) -> Any:  # the memo holds process-local objects: never pickled
+        return (_rebuild_spec, tuple(getattr(self, f) for f in _SPEC_FIELDS))
 
     @property
     def uses_streaming(self) -> bool:
         """Attempts report when they start (needed to time runtime and queueing separately)."""
         t = self.timeout
         return bool(t and (t.max_runtime or t.max_queued_time))
+
+
+_SPEC_FIELDS = ("fqn", "short_name", "interruptible", "queue", "retries", "timeout", "resources", "env_vars",
+                "secrets", "cache", "reusable", "ray_options")
+
+
+def _rebuild_spec(*values: Any) -> CallSpec:
+    return CallSpec(*values)
+
+
+class RunOverrides(Mapping[str, Any]):
+    """Run-level settings (``with_runcontext``): validated, immutable, inherited by every call of
+    the run. Its pickled form is made once (``blob``) and travels with each attempt."""
+
+    __slots__ = ("_d", "blob")
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self._d = dict(values)
+        self.blob: Optional[bytes] = None
+
+    def __getitem__(self, key: str) -> Any:
+        return self._d[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._d)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __repr__(self) -> str:
+        return f"RunOverrides({self._d!r})"
+
+    def __reduce__(self) -> Any:
+        return (RunOverrides, (self._d,))
 
 
 def resolve(task: "TaskTemplate", run_overrides: Optional[Mapping[str, Any]] = None) -> CallSpec:

@@ -1,0 +1,108 @@
+"""From what was observed when an attempt ended without a result, to an outcome kind.
+
+The Ray layer (:mod:`flyte_ray._ray.observe`) turns a Ray exception into an :class:`Observation`
+(facts: what Ray reported, on which node, the attempt's market) and, when these do not decide the
+case, looks the node up (:class:`NodeFacts`). :func:`classify` is the rule, with no Ray in it:
+
+* Ray's memory monitor killed the worker → ``oom`` (a user failure: ``OOMError``);
+* the caller cancelled → ``cancelled``;
+* user code raised where Ray saw it (outside flyte-ray's wrapper) → ``user``; a task module that
+  cannot be imported on the worker → ``user`` with a ``NonRecoverableError`` saying how to ship
+  the code (every retry would fail the same way);
+* anything else is the platform failing → ``system``, recorded as ``preemption`` when an actor's
+  node was drained for preemption, when the attempt ran on spot on a cluster with markets, when
+  the node declares ``spot``, or when the node died drained for preemption
+  (``DeathReason`` 3, ``AUTOSCALER_DRAIN_PREEMPTED``); else ``node_failure``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from ..errors import NonRecoverableError, OOMError
+from .records import Kind, Market, Outcome, _StrEnum
+
+__all__ = ["Seen", "Observation", "NodeFacts", "needs_node_facts", "classify", "DRAIN_PREEMPTED"]
+
+DRAIN_PREEMPTED = 3  # ray.nodes() DeathReason: AUTOSCALER_DRAIN_PREEMPTED
+
+
+class Seen(_StrEnum):
+    """What Ray reported when the attempt ended."""
+
+    OOM_KILLED = "oom_killed"
+    CANCELLED = "cancelled"
+    USER_RAISED = "user_raised"  # a RayTaskError carrying the user's exception
+    IMPORT_FAILED = "import_failed"  # the task's module failed to import on the worker
+    ACTOR_DIED = "actor_died"
+    LOST = "lost"  # node died, worker crashed, object lost, raylet died, other platform errors
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Facts about an attempt that ended without a result."""
+
+    seen: Seen
+    error: BaseException  # what to report as the attempt's error
+    market: Market  # where the attempt was placed
+    node_id: str = ""  # the node named by the error, when it names one
+    preempted: bool = False  # ActorDiedError.preempted: the actor's node was drained for preemption
+    cluster_has_markets: bool = False  # some node declares spot / ondemand
+    message: str = ""  # Ray's message (OOM, import failure), first line used
+    traceback: str = ""
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    """What the cluster says about a node, looked up after a failure."""
+
+    found: bool = False
+    spot: bool = False  # declares the spot market
+    alive: bool = True
+    death_reason: Optional[int] = None
+
+
+def needs_node_facts(obs: Observation) -> bool:
+    """True when :func:`classify` needs the node looked up (a system failure not decided by the
+    observation itself). The lookup may take a moment (a lost node is marked dead late)."""
+    if obs.seen is not Seen.LOST and obs.seen is not Seen.ACTOR_DIED:
+        return False
+    if obs.seen is Seen.ACTOR_DIED and obs.preempted:
+        return False
+    if obs.market == Market.SPOT and obs.cluster_has_markets:
+        return False
+    return bool(obs.node_id)
+
+
+def classify(obs: Observation, node: Optional[NodeFacts] = None) -> Outcome:
+    """The outcome of an attempt that ended as ``obs`` says (``node``: facts about its node)."""
+    seen = obs.seen
+    if seen is Seen.OOM_KILLED:
+        first = obs.message.strip().splitlines()[0] if obs.message.strip() else "out of memory"
+        return Outcome(Kind.OOM, error=OOMError(first))
+    if seen is Seen.CANCELLED:
+        return Outcome(Kind.CANCELLED, error=obs.error)
+    if seen is Seen.IMPORT_FAILED:
+        return Outcome(Kind.USER, traceback=obs.traceback, error=NonRecoverableError(
+            "the task's code cannot be imported on the Ray worker. Tasks travel by reference to their module: "
+            "make it importable on every node (install it, run the driver from the folder that holds it, or "
+            "ship it with flyte_ray.init(runtime_env={'working_dir': ...} or {'py_modules': [...]})). "
+            f"Ray said: {obs.message[:500]}"))
+    if seen is Seen.USER_RAISED:
+        return Outcome(Kind.USER, error=obs.error, traceback=obs.traceback)
+    return Outcome(Kind.SYSTEM, error=obs.error, node_id=obs.node_id, system_reason=_system_reason(obs, node))
+
+
+def _system_reason(obs: Observation, node: Optional[NodeFacts]) -> str:
+    if obs.seen is Seen.ACTOR_DIED and obs.preempted:
+        return "preemption"
+    if obs.market == Market.SPOT and obs.cluster_has_markets:
+        return "preemption"
+    if node is None or not node.found:
+        return "node_failure"
+    if node.spot:
+        return "preemption"
+    if not node.alive and node.death_reason == DRAIN_PREEMPTED:
+        return "preemption"
+    return "node_failure"

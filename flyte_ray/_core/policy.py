@@ -1,0 +1,135 @@
+"""The attempt rules of the contract, as one policy object: market, budgets, backoff.
+
+:class:`AttemptPolicy` answers the two questions the attempt loop asks (compare Ray Train v2's
+``FailurePolicy.make_decision``):
+
+* :meth:`~AttemptPolicy.market` -- where does the next attempt run?
+
+  - ``interruptible=False`` → on-demand;
+  - the final attempt of the user budget (attempt ``retries + 1``; so ``retries=0`` never runs
+    on spot) → on-demand;
+  - once system failures reach the interruptible failure threshold → on-demand;
+  - after a spot attempt could not start within ``max_queued_time`` → on-demand;
+  - otherwise spot.
+
+* :meth:`~AttemptPolicy.decide` -- given how an attempt ended, what now?
+
+  - success → :data:`DONE` with the value;
+  - cancelled by the caller → fail with ``TaskInterruptedError``;
+  - a spot attempt that could not start in time → retry at once on on-demand, no budget used
+    (the attempt never ran); an on-demand one → fail with ``PlacementError`` naming what is
+    missing;
+  - system failure (node lost) → one of ``system_retries`` (-1: unlimited); never a user retry;
+  - user error, OOM, timeout → one of ``retries``; ``NonRecoverableError`` fails at once; the
+    retry waits ``Backoff`` (retries counted from 0, as flyte-sdk does);
+  - exhausting a budget raises ``RetriesExhaustedError`` naming it, with the history and the
+    last error as its cause (with ``retries=0`` the user's error itself is raised).
+
+The policy keeps the call's counters in :class:`~flyte_ray._core.call.CallState` (it is the
+budget); it holds no clock and does no waiting: the loop does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Optional
+
+from ..errors import NonRecoverableError, PlacementError, TaskInterruptedError, as_user_error, exhausted
+from .records import Kind, Market, Outcome
+
+if TYPE_CHECKING:
+    from ..retry import RetryStrategy
+    from .call import CallState
+
+__all__ = ["AttemptPolicy", "Decision", "Action"]
+
+
+class Action(Enum):
+    DONE = "done"  # return ``value``
+    RETRY = "retry"  # run another attempt after ``delay`` seconds
+    FAIL = "fail"  # raise ``error``
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    value: Any = None
+    error: Optional[BaseException] = None
+    delay: float = 0.0
+
+
+class AttemptPolicy:
+    """Market, budgets and backoff of one call (see the module docstring).
+
+    Args:
+        name: the task's fully qualified name (for messages).
+        interruptible: attempts may run on spot capacity.
+        retries: the user budget and its backoff (``None``: no retries).
+        system_retries: system failures the call absorbs; -1 = unlimited.
+        failure_threshold: system failures after which attempts run on on-demand.
+        max_queued_time: seconds an attempt may wait to start (for messages).
+    """
+
+    __slots__ = ("name", "interruptible", "retries", "strategy", "system_retries", "threshold", "max_queued_time",
+                 "forced_ondemand")
+
+    def __init__(self, name: str, *, interruptible: bool, retries: Optional["RetryStrategy"], system_retries: int,
+                 failure_threshold: int, max_queued_time: Optional[float] = None) -> None:
+        self.name = name
+        self.interruptible = interruptible
+        self.strategy = retries
+        self.retries = retries.count if retries is not None else 0
+        self.system_retries = system_retries
+        self.threshold = failure_threshold
+        self.max_queued_time = max_queued_time
+        self.forced_ondemand = False  # a spot attempt could not start in time
+
+    def market(self, state: "CallState") -> Market:
+        """The market of the next attempt."""
+        if not self.interruptible or self.forced_ondemand:
+            return Market.ONDEMAND
+        if state.user_failures >= self.retries:  # the final attempt of the user budget
+            return Market.ONDEMAND
+        if state.system_failures >= self.threshold:
+            return Market.ONDEMAND
+        return Market.SPOT
+
+    def decide(self, state: "CallState", market: Market, out: Outcome) -> Decision:
+        """What to do after an attempt on ``market`` ended with ``out``; updates the counters."""
+        kind = out.kind
+        if kind is Kind.OK:
+            return Decision(Action.DONE, value=out.value)
+        if kind is Kind.CANCELLED:
+            return Decision(Action.FAIL, error=TaskInterruptedError(f"{self.name}: cancelled by its caller"))
+        if kind is Kind.QUEUED_TIMEOUT:
+            if market == Market.SPOT:
+                self.forced_ondemand = True  # no budget consumed: the attempt never ran
+                return Decision(Action.RETRY)
+            missing = ", ".join(out.missing) or "unknown"
+            return Decision(Action.FAIL, error=PlacementError(
+                f"{self.name}: an on-demand attempt could not start within max_queued_time={self.max_queued_time}s; "
+                f"no live node offers: {missing}", list(out.missing)))
+        if kind is Kind.SYSTEM:
+            state.system_failures += 1
+            limit = self.system_retries
+            if 0 <= limit < state.system_failures:
+                return Decision(Action.FAIL, error=exhausted(
+                    out.error, state.history, "system",
+                    f"{self.name}: {state.system_failures} system failures (preemptions / node losses) "
+                    f"exceed system_retries={limit}"))
+            return Decision(Action.RETRY)
+        # user, oom, timeout: the user's budget
+        err = out.error
+        if isinstance(err, NonRecoverableError):
+            return Decision(Action.FAIL, error=as_user_error(err, out.traceback))
+        state.user_failures += 1
+        if state.user_failures > self.retries:
+            if self.retries == 0:
+                last = as_user_error(err, out.traceback) if err is not None else RuntimeError(str(kind))
+                return Decision(Action.FAIL, error=last)
+            return Decision(Action.FAIL, error=exhausted(
+                as_user_error(err, out.traceback) if err is not None else RuntimeError(str(kind)), state.history,
+                "user", f"{self.name}: failed {state.user_failures} times; retries={self.retries} exhausted"))
+        delay = self.strategy.delay(state.user_failures - 1) if self.strategy is not None else 0.0
+        return Decision(Action.RETRY, delay=delay)

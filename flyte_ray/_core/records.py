@@ -1,0 +1,131 @@
+"""Markets, outcome kinds, and the three records an attempt goes through.
+
+* :class:`AttemptRequest` -- what the loop asks the executor to run (market, queue, limits);
+* :class:`Outcome` -- what the executor observed (kind, value or error, node, times);
+* :class:`AttemptRecord` -- the attempt as the call's history keeps it (``Run.history``).
+
+Markets and kinds are ``str`` enums: they compare equal to (and print as) their plain string
+values, which is what users see in ``ctx().market``, ``Run.history`` and tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Optional
+
+__all__ = ["Market", "Kind", "AttemptRequest", "Outcome", "AttemptRecord", "format_history", "OUTCOME_NAMES"]
+
+
+class _StrEnum(str, Enum):
+    # Python 3.10 has no enum.StrEnum: print and format as the plain value.
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+
+class Market(_StrEnum):
+    """Where an attempt runs: preemptible capacity, or capacity that is not taken back."""
+
+    SPOT = "spot"
+    ONDEMAND = "ondemand"
+
+
+class Kind(_StrEnum):
+    """What happened to an attempt."""
+
+    OK = "ok"
+    USER = "user"  # the user's code raised (or the worker died under it; see classify)
+    OOM = "oom"
+    TIMEOUT = "timeout"  # max_runtime, or the call's deadline, passed
+    SYSTEM = "system"  # the node or worker was lost
+    QUEUED_TIMEOUT = "queued_timeout"  # the attempt could not start within max_queued_time
+    CANCELLED = "cancelled"  # the caller cancelled
+
+
+#: ``AttemptRecord.outcome`` for each kind (system outcomes record their reason instead).
+OUTCOME_NAMES = {Kind.OK: "succeeded", Kind.USER: "failed", Kind.OOM: "oom", Kind.TIMEOUT: "timeout",
+                 Kind.QUEUED_TIMEOUT: "queued_timeout", Kind.CANCELLED: "cancelled"}
+
+
+@dataclass(frozen=True)
+class AttemptRequest:
+    """What the loop asks its executor to run next."""
+
+    attempt: int  # 0-based, every attempt
+    user_attempt: int  # user failures before this attempt
+    system_failures: int  # system failures before this attempt
+    market: Market
+    queue: str
+    max_runtime: Optional[float]
+    max_queued_time: Optional[float]
+    deadline_left: Optional[float]  # seconds of the call's deadline left when the attempt starts
+
+
+@dataclass
+class Outcome:
+    """What happened to an attempt, as its executor observed it."""
+
+    kind: Kind
+    value: Any = None
+    error: Optional[BaseException] = None
+    traceback: str = ""
+    node_id: str = ""
+    started: Optional[float] = None
+    ended: Optional[float] = None
+    system_reason: str = ""  # "preemption" | "node_failure" for system outcomes
+    missing: tuple = ()  # for queued_timeout: resources no node offers
+    runtime: Optional[float] = None  # seconds the user's code ran (when the attempt reported it)
+
+
+@dataclass
+class AttemptRecord:
+    """One attempt in a call's history."""
+
+    attempt: int
+    user_attempt: int
+    system_failures: int
+    market: str
+    queue: str
+    node_id: str = ""
+    submitted: float = 0.0
+    started: Optional[float] = None
+    ended: Optional[float] = None
+    outcome: str = "running"  # succeeded | failed | preemption | node_failure | oom | timeout | queued_timeout | cancelled
+    failure_kind: Optional[str] = None  # user | system | None
+    error: str = ""
+    runtime: Optional[float] = None  # seconds the user's code ran, measured on the worker
+
+    @property
+    def duration(self) -> Optional[float]:
+        if self.ended is None:
+            return None
+        return self.ended - (self.started or self.submitted)
+
+    def finish(self, out: Outcome, now: float) -> None:
+        """Record how the attempt ended."""
+        self.ended = out.ended or now
+        self.started = out.started or self.started
+        self.node_id = out.node_id or self.node_id
+        self.runtime = out.runtime
+        if out.kind is Kind.SYSTEM:
+            self.outcome = out.system_reason or "node_failure"
+            self.failure_kind = "system"
+        else:
+            self.outcome = OUTCOME_NAMES.get(out.kind, str(out.kind))
+            self.failure_kind = None if out.kind in (Kind.OK, Kind.QUEUED_TIMEOUT, Kind.CANCELLED) else "user"
+        if out.error is not None:
+            self.error = f"{type(out.error).__name__}: {out.error}"[:300]
+
+
+def format_history(history: list[AttemptRecord]) -> str:
+    """The attempt history as a plain-text table."""
+    rows = [("#", "user", "sys", "market", "queue", "node", "secs", "outcome", "error")]
+    for r in history:
+        d = r.duration
+        rows.append((str(r.attempt), str(r.user_attempt), str(r.system_failures), str(r.market), r.queue,
+                     (r.node_id or "-")[:12], f"{d:.2f}" if d is not None else "-", r.outcome,
+                     (r.error or "")[:60]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,47 @@
+"""``Settings``: the flyte-ray settings of a driver (a value; set by ``flyte_ray.init``).
+
+They travel with every attempt, so nested calls made on workers use the driver's settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..checkpoint import Storage
+
+__all__ = ["Settings"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """flyte-ray settings for a driver; travel with every attempt so nested calls use them too.
+
+    Attributes:
+        storage: where checkpoints (and cached outputs) live.
+        system_retries: system failures (preemptions, node losses) a call may absorb; -1 = unlimited.
+        interruptible_failure_threshold: after this many system failures an interruptible call's
+            attempts run on on-demand capacity. ``None``: the last allowed system attempt runs on
+            on-demand (with unlimited system retries: after 3).
+        checkpoint_keep: complete checkpoints kept per call.
+        supervisor: ``"auto"`` hosts the attempt loop of calls made from spot attempts in a
+            supervising actor on on-demand capacity; ``"inline"`` always supervises in the caller.
+        inline_under: with ``supervisor="auto"``, a call from a spot attempt whose task's recent
+            runs all finished in under this many seconds is supervised in its caller instead of
+            the actor (the actor's hop would cost more than re-running it if the caller is
+            preempted; its result is still recorded with the actor for re-attachment).
+            ``0`` sends every such call through the actor.
+    """
+
+    storage: Storage = field(default_factory=Storage)
+    system_retries: int = 3
+    interruptible_failure_threshold: Optional[int] = None
+    checkpoint_keep: int = 2
+    supervisor: str = "auto"
+    inline_under: float = 0.1
+
+    @property
+    def failure_threshold(self) -> int:
+        if self.interruptible_failure_threshold is not None:
+            return self.interruptible_failure_threshold
+        return self.system_retries if self.system_retries >= 0 else 3
