@@ -82,7 +82,10 @@ import fsspec
 import fsspec.asyn
 from fsspec.spec import AbstractFileSystem
 
-from . import _s3
+from ._s3 import cat as _s3_cat
+from ._s3 import fetch_while_listing as _s3_fetch_while_listing
+from ._s3 import get_file as _s3_get_file
+from ._s3 import lsdir as _s3_lsdir
 from .keys import is_local_url, load_env_options, normalize_url
 
 if TYPE_CHECKING:
@@ -375,7 +378,7 @@ class ObjectStore:
             with open(path, "rb") as f:
                 return f.read()
         if self.is_s3:
-            return self._run("get", key, timeout, lambda: _s3.cat(self.fs, path))
+            return self._run("get", key, timeout, lambda: _s3_cat(self.fs, path))
         return self._call("get", key, timeout, "cat_file", path)
 
     def put_atomic(self, key: str, data: bytes, *, timeout: float | None = None) -> None:
@@ -487,7 +490,7 @@ class ObjectStore:
         path = self.path(prefix)
         fs = self.fs
         if self.is_s3:
-            raw: builtins.list[Any] = self._run("list", prefix, timeout, lambda: _s3.lsdir(fs, path))
+            raw: builtins.list[Any] = self._run("list", prefix, timeout, lambda: _s3_lsdir(fs, path))
             return self._entries(raw) if detail else [self._key_of(e["name"]) for e in raw]
         # Object-store filesystems cache listings; other processes' writes must be visible.
         fs.invalidate_cache(path)
@@ -528,7 +531,7 @@ class ObjectStore:
             deadline = None if timeout is None else time.monotonic() + timeout
             fs = self.fs
             try:
-                self._run("get_file", key, timeout, lambda: _s3.get_file(fs, path, lpath))
+                self._run("get_file", key, timeout, lambda: _s3_get_file(fs, path, lpath))
                 return
             except (FileNotFoundError, StorageTimeoutError):
                 raise
@@ -596,7 +599,7 @@ class ObjectStore:
         if self.is_s3 and size is not None and size <= self.single_get_max:
             fs, path, list_path = self.fs, self.path(key), self.path(prefix)
             got, raw = self._run(
-                "fetch_while_listing", key, timeout, lambda: _s3.fetch_while_listing(fs, path, lp, list_path)
+                "fetch_while_listing", key, timeout, lambda: _s3_fetch_while_listing(fs, path, lp, list_path)
             )
             return got, (raw if isinstance(raw, BaseException) else self._entries(raw))
         lister = _Future(lambda: self.list(prefix, detail=True, timeout=timeout), name="flyte-ray-storage-list")
