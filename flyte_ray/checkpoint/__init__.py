@@ -30,9 +30,10 @@ Crash safety
 ------------
 Object stores have no atomic rename, so a version is never "moved into place". Instead every
 save goes to a fresh, versioned folder and the small ``_COMPLETE`` marker is written last, after
-the whole payload. Writing one small object is atomic on S3/GCS (an object is either fully there
-or absent; a killed multipart upload never becomes visible) and is treated as such locally (a
-truncated marker fails to parse and counts as absent). Readers only ever consider versions with a
+the whole payload, with :meth:`ObjectStore.put_atomic <flyte_ray.storage.ObjectStore.put_atomic>`:
+one PUT on S3/GCS (an object is either fully there or absent; a killed multipart upload never
+becomes visible), a temporary file renamed into place locally. (A truncated or foreign marker
+would still fail to parse and count as absent.) Readers only ever consider versions with a
 parseable marker, so a process killed at any point of a save leaves the previous complete
 checkpoint as the newest readable one. The marker also records the payload size, which restores
 verify without extra requests: a version whose payload disappeared or was truncated (e.g. by a

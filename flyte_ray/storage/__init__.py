@@ -9,12 +9,14 @@ nor Ray, nor anything else from flyte_ray: everything above builds on it, nothin
 * :class:`ObjectStore` (:mod:`.objects`) -- get, atomic put, create-if-absent, list, delete, file
   transfers and streaming uploads under one root, with optional time limits and the measured S3
   fast paths (:mod:`._s3`). Its module docstring states the rules: atomicity per backend, what is
-  trusted, and the S3 requests behind each operation.
+  trusted, and the S3 requests behind each operation. :mod:`.values` holds what it hands out
+  (:class:`Entry`, :class:`Writer`, :class:`StorageTimeoutError`).
 """
 
 from .keys import DEFAULT_STORAGE_DIR, ENV_STORAGE, ENV_STORAGE_OPTIONS, sanitize_component
 from .location import Storage
-from .objects import Entry, ObjectStore, StorageTimeoutError, Writer
+from .objects import ObjectStore
+from .values import Entry, StorageTimeoutError, Writer
 
 __all__ = [
     "DEFAULT_STORAGE_DIR",

@@ -73,10 +73,9 @@ import logging
 import os
 import threading
 import time
-import types
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import IO, TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar, overload
+from typing import Any, Generic, Literal, TypeVar, overload
 
 import fsspec
 import fsspec.asyn
@@ -87,9 +86,7 @@ from ._s3 import fetch_while_listing as _s3_fetch_while_listing
 from ._s3 import get_file as _s3_get_file
 from ._s3 import lsdir as _s3_lsdir
 from .keys import is_local_url, load_env_options, normalize_url
-
-if TYPE_CHECKING:
-    from typing_extensions import Self
+from .values import Entry, StorageTimeoutError, Writer
 
 logger = logging.getLogger(__name__)
 
@@ -111,26 +108,12 @@ _SETTLE_S = 0.02
 _NO_CONDITION = (ValueError, NotImplementedError, TypeError)
 
 
-class StorageTimeoutError(TimeoutError):
-    """A storage operation did not finish within its time limit."""
-
-    def __init__(self, op: str, key: str, timeout: float):
-        super().__init__(f"storage {op} of {key!r} did not finish within {timeout:g} s")
-        self.op = op
-        self.key = key
-        self.timeout = timeout
+class _Expired(Exception):
+    """Our time limit passed (carried out of fsspec's ``sync`` as is: it would turn any
+    ``TimeoutError`` into its own ``FSTimeoutError``, losing the operation and key)."""
 
 
-class Entry(NamedTuple):
-    """One child in a listing: its key (relative to the store root), size, and whether it is a
-    folder (a common prefix on object stores)."""
-
-    key: str
-    size: int | None
-    is_dir: bool
-
-
-async def _limited(make: Callable[[], Awaitable[T]], timeout: float | None, op: str, key: str) -> T:
+async def _limited(make: Callable[[], Awaitable[T]], timeout: float | None) -> T:
     """``await make()``, cancelled after ``timeout`` seconds (None: no limit)."""
     if timeout is None:
         return await make()
@@ -141,7 +124,7 @@ async def _limited(make: Callable[[], Awaitable[T]], timeout: float | None, op: 
     except asyncio.TimeoutError:
         # aiohttp's own timeouts are asyncio.TimeoutError too: only ours is relabelled.
         if loop.time() >= deadline:
-            raise StorageTimeoutError(op, key, timeout) from None
+            raise _Expired from None
         raise
 
 
@@ -180,63 +163,6 @@ class _Future(Generic[T]):
 
     def wait_quietly(self) -> None:
         self._thread.join()
-
-
-class Writer:
-    """A streaming upload of one object: :meth:`write` chunks, then :meth:`commit` publishes it
-    or :meth:`discard` drops it. As a context manager: commit on success, discard on error.
-
-    Never publish a failed stream by closing it: on an object store that would make the part
-    written so far visible. :meth:`discard` aborts the multipart upload where the backend can
-    (s3fs); elsewhere it closes the file (the caller's commit protocol must cover that).
-    """
-
-    def __init__(self, f: IO[bytes]):
-        self._f = f
-        self._done = False
-
-    def write(self, data: bytes) -> int:
-        return self._f.write(data)
-
-    def commit(self) -> None:
-        """Close the file: the object becomes visible (whole, where writes are atomic)."""
-        if self._done:
-            return
-        self._done = True
-        try:
-            self._f.close()
-        except BaseException:
-            self._abandon()
-            raise
-
-    def discard(self) -> None:
-        """Abandon the upload without publishing it, where the backend can."""
-        if self._done:
-            return
-        self._done = True
-        self._abandon()
-
-    def _abandon(self) -> None:
-        f: Any = self._f
-        try:
-            f.discard()
-            f.closed = True  # or its __del__ would close(), i.e. publish, what is left
-        except Exception:  # noqa: BLE001 -- e.g. local files opened with autocommit cannot discard
-            try:
-                f.close()
-            except Exception as e:  # noqa: BLE001 -- abandoning anyway
-                logger.debug("closing an abandoned upload failed: %s", e)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: types.TracebackType | None
-    ) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.discard()
 
 
 class ObjectStore:
@@ -352,7 +278,10 @@ class ObjectStore:
 
     def _run(self, op: str, key: str, timeout: float | None, make: Callable[[], Awaitable[T]]) -> T:
         """Run the coroutine ``make()`` on fsspec's loop under the time limit."""
-        return fsspec.asyn.sync(self.fs.loop, _limited, make, timeout, op, key)
+        try:
+            return fsspec.asyn.sync(self.fs.loop, _limited, make, timeout)
+        except _Expired:
+            raise StorageTimeoutError(op, key, timeout) from None  # type: ignore[arg-type]
 
     def _call(self, op: str, key: str, timeout: float | None, method: str, *args: Any, **kwargs: Any) -> Any:
         """``fs.<method>(*args)``: its coroutine ``fs._<method>`` under the limit on async
@@ -463,9 +392,22 @@ class ObjectStore:
 
             self._run("delete_many", keys[0], timeout, bulk)
             return
-        deadline = None if timeout is None else time.monotonic() + timeout
+        fs = self.fs
+        if not self._local and getattr(fs, "async_impl", False):
+
+            async def each() -> None:
+                async def one(path: str) -> None:
+                    try:
+                        await fs._rm_file(path)  # type: ignore[attr-defined]
+                    except FileNotFoundError:
+                        pass
+
+                await asyncio.gather(*(one(self.path(k)) for k in keys))
+
+            self._run("delete_many", keys[0], timeout, each)
+            return
         for k in keys:
-            self.delete(k, timeout=_remaining(deadline))
+            self.delete(k)  # sync backends: no limit to enforce
 
     def delete_tree(self, prefix: str, *, timeout: float | None = None) -> None:
         """Delete everything under ``prefix`` (and the folder itself); missing is not an error."""
