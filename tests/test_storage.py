@@ -359,6 +359,10 @@ def test_store_of_storage_and_keys(tmp_path: pathlib.Path) -> None:
     assert st.key("cache", "a/b", "..") == "cache/a/b/%2E%2E"
     assert st.prefix_url("cache", "a/b", "..") == f"{st.url}/{st.key('cache', 'a/b', '..')}"
     root = ObjectStore.of(st)
+    assert st.store.url == root.url and st.store is st.store
+    st.store.put_atomic(st.key("top", "a b"), b"0")
+    assert root.get("top/a%20b") == b"0"
+    assert pickle.loads(pickle.dumps(st)).store.get(st.key("top", "a b")) == b"0"
     sub = ObjectStore.of(st, "cache")
     sub.put_atomic("x", b"1")
     assert root.get(st.key("cache", "x")) == b"1"

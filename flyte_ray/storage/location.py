@@ -11,8 +11,9 @@ Rules:
 * Picklable (it travels to Ray workers): the filesystem object is not pickled but rebuilt on
   first use.
 
-Object I/O itself lives in :class:`~flyte_ray.storage.objects.ObjectStore`
-(``ObjectStore.of(storage, *parts)``).
+Object I/O itself lives in :class:`~flyte_ray.storage.objects.ObjectStore`: :attr:`Storage.store`
+is the one rooted here (keys from :meth:`Storage.key`), ``ObjectStore.of(storage, *parts)`` one
+rooted further down.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .keys import (
     sanitize_component,
     sanitize_path,
 )
+from .objects import ObjectStore
 
 __all__ = ["Storage"]
 
@@ -51,7 +53,7 @@ class Storage:
     storage objects travel to Ray workers.
     """
 
-    __slots__ = ("_fs", "_options", "_url")
+    __slots__ = ("_fs", "_options", "_store", "_url")
 
     def __init__(self, url: str | os.PathLike[str] | None = None, options: dict[str, Any] | None = None):
         if url is None:
@@ -59,6 +61,7 @@ class Storage:
         self._url = normalize_url(url)
         self._options: dict[str, Any] = dict(options) if options is not None else load_env_options()
         self._fs: AbstractFileSystem | None = None
+        self._store: ObjectStore | None = None
 
     @property
     def url(self) -> str:
@@ -81,6 +84,14 @@ class Storage:
         if self._fs is None:
             self._fs, _ = fsspec.core.url_to_fs(self._url, **self._options)
         return self._fs
+
+    @property
+    def store(self) -> ObjectStore:
+        """The :class:`ObjectStore` rooted at :attr:`url` (cached, rebuilt after unpickling);
+        address objects in it with :meth:`key`."""
+        if self._store is None:
+            self._store = ObjectStore(self._url, self._options)
+        return self._store
 
     def key(self, *parts: str) -> str:
         """The sanitised key ``<part>/<part>/...`` relative to the root (``""`` for no parts);
@@ -118,6 +129,7 @@ class Storage:
         self._url = state["url"]
         self._options = state["options"]
         self._fs = None
+        self._store = None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Storage):
