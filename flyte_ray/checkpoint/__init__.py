@@ -110,7 +110,7 @@ checkpoint URI".
 """
 
 from ..storage import DEFAULT_STORAGE_DIR, sanitize_component
-from . import layout
+from . import layout  # noqa: F401 -- ``flyte_ray.checkpoint.layout``: the format, for tests and tools
 from .api import Checkpoint, Storage, checkpoint_for
 
-__all__ = ["DEFAULT_STORAGE_DIR", "Checkpoint", "Storage", "checkpoint_for", "layout", "sanitize_component"]
+__all__ = ["DEFAULT_STORAGE_DIR", "Checkpoint", "Storage", "checkpoint_for", "sanitize_component"]
