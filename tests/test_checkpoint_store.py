@@ -73,7 +73,7 @@ def _dirs(cp: Checkpoint) -> list[str]:
     root = fs._strip_protocol(cp.url)
     fs.invalidate_cache(root)
     names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)]
-    return sorted(m.group(1) if (m := ckpt_mod._OBJ_RE.fullmatch(n)) else n for n in names)
+    return sorted(m.group(1) if (m := ckpt_mod.layout.OBJ_RE.fullmatch(n)) else n for n in names)
 
 
 def _sha(path: pathlib.Path) -> str:
@@ -109,7 +109,7 @@ def test_bytes_round_trip(make_cp: Callable[..., Checkpoint], tmp_path: pathlib.
     assert out is not None and out.parent == tmp_path / "r" and out.read_bytes() == payload
     m = cp.latest()
     assert m is not None and m["kind"] == "bytes" and m["size"] == len(payload)
-    assert ckpt_mod._VID_RE.fullmatch(m["version"])
+    assert ckpt_mod.layout.VID_RE.fullmatch(m["version"])
     # On S3 a single blob without metadata is one object, its own commit point; elsewhere a
     # version folder with a marker.
     if cp.url.startswith("s3://"):
@@ -578,10 +578,10 @@ def test_newest_even_when_a_clock_ran_ahead(make_cp: Callable[..., Checkpoint], 
     real = time.time_ns
 
     def write_ahead(data: bytes, seconds: int) -> str:
-        monkeypatch.setattr(ckpt_mod.time, "time_ns", lambda: real() + seconds * 10**9)
+        monkeypatch.setattr(ckpt_mod.layout.time, "time_ns", lambda: real() + seconds * 10**9)
         ahead = make_cp()
         ahead.write(data)
-        monkeypatch.setattr(ckpt_mod.time, "time_ns", real)
+        monkeypatch.setattr(ckpt_mod.layout.time, "time_ns", real)
         return ahead.latest()["version"]  # type: ignore[index]
 
     future = write_ahead(b"from the future", 3_600)

@@ -1,0 +1,335 @@
+"""The public :class:`Checkpoint` (flytekit and flyte-sdk API shapes on one object), and the
+:class:`Storage` that hands them out per task call.
+
+Rules:
+
+* One :class:`Checkpoint` object is the checkpoint of one task call across all of its attempts:
+  a retry builds a new object on the same URL and sees the newest complete version written by
+  any earlier attempt. The URL is trusted (not sanitised); :meth:`Storage.checkpoint_url` builds
+  safe ones from user-supplied names.
+* One writer at a time per URL is assumed; saves from several threads of one process are
+  serialised by a lock. Every call first waits for the object's previous save's background
+  pruning, so the object's own view of the prefix is settled.
+* Picklable: the store, lock, version knowledge and local workspace are rebuilt on the other side.
+* ``save`` / ``load`` block when called and have ``.aio`` for awaiting (:mod:`.syncaio`);
+  ``save_sync`` / ``load_sync`` / ``save_async`` / ``load_async`` / ``restore_async`` are the
+  explicit forms. ``path`` is a local workspace directory that ``load`` fills.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import shutil
+import tempfile
+import threading
+from typing import IO, Any
+
+from fsspec.spec import AbstractFileSystem
+
+from ..storage import ObjectStore
+from ..storage import Storage as _BaseStorage
+from ..storage.keys import load_env_options, normalize_url
+from .layout import data_key
+from .prune import PruneJob
+from .restore import download, resolve_and, warm_download, warm_read
+from .save import Upload, commit, upload_bytes, upload_dir, upload_file, upload_reader
+from .syncaio import sync_aio
+from .versions import Versions
+
+
+class Checkpoint:
+    """Versioned, crash-safe checkpoint of one task call, shared by all of its attempts.
+
+    Args:
+        url: checkpoint prefix, normally from :meth:`Storage.checkpoint_url`, or any fsspec URL /
+            local path for standalone use. ``url`` is not sanitised: it is trusted.
+        options: fsspec storage options (default: ``$FLYTE_RAY_STORAGE_OPTIONS`` or ``{}``).
+        keep: number of complete versions to retain (>= 1).
+
+    Picklable (the filesystem, lock and local workspace are rebuilt on the other side). One
+    writer at a time per URL is assumed; saves from several threads of one process are
+    serialised by a lock.
+    """
+
+    def __init__(self, url: str | os.PathLike[str], *, options: dict[str, Any] | None = None, keep: int = 2):
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        self._url = normalize_url(url)
+        self._options: dict[str, Any] = dict(options) if options is not None else load_env_options()
+        self._keep = int(keep)
+        self._init_runtime()
+
+    def _init_runtime(self) -> None:
+        self._store = ObjectStore(self._url, self._options)
+        self._versions = Versions(self._store, self._url)
+        self._lock = threading.RLock()
+        # The helper thread of the last save (listing + best-effort pruning).
+        self._bg: threading.Thread | None = None
+        self._workspace: tempfile.TemporaryDirectory[str] | None = None
+        self._loaded: tuple[str, pathlib.Path] | None = None
+
+    # ---- pickling -----------------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"url": self._url, "options": self._options, "keep": self._keep}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._url = state["url"]
+        self._options = state["options"]
+        self._keep = state["keep"]
+        self._init_runtime()
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({self._url!r}, keep={self._keep})"
+
+    # ---- basic properties ---------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The checkpoint prefix."""
+        return self._url
+
+    @property
+    def keep(self) -> int:
+        return self._keep
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self._options)
+
+    @property
+    def fs(self) -> AbstractFileSystem:
+        """The fsspec filesystem (cached, rebuilt lazily after unpickling)."""
+        return self._store.fs
+
+    @property
+    def remote_destination(self) -> str:
+        """flyte-sdk name for the prefix that :meth:`save` writes under (same as :attr:`url`)."""
+        return self._url
+
+    @property
+    def remote_source(self) -> str | None:
+        """flyte-sdk name: URL of the newest complete version's folder, or None."""
+        m = self.latest()
+        return m["url"] if m else None
+
+    @property
+    def path(self) -> pathlib.Path:
+        """Local workspace directory that :meth:`load` restores into (flyte-sdk style).
+
+        A per-object temporary directory, removed when the object is garbage collected.
+        """
+        if self._workspace is None:
+            self._workspace = tempfile.TemporaryDirectory(prefix="flyte-ray-cp-")
+        p = pathlib.Path(self._workspace.name)
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    # ---- background work ----------------------------------------------------------------
+
+    def _wait_background(self) -> None:
+        """Let this object's previous save finish its (best-effort) pruning first, so that the
+        object's own view of the prefix is settled. Normally already done."""
+        bg = self._bg
+        if bg is not None and bg is not threading.current_thread():
+            bg.join()
+            self._bg = None
+
+    def _start(self, job: PruneJob) -> None:
+        self._bg = job.thread
+        job.thread.start()
+
+    def flush(self) -> None:
+        """Wait until the best-effort pruning started by this object's last save is done.
+
+        :meth:`save` returns at its commit point and retires old versions in a background
+        thread; every later call on the same object waits for that first, so this is only
+        needed to make sure the deletes happen before the process exits, or to time a save
+        without its pruning spilling into whatever runs next.
+        """
+        self._wait_background()
+
+    # ---- versions -----------------------------------------------------------------------
+
+    def _list_vids(self) -> list[str]:
+        """All version ids under the prefix (complete or not), ascending. One listing."""
+        return self._versions.list_vids()
+
+    def _fresh_vids(self) -> list[str]:
+        self._wait_background()
+        return self._list_vids()
+
+    def latest(self) -> dict[str, Any] | None:
+        """Marker of the newest complete checkpoint (version, kind, size, files, name, created,
+        metadata, url), or None when there is none."""
+        return next(self._versions.complete_newest_first(self._fresh_vids()), None)
+
+    def versions(self) -> list[dict[str, Any]]:
+        """Markers of all complete checkpoints, oldest first."""
+        return sorted(self._versions.complete_newest_first(self._fresh_vids()), key=lambda m: m["version"])
+
+    def prev_exists(self) -> bool:
+        """True when a complete checkpoint exists (from this or an earlier attempt)."""
+        return self.latest() is not None
+
+    # ---- saving -------------------------------------------------------------------------
+
+    def _commit(self, upload: Upload, metadata: dict[str, Any] | None, *, replayable: bool = True,
+                blob: bool = False) -> None:
+        with self._lock:
+            self._wait_background()
+            commit(self._versions, self._list_vids, self._keep, upload, metadata, start=self._start,
+                        replayable=replayable, blob=blob)
+
+    def write(self, data: bytes | bytearray | memoryview, *, metadata: dict[str, Any] | None = None) -> None:
+        """Save ``data`` as a new single-blob checkpoint (flytekit ``write``)."""
+        data = bytes(data) if not isinstance(data, bytes) else data
+        self._commit(upload_bytes(data), metadata, blob=True)
+
+    def _save(
+        self,
+        src: str | os.PathLike[str] | IO[bytes] | bytes,
+        *,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Save a new checkpoint and make it the newest.
+
+        ``src`` may be a file path (single-file checkpoint, the file name is kept), a directory
+        path (the tree is uploaded file by file), a binary file-like object (streamed in 8 MiB
+        chunks), or ``bytes`` (as :meth:`write`). ``metadata`` (JSON-serialisable) is stored in
+        the commit marker and returned by :meth:`latest`.
+        """
+        if isinstance(src, (bytes, bytearray, memoryview)):
+            self.write(src, metadata=metadata)
+            return
+        if hasattr(src, "read") and not isinstance(src, (str, os.PathLike)):
+            self._commit(upload_reader(src), metadata, replayable=False, blob=True)
+            return
+        local = pathlib.Path(os.fspath(src)).expanduser()
+        if local.is_dir():
+            self._commit(upload_dir(local), metadata)
+        elif local.is_file():
+            self._commit(upload_file(local), metadata, blob=True)
+        else:
+            raise FileNotFoundError(f"checkpoint source does not exist: {local}")
+
+    # ---- restoring ----------------------------------------------------------------------
+
+    def read(self) -> bytes | None:
+        """Bytes of the newest complete single-blob checkpoint, or None when there is none.
+
+        Raises ValueError if the newest checkpoint is a directory.
+        """
+        store = self._store
+
+        def fetch(m: dict[str, Any]) -> bytes | None:
+            if m["kind"] != "bytes":
+                raise ValueError(f"newest checkpoint {m['url']} is a directory; use restore()")
+            data = store.get(data_key(m))
+            return data if data is not None and len(data) == m["size"] else None
+
+        self._wait_background()
+        return resolve_and(self._versions, self._fresh_vids, fetch,
+                                   warm=lambda m: warm_read(store, m))
+
+    def restore(self, dest_dir: str | os.PathLike[str] | None = None) -> pathlib.Path | None:
+        """Download the newest complete checkpoint into ``dest_dir`` (a new temporary directory
+        when None).
+
+        Returns the restored file's path for a single-blob checkpoint, ``dest_dir`` itself
+        for a directory checkpoint, or None when there is no checkpoint.
+        """
+        created = dest_dir is None
+        dest = pathlib.Path(tempfile.mkdtemp(prefix="flyte-ray-restore-") if dest_dir is None else dest_dir)
+        store = self._store
+
+        def fetch(m: dict[str, Any]) -> tuple[pathlib.Path, pathlib.Path | None] | None:
+            dest.mkdir(parents=True, exist_ok=True)
+            return download(store, m, dest)
+
+        def discard(out: tuple[pathlib.Path, pathlib.Path | None]) -> None:
+            if out[1] is not None:
+                out[1].unlink(missing_ok=True)
+
+        self._wait_background()
+        got = resolve_and(self._versions, self._fresh_vids, fetch, discard,
+                                  lambda m: warm_download(store, m, dest))
+        if got is None:
+            if created:
+                shutil.rmtree(dest, ignore_errors=True)
+            return None
+        final, partial = got
+        if partial is not None:
+            os.replace(partial, final)
+        return final
+
+    # ---- flyte-sdk style ----------------------------------------------------------------
+
+    def _load(self) -> pathlib.Path | None:
+        """Restore the newest complete checkpoint into :attr:`path` and return it (the file
+        for a single-blob checkpoint, the directory for a tree); None when there is none.
+
+        Repeated calls reuse the local copy while no newer checkpoint exists.
+        """
+        m = self.latest()
+        if m is None:
+            return None
+        if self._loaded is not None and self._loaded[0] == m["version"] and self._loaded[1].exists():
+            return self._loaded[1]
+        ws = self.path
+        for child in ws.iterdir():
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        out = self.restore(ws)
+        newest = self.latest()
+        self._loaded = (newest["version"], out) if (out is not None and newest is not None) else None
+        return out
+
+    # ``save``/``load`` block when called and have ``.aio`` for awaiting (flyte-sdk @syncify
+    # shape); flytekit code calls ``save(...)`` synchronously and is unaffected.
+    save = sync_aio(_save)
+    load = sync_aio(_load)
+
+    def save_sync(self, src: str | os.PathLike[str] | IO[bytes] | bytes, *, metadata: dict[str, Any] | None = None) -> None:
+        """Blocking :meth:`save` (flyte-sdk name)."""
+        self._save(src, metadata=metadata)
+
+    def load_sync(self) -> pathlib.Path | None:
+        """Blocking :meth:`load` (flyte-sdk name)."""
+        return self._load()
+
+    async def save_async(
+        self, src: str | os.PathLike[str] | IO[bytes] | bytes, *, metadata: dict[str, Any] | None = None
+    ) -> None:
+        """Awaitable :meth:`save` (same as ``await cp.save.aio(...)``)."""
+        await asyncio.to_thread(self._save, src, metadata=metadata)
+
+    async def load_async(self) -> pathlib.Path | None:
+        """Awaitable :meth:`load` (same as ``await cp.load.aio()``)."""
+        return await asyncio.to_thread(self._load)
+
+    async def restore_async(self, dest_dir: str | os.PathLike[str] | None = None) -> pathlib.Path | None:
+        """Awaitable :meth:`restore`."""
+        return await asyncio.to_thread(self.restore, dest_dir)
+
+
+def checkpoint_for(storage: _BaseStorage, run_name: str, fqn: str, call_id: str, *, keep: int = 2) -> Checkpoint:
+    """The :class:`Checkpoint` of one task call under ``storage`` (at its ``checkpoint_url``,
+    with its options). Works with any :class:`flyte_ray.storage.Storage`."""
+    return Checkpoint(storage.checkpoint_url(run_name, fqn, call_id), options=storage.options, keep=keep)
+
+
+class Storage(_BaseStorage):
+    """:class:`flyte_ray.storage.Storage` plus :meth:`checkpoint`, the per-call convenience.
+
+    The storage layer knows nothing of checkpoints (it sits below them); this subclass, which is
+    what ``flyte_ray.Storage`` and ``flyte_ray.checkpoint.Storage`` name, adds the one method
+    that builds a :class:`Checkpoint`. Equal to a plain storage with the same URL and options.
+    """
+
+    __slots__ = ()
+
+    def checkpoint(self, run_name: str, fqn: str, call_id: str, *, keep: int = 2) -> Checkpoint:
+        """Convenience: a :class:`Checkpoint` at :meth:`checkpoint_url` with these options."""
+        return checkpoint_for(self, run_name, fqn, call_id, keep=keep)

@@ -1,0 +1,95 @@
+"""The values an :class:`~flyte_ray.storage.objects.ObjectStore` hands out: listing entries,
+streaming uploads, and the error a time limit raises.
+
+Rules: a :class:`Writer` publishes its object only on :meth:`Writer.commit`; a failed stream is
+discarded (its multipart upload aborted where the backend can), never closed into visibility.
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Entry", "StorageTimeoutError", "Writer"]
+
+
+class StorageTimeoutError(TimeoutError):
+    """A storage operation did not finish within its time limit."""
+
+    def __init__(self, op: str, key: str, timeout: float):
+        super().__init__(f"storage {op} of {key!r} did not finish within {timeout:g} s")
+        self.op = op
+        self.key = key
+        self.timeout = timeout
+
+
+class Entry(NamedTuple):
+    """One child in a listing: its key (relative to the store root), size, and whether it is a
+    folder (a common prefix on object stores)."""
+
+    key: str
+    size: int | None
+    is_dir: bool
+
+
+class Writer:
+    """A streaming upload of one object: :meth:`write` chunks, then :meth:`commit` publishes it
+    or :meth:`discard` drops it. As a context manager: commit on success, discard on error.
+
+    Never publish a failed stream by closing it: on an object store that would make the part
+    written so far visible. :meth:`discard` aborts the multipart upload where the backend can
+    (s3fs); elsewhere it closes the file (the caller's commit protocol must cover that).
+    """
+
+    def __init__(self, f: IO[bytes]):
+        self._f = f
+        self._done = False
+
+    def write(self, data: bytes) -> int:
+        return self._f.write(data)
+
+    def commit(self) -> None:
+        """Close the file: the object becomes visible (whole, where writes are atomic)."""
+        if self._done:
+            return
+        self._done = True
+        try:
+            self._f.close()
+        except BaseException:
+            self._abandon()
+            raise
+
+    def discard(self) -> None:
+        """Abandon the upload without publishing it, where the backend can."""
+        if self._done:
+            return
+        self._done = True
+        self._abandon()
+
+    def _abandon(self) -> None:
+        f: Any = self._f
+        try:
+            f.discard()
+            f.closed = True  # or its __del__ would close(), i.e. publish, what is left
+        except Exception:  # noqa: BLE001 -- e.g. local files opened with autocommit cannot discard
+            try:
+                f.close()
+            except Exception as e:  # noqa: BLE001 -- abandoning anyway
+                logger.debug("closing an abandoned upload failed: %s", e)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: types.TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
