@@ -16,7 +16,7 @@ def _square(x: int) -> int:
 def raw_remote():
     """The raw baseline: the same function as a plain Ray task, placed like flyte-ray's attempts
     (the spot market's marker), so both sides run on the same nodes and only overhead differs."""
-    from flyte_ray.placement import attempt_options
+    from flyte_ray._ray.placement import attempt_options
 
     return _raw.options(**attempt_options({}, "spot", "default"))
 

@@ -34,7 +34,7 @@ import ray  # noqa: E402
 
 import flyte_ray as flyte  # noqa: E402
 from flyte_ray import reuse  # noqa: E402
-from flyte_ray.placement import attempt_options  # noqa: E402
+from flyte_ray._ray.placement import attempt_options  # noqa: E402
 from flyte_ray.testing import LocalCluster, NodeSpec  # noqa: E402
 
 import tasks_reuse as tr  # noqa: E402

@@ -33,7 +33,7 @@ from .retry import Backoff, RetryStrategy
 from .reuse import ReusePolicy
 from .run import Run, RunContext, map, run, with_runcontext
 from .runtime import Settings, current_settings, init, init_from_config, is_initialized, shutdown
-from .supervisor import AttemptRecord, format_history
+from ._core.records import AttemptRecord, format_history
 from .task import TaskTemplate
 from .timeout import Timeout, TimeoutType
 
@@ -41,7 +41,7 @@ from .timeout import Timeout, TimeoutType
 # plain ``map(task, xs)`` call is run.map itself (see compat.py).
 from .compat import map  # noqa: E402,F811
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 __all__ = [
     "AttemptRecord",

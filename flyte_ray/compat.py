@@ -37,6 +37,7 @@ import inspect
 import logging
 import os
 from dataclasses import dataclass, field
+from ._version import __version__
 from typing import Any, AsyncIterator, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, TypeVar, Union
 
 __all__ = ["Image", "Link", "PodTemplate", "Secret", "SecretRequest", "current_group", "group", "logger", "map",
@@ -48,8 +49,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 # ---------------------------------------------------------------------------------------- version
 def version() -> str:
     """The flyte-ray version (``flyte_ray.__version__``); Flyte's ``flyte.version()`` returns the SDK's."""
-    from . import __version__
-
     return __version__
 
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import contextvars
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from ._core.call import ChildSequencer
 
-if TYPE_CHECKING:
-    from .checkpoint import Checkpoint
-    from .runtime import Settings
+from ._core.process import PROCESS
+from ._core.settings import DriverSettings, Settings
+from .checkpoint import Checkpoint
 
-__all__ = ["TaskContext", "ctx"]
+__all__ = ["TaskContext", "ctx", "current_settings"]
 
 
 @dataclass
@@ -57,9 +57,6 @@ class TaskContext:
     def checkpoint(self) -> "Checkpoint":
         """This call's checkpoint store, shared by all of its attempts (see ``flyte_ray.Checkpoint``)."""
         if self._checkpoint is None:
-            from .checkpoint import Checkpoint
-            from .runtime import current_settings
-
             settings = self.settings or current_settings()
             storage = settings.storage
             self._checkpoint = Checkpoint(storage.checkpoint_url(self.run_name, self.fqn, self.call_id),
@@ -87,3 +84,11 @@ def set_context(c: Optional[TaskContext]) -> contextvars.Token:
 
 def reset_context(token: contextvars.Token) -> None:
     _CTX.reset(token)
+
+
+def current_settings() -> Settings:
+    """The settings of the running task, else the driver's (``init``), else defaults."""
+    c = _CTX.get()
+    if c is not None and c.settings is not None:
+        return c.settings
+    return PROCESS.part(DriverSettings).value or Settings()

@@ -9,7 +9,7 @@
 For each task (module globals, and the tasks of every ``TaskEnvironment`` found there) it
 computes the Ray resource request of its attempts on every market the supervisor may use
 (non-interruptible tasks: on-demand only; interruptible ones: spot, and on-demand for the final
-attempt) exactly as :func:`flyte_ray.placement.attempt_options` builds it, and checks it against
+attempt) exactly as :func:`flyte_ray._ray.placement.attempt_options` builds it, and checks it against
 every live node's totals. A request no live node can satisfy pends forever in Ray (no error), so
 the doctor names the resources that are missing; with ``--cluster-config`` (a ``ray up`` YAML, or
 a KubeRay ``RayCluster`` manifest) it also says whether some node type of that config could be
@@ -262,14 +262,14 @@ def task_markets(spec: Any, threshold: int) -> List[str]:
 
 
 def _request(spec: Any, market: str) -> Dict[str, float]:
-    from .placement import attempt_options, request_of
+    from ._ray.placement import attempt_options, request_of
 
     return request_of(attempt_options(dict(spec.ray_options), market, spec.queue))
 
 
 def _convention_request(spec: Any, market: str, live: Dict[str, float]) -> Dict[str, float]:
     """The request once nodes following the convention exist (markers always present)."""
-    from .placement import DEFAULT_QUEUE, MARKER, QUEUE_PREFIX
+    from ._ray.placement import DEFAULT_QUEUE, MARKER, QUEUE_PREFIX
 
     req = dict(live)
     req.setdefault(market, MARKER)
@@ -372,7 +372,8 @@ def doctor(address: Optional[str] = None, module: Optional[str] = None, cluster_
     Returns:
         0 if every task can be placed, 1 if some task can never be placed, 2 on setup errors.
     """
-    from . import placement, runtime
+    from . import runtime
+    from ._ray import placement
 
     stream = out if out is not None else sys.stdout
 
@@ -385,7 +386,7 @@ def doctor(address: Optional[str] = None, module: Optional[str] = None, cluster_
     connected_here = False
     try:
         if ray.is_initialized():
-            current = runtime._state.get("address")
+            current = runtime.connected_address()
             if address not in (None, "auto") and current not in (None, address):
                 p(f"error: this process is already connected to Ray at {current!r}, not {address!r}")
                 return 2
@@ -404,7 +405,7 @@ def doctor(address: Optional[str] = None, module: Optional[str] = None, cluster_
 
 
 def _report(address, module, cluster_config, p, placement, runtime) -> int:
-    where = runtime._state.get("address") or address or "auto"
+    where = runtime.connected_address() or address or "auto"
     p(f"flyte-ray doctor: cluster at {where}")
     placement.cluster_view().invalidate()
     nodes = node_infos()

@@ -4,48 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import threading
 from typing import Any, Dict, Iterable, Iterator, List, Optional
 
-from . import waiting
-from .supervisor import AttemptRecord, format_history
-from .task import Call, TaskTemplate, _run_call_async
+from ._controller.controller import background_loop, get_controller
+from ._core.call import Call
+from ._core.drive import drive
+from ._core.records import AttemptRecord, format_history
+from ._core.spec import RunOverrides
 from ._core.validation import normalize
+from ._ray.port import BLOCKING
+from .runtime import dashboard_url
+from .task import TaskTemplate
 
 __all__ = ["Run", "RunContext", "run", "with_runcontext", "map"]
 
 
-class _BackgroundLoop:
-    """One event loop on a daemon thread that hosts the attempt loops of ``run`` / ``map`` calls,
-    so thousands of calls in flight cost no threads."""
-
-    _instance: Optional["_BackgroundLoop"] = None
-    _lock = threading.Lock()
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        t = threading.Thread(target=self.loop.run_forever, name="flyte-ray-runs", daemon=True)
-        t.start()
-
-    @classmethod
-    def get(cls) -> asyncio.AbstractEventLoop:
-        if waiting.is_worker():
-            return waiting.worker_loop()
-        if cls._instance is None:
-            with cls._lock:
-                if cls._instance is None:
-                    cls._instance = _BackgroundLoop()
-        return cls._instance.loop
-
-
 def _submit(call: Call) -> concurrent.futures.Future:
-    return asyncio.run_coroutine_threadsafe(_run_call_async(call), _BackgroundLoop.get())
+    """Start ``call`` on the loop that hosts runs; its future."""
+    return asyncio.run_coroutine_threadsafe(get_controller().submit(call), background_loop())
 
 
 def _result(fut: concurrent.futures.Future, timeout: Optional[float] = None) -> Any:
-    if waiting.is_worker() and waiting.on_main_thread():
-        return waiting.block_on(fut)  # releases the CPU while the call's attempts run
-    return fut.result(timeout)
+    """Wait for a run's future (inside a worker, releasing the CPU while its attempts run)."""
+    return drive(BLOCKING.wait_future(fut, timeout))
 
 
 class Run:
@@ -57,8 +38,6 @@ class Run:
     """
 
     def __init__(self, call: Call, future: concurrent.futures.Future) -> None:
-        from .runtime import dashboard_url
-
         self._call = call
         self._future = future
         self.name = call.run_name
@@ -139,14 +118,15 @@ class RunContext:
     """Run-level settings from :func:`with_runcontext`; they apply to every call in the run,
     above task and environment settings (below an explicit ``task.override``)."""
 
-    def __init__(self, overrides: Dict[str, Any]) -> None:
-        self._overrides = overrides
+    def __init__(self, overrides: Dict[str, Any], name: Optional[str] = None) -> None:
+        self._overrides = RunOverrides(overrides) if overrides else None
+        self._name = name
 
     def run(self, task: TaskTemplate, *args: Any, **kwargs: Any) -> Run:
         """Start ``task(*args, **kwargs)`` as a run; returns at once with a :class:`Run`."""
         if not isinstance(task, TaskTemplate):
             raise TypeError(f"run: expected a task (made with @env.task), got {task!r}")
-        call = task._make_call(args, kwargs, self._overrides)
+        call = task._make_call(args, kwargs, self._overrides, self._name)
         return Run(call, _submit(call))
 
 
@@ -186,9 +166,7 @@ def with_runcontext(mode: Optional[str] = None, *, name: Optional[str] = None,
             o[k] = v
     if overwrite_cache:
         o["_overwrite_cache"] = True
-    if name:
-        o["_run_name"] = name
-    return RunContext(o)
+    return RunContext(o, name or None)
 
 
 def run(task: TaskTemplate, *args: Any, **kwargs: Any) -> Run:
@@ -207,7 +185,7 @@ def map(task: TaskTemplate, *iterables: Iterable[Any], return_exceptions: bool =
     """
     if not isinstance(task, TaskTemplate):
         raise TypeError(f"map: expected a task (made with @env.task), got {task!r}")
-    futures = [_submit(task._make_call(tuple(args), {}, None)) for args in zip(*iterables)]
+    futures = [_submit(task._make_call(tuple(args), {})) for args in zip(*iterables)]
     try:
         for f in futures:
             try:

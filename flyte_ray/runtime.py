@@ -11,17 +11,22 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import ray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ._core.settings import Settings
+from ._controller.controller import ensure_supervisor
+from ._core.process import PROCESS
+from ._core.settings import DriverSettings, Settings
+from ._ray.placement import cluster_view
 from .checkpoint import Storage
+from .context import current_settings
+from .storage import Storage as BaseStorage
 
 __all__ = ["Settings", "init", "init_from_config", "shutdown", "current_settings", "is_initialized"]
 
@@ -59,9 +64,26 @@ class _ConfigFile(BaseModel):
         return v
 
 
-_lock = threading.RLock()
-_settings: Optional[Settings] = None
-_state: dict[str, Any] = {"embedded": False, "dashboard_url": None, "address": None, "temp_dir": None}
+class Session:
+    """This process's connection to Ray as ``init`` made it (a process part): embedded or not,
+    the address, the dashboard, the embedded cluster's temp dir."""
+
+    reset_order = 90
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.embedded = False
+        self.dashboard_url: Optional[str] = None
+        self.address: Optional[str] = None
+        self.temp_dir: Optional[str] = None
+
+    def reset(self) -> None:
+        self.embedded = False
+        self.dashboard_url = self.address = self.temp_dir = None
+
+
+def _session() -> Session:
+    return PROCESS.part(Session)
 
 
 def is_initialized() -> bool:
@@ -69,23 +91,18 @@ def is_initialized() -> bool:
     return ray.is_initialized()
 
 
-def current_settings() -> Settings:
-    """The settings of the running task, else the driver's (``init``), else defaults."""
-    from .context import ctx
-
-    c = ctx()
-    if c is not None and c.settings is not None:
-        return c.settings
-    return _settings or Settings()
-
-
 def is_embedded() -> bool:
     """True when flyte-ray started the Ray cluster in this process (``init()`` with no address)."""
-    return bool(_state["embedded"])
+    return _session().embedded
 
 
 def dashboard_url() -> Optional[str]:
-    return _state["dashboard_url"]
+    return _session().dashboard_url
+
+
+def connected_address() -> Optional[str]:
+    """The address ``init`` connected to (None before ``init``)."""
+    return _session().address
 
 
 def init(
@@ -128,7 +145,6 @@ def init(
     ``ray.init``), flyte-ray keeps that connection, applies the new settings and logs that it did;
     asking for a *different* address then raises ``RuntimeError`` (call ``shutdown()`` first).
     """
-    global _settings
     if isinstance(system_retries, bool) or not isinstance(system_retries, int) or system_retries < -1:
         raise ValueError(f"system_retries: expected an int >= 0, or -1 for unlimited; got {system_retries!r}")
     if interruptible_failure_threshold is not None and (
@@ -143,31 +159,33 @@ def init(
         raise ValueError(f"inline_under: expected seconds as a number >= 0 (0 = always the actor), got {inline_under!r}")
     if address is not None and not isinstance(address, str):
         raise TypeError(f"address: expected None, 'auto', 'host:port' or 'ray://host:port'; got {address!r}")
+    if isinstance(storage, BaseStorage) and not isinstance(storage, Storage):
+        storage = Storage(storage.url, storage.options)
     store = storage if isinstance(storage, Storage) else Storage(storage, storage_options)
     settings = Settings(storage=store, system_retries=system_retries,
                         interruptible_failure_threshold=interruptible_failure_threshold,
                         checkpoint_keep=checkpoint_keep, supervisor=supervisor,
                         inline_under=float(inline_under))
-    with _lock:
+    session = _session()
+    with session.lock:
         if ray.is_initialized():
-            current = _state["address"]
+            current = session.address
             if address is not None and current is not None and address != current and address != "auto":
                 raise RuntimeError(
                     f"init(address={address!r}): this process is already connected to Ray at {current!r}; "
                     "call flyte_ray.shutdown() first to connect elsewhere.")
             logger.info("Ray is already initialized%s; flyte-ray uses that connection with the new settings.",
                         f" ({current})" if current else "")
-            if _state["address"] is None:
-                _state["address"] = _connected_address()
+            if session.address is None:
+                session.address = _connected_address()
         else:
-            _connect(address, num_cpus=num_cpus, include_dashboard=include_dashboard,
+            _connect(session, address, num_cpus=num_cpus, include_dashboard=include_dashboard,
                      namespace=namespace, runtime_env=runtime_env, log_level=log_level)
-        _settings = settings
+        PROCESS.part(DriverSettings).value = settings
+        cluster_view().embedded = session.embedded
         if supervisor == "auto":
-            from .supervisor_actor import ensure_supervisor
-
             ensure_supervisor()
-        if store.is_local and not _state["embedded"]:
+        if store.is_local and not session.embedded:
             _warn_local_storage(store)
         if store.url.startswith("memory://"):
             logger.warning("storage %r: memory:// lives inside one process, and every attempt runs in its own Ray "
@@ -184,7 +202,7 @@ def _connected_address() -> Optional[str]:
         return None
 
 
-def _connect(address: Optional[str], *, num_cpus, include_dashboard, namespace, runtime_env, log_level) -> None:
+def _connect(session: Session, address: Optional[str], *, num_cpus, include_dashboard, namespace, runtime_env, log_level) -> None:
     kwargs: dict[str, Any] = {"namespace": namespace, "runtime_env": runtime_env, "logging_level": log_level}
     if address is None:
         # Embedded: a private temp dir (Ray's default one is shared by every cluster on the
@@ -194,12 +212,13 @@ def _connect(address: Optional[str], *, num_cpus, include_dashboard, namespace, 
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         temp_dir = tempfile.mkdtemp(prefix="flyte-ray-")
         ctx = ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard, _temp_dir=temp_dir, **kwargs)
-        _state.update(embedded=True, temp_dir=temp_dir, address=ctx.address_info.get("gcs_address"))
+        session.embedded, session.temp_dir = True, temp_dir
+        session.address = ctx.address_info.get("gcs_address")
     else:
         ctx = ray.init(address=address, **kwargs)
-        _state.update(embedded=False, address=address)
+        session.embedded, session.address = False, address
     url = getattr(ctx, "dashboard_url", None)
-    _state["dashboard_url"] = (url if url.startswith("http") else f"http://{url}") if url else None
+    session.dashboard_url = (url if url.startswith("http") else f"http://{url}") if url else None
 
 
 def _warn_local_storage(store: Storage) -> None:
@@ -218,7 +237,7 @@ def ensure_init() -> None:
     """Start the embedded cluster on first use, as Ray does, saying so once."""
     if ray.is_initialized():
         return
-    with _lock:
+    with _session().lock:
         if not ray.is_initialized():
             logger.info("No flyte_ray.init() call: starting an embedded local Ray cluster "
                         "(call flyte_ray.init(address=...) to use an existing one).")
@@ -227,19 +246,16 @@ def ensure_init() -> None:
 
 def shutdown() -> None:
     """Disconnect from Ray; stops the embedded cluster if flyte-ray started it."""
-    global _settings
-    with _lock:
-        from . import supervisor as _sup
-
-        _sup.reset_process_state()
-        if ray.is_initialized():
-            ray.shutdown()
-        if _state["embedded"] and _state["temp_dir"]:
-            import shutil
-
-            shutil.rmtree(_state["temp_dir"], ignore_errors=True)
-        _settings = None
-        _state.update(embedded=False, dashboard_url=None, address=None, temp_dir=None)
+    session = _session()
+    with session.lock:
+        temp_dir = session.temp_dir if session.embedded else None
+        try:
+            PROCESS.reset()  # every part: replica pools first, while Ray is still connected
+        finally:
+            if ray.is_initialized():
+                ray.shutdown()
+            if temp_dir:
+                shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _find_config(path: Union[str, os.PathLike, None]) -> Optional[Path]:

@@ -14,17 +14,15 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional
 
-from . import supervisor_actor
-from .context import ctx
-from .runtime import current_settings, ensure_init
-from ._core.spec import FIELDS, CallSpec, resolve
+from ._controller.controller import get_controller
 from ._core.call import Call
-from .supervisor import run_async, run_sync
+from ._core.spec import CallSpec, RunOverrides, resolve
 from ._core.validation import normalize
+from .context import ctx, current_settings
+from .runtime import ensure_init
 
 if TYPE_CHECKING:
     from .environment import TaskEnvironment
-    from .runtime import Settings
 
 __all__ = ["TaskTemplate"]
 
@@ -57,6 +55,9 @@ class TaskTemplate:
         self._decorator = {k: normalize(k, v, where) for k, v in (decorator or {}).items() if v is not None}
         self._overrides: Dict[str, Any] = dict(overrides or {})
         self._spec: Optional[CallSpec] = None
+        #: caches of the layers below that depend only on this task (its remote function, its
+        #: pickled form), generation-stamped: see flyte_ray._core.process
+        self.memo: dict = {}
         self._signature = inspect.signature(func)
         params = self._signature.parameters.values()
         # Arity when every parameter is plain positional-or-keyword without a default: a call with
@@ -120,10 +121,10 @@ class TaskTemplate:
     # ------------------------------------------------------------------ calling
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the task on Ray: returns the value (sync task) or an awaitable (async task)."""
-        call = self._make_call(args, kwargs, None)
+        call = self._make_call(args, kwargs)
         if self.is_async:
-            return _run_call_async(call)
-        return _run_call(call)
+            return get_controller().submit(call)
+        return get_controller().submit_sync(call)
 
     def aio(self, *args: Any, **kwargs: Any) -> Any:
         """Run the task on Ray and return an awaitable, for sync and async tasks alike.
@@ -131,14 +132,16 @@ class TaskTemplate:
         The call's identity is fixed now, when ``aio`` is called, so ``asyncio.gather`` over
         ``[t.aio(i) for i in ...]`` numbers children in list order.
         """
-        call = self._make_call(args, kwargs, None)
-        return _run_call_async(call)
+        return get_controller().submit(self._make_call(args, kwargs))
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Call the plain function in this process (no Ray, no retries)."""
         return self.func(*args, **kwargs)
 
-    def _make_call(self, args: tuple, kwargs: dict, run_ctx: Optional[Mapping[str, Any]]) -> Call:
+    def _make_call(self, args: tuple, kwargs: dict, overrides: Optional[RunOverrides] = None,
+                   run_name: Optional[str] = None) -> Call:
+        """One call of this task: its spec, identity in the run, settings. ``overrides`` and
+        ``run_name`` come from ``with_runcontext``; inside a task, the parent's run applies."""
         if kwargs or len(args) != self._n_plain:
             try:
                 self._signature.bind(*args, **kwargs)
@@ -146,16 +149,13 @@ class TaskTemplate:
                 raise TypeError(f"{self.name}{self._signature}: {e}") from None
         ensure_init()
         parent = ctx()
-        if run_ctx is None and parent is not None:
-            run_ctx = parent.run_overrides  # run-level settings reach every call in the run
-        spec = resolve(self, run_ctx) if run_ctx else self.spec
+        if overrides is None and parent is not None:
+            overrides = parent.run_overrides  # run-level settings reach every call in the run
+        spec = resolve(self, overrides) if overrides else self.spec
         if parent is not None:
-            run_name, call_id, settings = parent.run_name, parent.next_child_id(self.short_name), parent.settings
-        else:
-            run_name = (run_ctx or {}).get("_run_name") or new_run_name()
-            call_id, settings = "root", current_settings()
-        inherited = {k: v for k, v in run_ctx.items() if k != "_run_name"} if run_ctx else None
-        return Call(self, spec, run_name, call_id, args, kwargs, settings or current_settings(), inherited or None)
+            return Call(self, spec, parent.run_name, parent.next_child_id(self.short_name), args, kwargs,
+                        parent.settings or current_settings(), overrides)
+        return Call(self, spec, run_name or new_run_name(), "root", args, kwargs, current_settings(), overrides)
 
     # ------------------------------------------------------------------ pickling
     def __reduce__(self):
@@ -199,32 +199,3 @@ def _load_task(module: str, qualname: str, short_name: str, overrides: Mapping[s
 
 def _rebuild_task(env, func, short_name, report, docs, decorator, overrides) -> TaskTemplate:
     return TaskTemplate(env, func, short_name, report, docs, decorator, overrides)
-
-
-def _run_call(call: Call) -> Any:
-    if call.spec.cache is not None and call.spec.cache.enabled:
-        from . import cache
-
-        return cache.run_cached_sync(call, _supervise)
-    return _supervise(call)
-
-
-async def _run_call_async(call: Call) -> Any:
-    if call.spec.cache is not None and call.spec.cache.enabled:
-        from . import cache
-
-        return await cache.run_cached_async(call, _supervise_async)
-    return await _supervise_async(call)
-
-
-def _supervise(call: Call) -> Any:
-    """Where the call's attempt loop runs: here, or in the supervising actor (see its module)."""
-    if supervisor_actor.should_delegate(call):
-        return supervisor_actor.run_sync(call)
-    return run_sync(call)
-
-
-async def _supervise_async(call: Call) -> Any:
-    if supervisor_actor.should_delegate(call):
-        return await supervisor_actor.run_async(call)
-    return await run_async(call)

@@ -183,7 +183,7 @@ class LocalCluster:
             node = self._start_node(spec)
         if wait:
             self.wait_for_node(node.node_id)
-        from .placement import cluster_view
+        from ._ray.placement import cluster_view
 
         cluster_view().invalidate()
         return node.node_id
@@ -254,7 +254,7 @@ class LocalCluster:
             self._cluster.remove_node(handle, allow_graceful=graceful)
             del self._nodes[name]
             self._removed[name] = handle.node_id
-        from .placement import cluster_view
+        from ._ray.placement import cluster_view
 
         cluster_view().invalidate()
         if replace:

@@ -17,9 +17,10 @@ import uuid
 import pytest
 
 import flyte_ray as flyte
-import flyte_ray.task as task_mod
+from flyte_ray._controller.controller import get_controller
 from flyte_ray import Cache
 from flyte_ray import cache as cache_mod
+from flyte_ray.cache import store as cache_store
 
 import tasks_cache as tk
 
@@ -40,18 +41,14 @@ def counter(tmp_path):
 def supervised(monkeypatch):
     """Counts calls that reach supervision (i.e. schedule Ray work) from this process."""
     calls = []
-    real, real_async = task_mod._supervise, task_mod._supervise_async
+    controller = get_controller()
+    real = controller._hosted  # the step after the cache: where supervision runs
 
-    def spy(call):
+    async def spy(call, port):
         calls.append(call.spec.fqn)
-        return real(call)
+        return await real(call, port)
 
-    async def spy_async(call):
-        calls.append(call.spec.fqn)
-        return await real_async(call)
-
-    monkeypatch.setattr(task_mod, "_supervise", spy)
-    monkeypatch.setattr(task_mod, "_supervise_async", spy_async)
+    monkeypatch.setattr(controller, "_hosted", spy)
     return calls
 
 
@@ -334,7 +331,7 @@ def test_serialize_waits_for_another_processes_lease_then_reads_its_output(count
 
         e = type("E", (), {"fqn": tk.slow.name, "version": "", "key": ""})()
         with open(path, "wb") as f:
-            f.write(cache_mod._pack(e, cloudpickle.dumps(999), "elsewhere"))
+            f.write(cache_store.pack(e, cloudpickle.dumps(999), "elsewhere"))
         os.unlink(lease)
         assert fut.result(timeout=10) == 999
     assert tk.count(counter) == 0
@@ -378,17 +375,15 @@ def test_cache_on_s3(s3_server, counter, embedded):
         assert tk.slow(counter, 30, 0.5) == 31 and tk.count(counter) == 2
         assert not [p for p in fs.find(f"{s3_server['bucket']}/{prefix}/cache") if p.endswith(".lease")]
         # the lease is created with If-None-Match on S3: a second create fails
-        e = cache_mod._Entry.__new__(cache_mod._Entry)
-        e.fs, e.local, e.exclusive = fs, False, True
-        e.lease_path = f"{s3_server['bucket']}/{prefix}/lease-probe"
-        assert cache_mod._create_if_absent(e, b'{"owner": "a"}', "a")
-        assert not cache_mod._create_if_absent(e, b'{"owner": "b"}', "b")
+        store = flyte.current_settings().storage.store
+        assert cache_store.create_lease(store, "lease-probe", b'{"owner": "a"}')
+        assert not cache_store.create_lease(store, "lease-probe", b'{"owner": "b"}')
     finally:
         flyte.init(storage=embedded)
 
 
 def test_runner_renews_its_lease_while_it_runs(counter, monkeypatch):
-    monkeypatch.setattr(cache_mod, "LEASE_TTL", 0.6)
+    monkeypatch.setattr(cache_store, "LEASE_TTL", 0.6)
     _, lease = _entry_paths(tk.slow, counter, 11, 1.5)
     beats = set()
     with concurrent.futures.ThreadPoolExecutor(1) as pool:

@@ -11,6 +11,8 @@ import ray
 
 import flyte_ray as flyte
 from flyte_ray import reuse
+from flyte_ray._ray.wire import VERSION, WarmCall
+from flyte_ray.reuse import client as reuse_client, executor as reuse_executor, replica as reuse_replica
 from flyte_ray.errors import RuntimeUserError
 
 import tasks_reuse as tr
@@ -253,11 +255,11 @@ def test_a_replica_that_lacks_the_static_part_asks_for_it(fleet, monkeypatch):
     # The caller sends a task's static part (task, settings, fqn, market, queue) in full once per
     # replica and a 12-byte digest after that; a replica that does not know the digest asks.
     assert tr.wire_value(1) == 1
-    client = next(c for c in reuse._by_name.values() if c.name.startswith(reuse.POOL_PREFIX + "reuse_wire:"))
-    unknown = [b"\0" * 12, None, "r", "root", 0, 0, 0, [1], {}]
-    assert ray.get(client.slots[0].run.remote(unknown)) == reuse._NEED_STATIC
+    client = next(c for c in reuse_client.registry().by_name.values() if c.name.startswith(reuse.POOL_PREFIX + "reuse_wire:"))
+    unknown = WarmCall(VERSION, b"\0" * 12, None, "r", "root", 0, 0, 0, [1], {}).to_wire()
+    assert ray.get(client.slots[0].run.remote(unknown)) == reuse_replica.NEED_STATIC
     reuse.shutdown_pools("reuse_wire")
-    monkeypatch.setattr(reuse, "_for_slot", lambda payload, st, slot: payload)  # never in full up front
+    monkeypatch.setattr(reuse_executor, "_for_slot", lambda payload, st, slot: payload)  # never in full up front
     assert tr.wire_value(2) == 2  # a fresh replica: it asks, gets it in full, runs the call
     assert tr.wire_value(3) == 3
     _wait_stats("reuse_wire", lambda s: s and s["served"] == 2 and s["created"] == 1)
@@ -265,8 +267,8 @@ def test_a_replica_that_lacks_the_static_part_asks_for_it(fleet, monkeypatch):
 
 def test_a_pool_whose_manager_died_is_recreated_and_the_call_retried(fleet):
     first = tr.wire_echo(1)["ctx"]
-    name = next(n for n in reuse._known_managers if n.startswith(reuse.POOL_PREFIX + "reuse_wire:"))
-    ray.kill(reuse._known_managers[name], no_restart=True)  # its replica dies with it
+    name = next(n for n in reuse_client.registry().known_managers if n.startswith(reuse.POOL_PREFIX + "reuse_wire:"))
+    ray.kill(reuse_client.registry().known_managers[name], no_restart=True)  # its replica dies with it
     time.sleep(reuse.REFRESH_S + 0.5)  # the caller's replica list is stale too: it asks the dead manager
     run = flyte.run(tr.wire_echo, 2)
     out = run.outputs(timeout=60)

@@ -10,7 +10,8 @@ import ray
 
 import flyte_ray as flyte
 from helpers import wait_until
-from flyte_ray import supervisor_actor
+from flyte_ray._controller.supervision import Supervision
+from flyte_ray._core.process import PROCESS
 
 import tasks_reattach as tr
 
@@ -40,7 +41,7 @@ def test_short_calls_stay_in_the_caller_and_survive_its_preemption(fleet, tmp_pa
     calls itself and records their results with the actor; preempted, its retry gets them back."""
     out = tmp_path / "out"
     out.mkdir()
-    sup = supervisor_actor._get_handle()
+    sup = PROCESS.part(Supervision).handle()
     before = ray.get(sup.ping.remote())
     n = 30
     run = flyte.run(tr.short_parent, n, str(out))
@@ -65,8 +66,8 @@ def test_killing_the_supervisor_never_hangs_callers(fleet, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     run = flyte.run(tr.parent, 6, str(out), 1.0)
-    wait_until(lambda: ray.get(supervisor_actor._get_handle().ping.remote())["running"] > 0)
-    pid = ray.get(supervisor_actor._get_handle().ping.remote())["pid"]
+    wait_until(lambda: ray.get(PROCESS.part(Supervision).handle().ping.remote())["running"] > 0)
+    pid = ray.get(PROCESS.part(Supervision).handle().ping.remote())["pid"]
     os.kill(pid, signal.SIGKILL)
     t = time.time()
     try:

@@ -40,7 +40,7 @@ class ProcessState:
 
     def __init__(self) -> None:
         self._parts: dict[type, Any] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a part's constructor may ask for the parts it uses
         self.generation = 0
 
     def part(self, cls: Callable[[], T]) -> T:

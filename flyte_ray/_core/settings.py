@@ -10,7 +10,7 @@ from typing import Optional
 
 from ..checkpoint import Storage
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "DriverSettings"]
 
 
 @dataclass(frozen=True)
@@ -45,3 +45,15 @@ class Settings:
         if self.interruptible_failure_threshold is not None:
             return self.interruptible_failure_threshold
         return self.system_retries if self.system_retries >= 0 else 3
+
+
+class DriverSettings:
+    """The settings ``flyte_ray.init`` set in this process (a process part; None before ``init``)."""
+
+    reset_order = 80
+
+    def __init__(self) -> None:
+        self.value: Optional[Settings] = None
+
+    def reset(self) -> None:
+        self.value = None

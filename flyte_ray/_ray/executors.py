@@ -1,0 +1,252 @@
+"""Executors: run one attempt on Ray and say what happened (an :class:`Outcome`).
+
+An executor is an object with ``async run(call, request, port) -> Outcome`` that never raises
+for an attempt's failure (only the caller's cancellation propagates). The controller picks one
+per call (:meth:`flyte_ray._controller.controller.RayController.executor_for`):
+
+* :class:`TaskExecutor` -- the attempt as one Ray task, awaited until it ends (the deadline, if
+  any, bounds the wait);
+* :class:`StreamingTaskExecutor` -- the attempt as a streaming Ray task that first reports
+  "started", so ``max_queued_time`` and ``max_runtime`` are timed apart;
+* :class:`ClientTaskExecutor` -- the same limits under Ray client (``ray://``), which has no
+  streaming tasks: after ``max_queued_time`` an unfinished attempt counts as not started only if
+  no live node offers its resources, and ``max_runtime`` is timed from submission;
+* the warm-replica executor lives with the replica machinery (:mod:`flyte_ray.reuse`).
+
+Every task gets one Ray remote function per process (exported once, cached by workers), with
+Ray's own retries off (``max_retries=0``): the supervisor decides every retry. The function's
+options for an attempt (resources + placement markers) are made once per spec, market and queue
+and kept on the spec (``CallSpec.memo``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Optional, Protocol
+
+import ray
+import ray.exceptions as rex
+
+from .._core.process import memo_get, memo_put
+from .._core.records import AttemptRequest, Kind, Outcome
+from ..errors import TaskTimeoutError
+from .observe import outcome_of
+from .placement import MarkerPlacement, Placement, cluster_view, request_of
+from .port import INTERRUPTS, EndOfStream, Port, WaitTimeout
+from .watchdog import pending_watch
+from .wire import VERSION, AttemptPayload, AttemptResult, Started, check
+from .worker import run_attempt, run_streaming_attempt
+
+if TYPE_CHECKING:
+    from .._core.call import Call
+
+__all__ = ["Executor", "TaskExecutor", "StreamingTaskExecutor", "ClientTaskExecutor", "result_outcome",
+           "pickled_once", "client_mode"]
+
+
+class Executor(Protocol):
+    async def run(self, call: "Call", req: AttemptRequest, port: Port) -> Outcome: ...
+
+
+def client_mode() -> bool:
+    """Connected through Ray client (``ray://``), which has no streaming generators."""
+    try:
+        return bool(ray.util.client.ray.is_connected())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def pickled_once(obj: Any) -> bytes:
+    """``obj`` pickled, kept on the object itself (``Settings`` and ``RunOverrides``: a caller makes
+    thousands of calls with the same few; measured: the payload's serialisation fell ~16 → ~5 us)."""
+    blob = getattr(obj, "_wire_blob", None)
+    if blob is None:
+        blob = ray.cloudpickle.dumps(obj)
+        try:
+            object.__setattr__(obj, "_wire_blob", blob)
+        except AttributeError:  # a plain mapping: pickled per call
+            pass
+    return blob
+
+
+def result_outcome(res: AttemptResult, started: Optional[float] = None) -> Outcome:
+    """The outcome an attempt's :class:`AttemptResult` describes."""
+    check(res, "attempt result")
+    if res.ok:
+        return Outcome(Kind.OK, value=res.value, node_id=res.node, started=started, runtime=res.runtime)
+    if res.system:
+        return Outcome(Kind.SYSTEM, error=res.value, traceback=res.traceback, node_id=res.node, started=started,
+                       system_reason="node_failure", runtime=res.runtime)
+    return Outcome(Kind.USER, error=res.value, traceback=res.traceback, node_id=res.node, started=started,
+                   runtime=res.runtime)
+
+
+def _limit(*values: Optional[float]) -> Optional[float]:
+    vals = [v for v in values if v is not None]
+    return min(vals) if vals else None
+
+
+class _RayTasks:
+    """What the task executors share: remote functions, per-attempt options, the payload."""
+
+    streaming = False
+
+    def __init__(self, placement: Optional[Placement] = None) -> None:
+        self.placement = placement or MarkerPlacement()
+        self.view = cluster_view()
+        self.watch = pending_watch()
+
+    def remote_function(self, task: Any) -> Any:
+        """The task's remote function (one per task and process; kept on the original task)."""
+        origin = task._origin or task
+        key = ("remote", self.streaming)
+        fn = memo_get(origin.memo, key)
+        if fn is None:
+            fn = memo_put(origin.memo, key, _make_remote(origin, self.streaming))
+        return fn
+
+    def bound(self, call: "Call", req: AttemptRequest) -> tuple[Any, dict]:
+        """The remote function with this attempt's options (``.options()`` is not free)."""
+        view = self.view
+        key = (self.streaming, req.market, req.queue, view.has_markets(), view.has_queues())
+        hit = memo_get(call.spec.memo, key)
+        if hit is not None:
+            return hit
+        opts = self.placement.options(dict(call.spec.ray_options), req.market, req.queue)
+        fn = self.remote_function(call.task)
+        bound = fn.options(num_returns="streaming", **opts) if self.streaming else fn.options(**opts)
+        return memo_put(call.spec.memo, key, (bound, opts))
+
+    @staticmethod
+    def payload(call: "Call", req: AttemptRequest) -> AttemptPayload:
+        ro = call.run_overrides
+        return AttemptPayload(VERSION, call.run_name, call.spec.fqn, call.call_id, req.attempt, req.user_attempt,
+                              req.system_failures, str(req.market), req.queue, pickled_once(call.settings),
+                              None if ro is None else pickled_once(ro), call.args, call.kwargs)
+
+    async def prime(self, port: Port) -> None:
+        """The first call of a process asks the GCS for the cluster view: off the loop."""
+        if not self.view.primed:
+            await port.offload(self.view.refresh)
+
+    async def not_started(self, call: "Call", req: AttemptRequest, opts: dict, port: Port) -> Outcome:
+        if req.deadline_left is not None and (req.max_queued_time is None or req.deadline_left < req.max_queued_time):
+            return Outcome(Kind.TIMEOUT, error=TaskTimeoutError(
+                f"{call.spec.fqn}: deadline reached while attempt {req.attempt} waited to start"))
+        missing = await port.offload(self.view.missing, request_of(opts))
+        return Outcome(Kind.QUEUED_TIMEOUT,
+                       missing=tuple(missing) or ("(resources busy: every node that offers them is full)",))
+
+
+class TaskExecutor(_RayTasks):
+    """One attempt as one Ray task (see the module docstring)."""
+
+    async def run(self, call: "Call", req: AttemptRequest, port: Port) -> Outcome:
+        await self.prime(port)
+        bound, opts = self.bound(call, req)
+        ref = bound.remote(self.payload(call, req))
+        self.watch.add(ref, call.spec.fqn, req, opts)
+        try:
+            res = await port.get(ref, req.deadline_left)
+        except WaitTimeout:
+            ray.cancel(ref, force=True, recursive=True)
+            return Outcome(Kind.TIMEOUT, error=TaskTimeoutError(
+                f"{call.spec.fqn}: deadline reached during attempt {req.attempt}"))
+        except INTERRUPTS:
+            ray.cancel(ref, recursive=True)
+            raise
+        except rex.RayError as e:
+            return await outcome_of(e, req.market, port)
+        finally:
+            self.watch.discard(ref)
+        return result_outcome(res)
+
+
+class StreamingTaskExecutor(_RayTasks):
+    """One attempt as a streaming Ray task: "started", then the result (see the module docstring)."""
+
+    streaming = True
+
+    async def run(self, call: "Call", req: AttemptRequest, port: Port) -> Outcome:
+        await self.prime(port)
+        bound, opts = self.bound(call, req)
+        gen = bound.remote(self.payload(call, req))
+        self.watch.add(gen, call.spec.fqn, req, opts)
+        try:
+            try:
+                first = await port.next(gen, _limit(req.max_queued_time, req.deadline_left))
+            except WaitTimeout:
+                ray.cancel(gen, force=True)
+                return await self.not_started(call, req, opts, port)
+            started: Started = await port.get(first)
+            check(started, "attempt start")
+            self.watch.discard(gen)
+            run_limit = _limit(req.max_runtime, None if req.deadline_left is None
+                               else req.deadline_left - (time.time() - started.at))
+            try:
+                second = await port.next(gen, run_limit)
+            except WaitTimeout:
+                ray.cancel(gen, force=True, recursive=True)
+                return Outcome(Kind.TIMEOUT, node_id=started.node, started=started.at, error=TaskTimeoutError(
+                    f"{call.spec.fqn}: attempt {req.attempt} ran longer than {run_limit:.1f}s and was cancelled"))
+            return result_outcome(await port.get(second), started.at)
+        except INTERRUPTS:
+            ray.cancel(gen, recursive=True)
+            raise
+        except rex.RayError as e:
+            return await outcome_of(e, req.market, port)
+        except EndOfStream:
+            # The streaming attempt ended before yielding its result: its worker went away.
+            return Outcome(Kind.SYSTEM, error=rex.RaySystemError("attempt ended without a result"),
+                           system_reason="node_failure")
+        finally:
+            self.watch.discard(gen)
+
+
+class ClientTaskExecutor(_RayTasks):
+    """Time limits under Ray client (see the module docstring)."""
+
+    async def run(self, call: "Call", req: AttemptRequest, port: Port) -> Outcome:
+        await self.prime(port)
+        bound, opts = self.bound(call, req)
+        t0 = time.monotonic()
+        ref = bound.remote(self.payload(call, req))
+        try:
+            if req.max_queued_time is not None:
+                try:
+                    return result_outcome(await port.get(ref, _limit(req.max_queued_time, req.deadline_left)))
+                except WaitTimeout:
+                    missing = await port.offload(self.view.missing, request_of(opts))
+                    if missing or (req.deadline_left is not None and time.monotonic() - t0 >= req.deadline_left):
+                        ray.cancel(ref, force=True)
+                        return await self.not_started(call, req, opts, port)
+            elapsed = time.monotonic() - t0
+            left = _limit(None if req.max_runtime is None else req.max_runtime - elapsed,
+                          None if req.deadline_left is None else req.deadline_left - elapsed)
+            try:
+                return result_outcome(await port.get(ref, None if left is None else max(left, 0.0)))
+            except WaitTimeout:
+                ray.cancel(ref, force=True, recursive=True)
+                return Outcome(Kind.TIMEOUT, error=TaskTimeoutError(
+                    f"{call.spec.fqn}: attempt {req.attempt} ran longer than {req.max_runtime}s and was cancelled"))
+        except INTERRUPTS:
+            ray.cancel(ref, recursive=True)
+            raise
+        except rex.RayError as e:
+            return await outcome_of(e, req.market, port)
+
+
+def _make_remote(origin: Any, streaming: bool) -> Any:
+    # The closure holds the *task*, which pickles by reference when importable (see
+    # TaskTemplate.__reduce__), so Ray exports this function once and workers import the
+    # user's module instead of unpickling its globals.
+    if streaming:
+        def attempt(payload: AttemptPayload) -> Any:
+            yield from run_streaming_attempt(origin, payload)
+    else:
+        def attempt(payload: AttemptPayload) -> Any:
+            # One argument: Ray serialises each argument separately, and three small ones cost
+            # measurably more than one tuple on the hot path.
+            return run_attempt(origin, payload)
+    attempt.__name__ = attempt.__qualname__ = origin.name  # how Ray's dashboard names the task
+    return ray.remote(max_retries=0, retry_exceptions=False)(attempt)

@@ -1,0 +1,249 @@
+"""Every record that crosses a process boundary, named and versioned, in one module.
+
+Records are ``NamedTuple``s whose first field ``v`` is the wire version (:data:`VERSION`). Ray
+pickles a tuple (so a record costs one class reference more than a bare tuple); where a record
+is on the measured hot path of warm calls it travels as a plain *list* instead, because Ray
+sends an argument or result made only of msgpack types with msgpack, which costs less than
+pickle on both sides (about 4% of a warm call per direction, measured). Such records have
+``to_wire`` (a list) and ``from_wire`` (which checks the version). Readers use field names only;
+the field order is defined here and nowhere else.
+
+A record of another version (a driver and workers that run different flyte-ray versions) fails
+with :class:`WireVersionError` naming both versions, never as a mis-read field.
+
+=====================  ========================================  =============================
+record                 from → to                                 form
+=====================  ========================================  =============================
+AttemptPayload         caller → Ray task (one argument)          tuple (pickled)
+Started                streaming attempt → caller (1st item)     tuple
+AttemptResult          attempt / replica → caller                tuple
+WarmCall               caller → warm replica (one argument)      list (msgpack)
+WarmStatic             inside WarmCall, once per replica         list
+WarmValue              warm replica → caller (success)           list (msgpack)
+Declined               warm replica → caller                     tuple
+SupervisedCall         caller → supervising actor                tuple
+SupervisedResult       supervising actor → caller                tuple
+Recorded               caller → supervising actor (batched)      tuple
+=====================  ========================================  =============================
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+__all__ = ["msgpack_safe", "SCALARS", "VERSION", "WireVersionError", "AttemptPayload", "Started", "AttemptResult", "WarmCall", "WarmStatic",
+           "WarmValue", "Declined", "SupervisedCall", "SupervisedResult", "Recorded", "check"]
+
+SCALARS = frozenset({int, float, str, bytes, bool, type(None)})
+_BUDGET = 256  # values looked at, at most; a bigger structure is pickled whole
+
+
+def _lossy_types() -> frozenset:
+    """Types msgpack packs natively as something else (bytearray / memoryview as bytes)."""
+    out: set = {bytearray, memoryview}
+    try:
+        import msgpack
+
+        out.update((msgpack.ExtType, msgpack.Timestamp))
+    except Exception:  # noqa: BLE001
+        pass
+    return frozenset(out)
+
+
+_LOSSY = _lossy_types()
+
+
+def msgpack_safe(v: Any) -> bool:
+    """True when Ray's msgpack serialization (strict types: lists and dicts are packed, a tuple or
+    any other object is pickled) gives ``v`` back as itself: it holds, through plain lists and
+    dicts, no value msgpack would pack as another type. Looks at :data:`_BUDGET` values at most."""
+    if v.__class__ in SCALARS:
+        return True
+    stack = [v]
+    n = 0
+    while stack:
+        x = stack.pop()
+        t = x.__class__
+        if t is list:
+            n += len(x)
+            if n > _BUDGET:
+                return False
+            stack.extend(x)
+        elif t is dict:
+            n += 2 * len(x)
+            if n > _BUDGET:
+                return False
+            stack.extend(x)
+            stack.extend(x.values())
+        elif t in _LOSSY:
+            return False
+    return True
+
+
+#: The wire version of every record below. Bump it when any record changes.
+VERSION = 1
+
+
+class WireVersionError(RuntimeError):
+    """A record of another wire version arrived (mixed flyte-ray versions in one cluster)."""
+
+
+def check(record: Any, name: str) -> None:
+    """Raise :class:`WireVersionError` unless ``record`` is of this wire version."""
+    v = record[0] if isinstance(record, (tuple, list)) and record else None
+    if v != VERSION:
+        raise WireVersionError(
+            f"flyte-ray {name} of wire version {v!r} received, this process speaks version {VERSION}: the driver "
+            "and the workers run different flyte-ray versions; install the same version everywhere")
+
+
+class AttemptPayload(NamedTuple):
+    """One attempt of a task, sent to the Ray task that runs it (its only argument)."""
+
+    v: int
+    run_name: str
+    fqn: str
+    call_id: str
+    attempt: int
+    user_attempt: int
+    system_failures: int
+    market: str
+    queue: str
+    settings: bytes  # the caller's Settings, pickled once per process
+    overrides: Optional[bytes]  # the run's RunOverrides, pickled once per run (None: none)
+    args: tuple
+    kwargs: dict
+
+
+class Started(NamedTuple):
+    """The first item of a streaming attempt: it started, on this node, at this time."""
+
+    v: int
+    node: str
+    at: float
+
+
+class AttemptResult(NamedTuple):
+    """How an attempt's user code ended. User errors travel as values, with their traceback text,
+    so Ray never wraps them; only platform failures arrive as Ray exceptions."""
+
+    v: int
+    ok: bool
+    value: Any  # the return value, or the exception the user code raised
+    traceback: str
+    node: str
+    system: bool  # a Ray platform error escaped the user code: the platform failed, not the user
+    runtime: Optional[float]  # seconds the user code ran, measured on the worker
+
+
+class WarmStatic(NamedTuple):
+    """What repeats between a task's warm calls, sent to a replica once; a 12-byte digest of it
+    stands in for it after that."""
+
+    v: int
+    digest: bytes
+    task: bytes  # the task, pickled (by reference when importable)
+    settings: bytes
+    fqn: str
+    market: str
+    queue: str
+
+    def to_wire(self) -> list:
+        return list(self)
+
+    @classmethod
+    def from_wire(cls, p: list) -> "WarmStatic":
+        check(p, "warm static part")
+        return cls._make(p)
+
+
+class WarmCall(NamedTuple):
+    """One call to a warm replica (a list on the wire: see the module docstring)."""
+
+    v: int
+    static: Any  # the static part's digest (bytes), or the WarmStatic in full (a list)
+    overrides: Optional[bytes]  # RunOverrides, pickled once per run
+    run_name: str
+    call_id: str
+    attempt: int
+    user_attempt: int
+    system_failures: int
+    args: Any  # a list when msgpack gives its items back unchanged, else the args tuple (pickled)
+    kwargs: Any  # a dict when msgpack-safe, else a 1-tuple holding the dict (pickled)
+
+    def to_wire(self) -> list:
+        return list(self)
+
+    @classmethod
+    def from_wire(cls, p: list) -> "WarmCall":
+        check(p, "warm call")
+        return cls._make(p)
+
+    @property
+    def call_args(self) -> tuple:
+        a = self.args
+        return tuple(a) if a.__class__ is list else a
+
+    @property
+    def call_kwargs(self) -> dict:
+        kw = self.kwargs
+        return kw if kw.__class__ is dict else kw[0]
+
+
+class WarmValue(NamedTuple):
+    """A warm call's successful result when msgpack gives the value back unchanged (a list on the
+    wire); other results travel as :class:`AttemptResult`."""
+
+    v: int
+    value: Any
+    node: str
+    runtime: Optional[float]
+
+    def to_wire(self) -> list:
+        return list(self)
+
+    @classmethod
+    def from_wire(cls, p: list) -> "WarmValue":
+        check(p, "warm result")
+        return cls._make(p)
+
+
+class Declined(NamedTuple):
+    """A warm replica did not run the call: ``reason`` is ``"retiring"`` (pick another replica) or
+    ``"need_static"`` (send the static part in full to this one)."""
+
+    v: int
+    reason: str
+
+
+class SupervisedCall(NamedTuple):
+    """A call handed to the supervising actor."""
+
+    v: int
+    key: str  # run | call id | task | input digest: the identity a retried caller re-attaches by
+    task: Any
+    args: tuple
+    kwargs: dict
+    run_name: str
+    call_id: str
+    settings: Any
+    overrides: Any
+
+
+class SupervisedResult(NamedTuple):
+    """How a supervised call ended (``value`` is the error when not ``ok``)."""
+
+    v: int
+    ok: bool
+    value: Any
+    traceback: str
+    runtime: Optional[float]  # seconds the last attempt's user code ran
+    attached: bool  # the caller re-attached to a call that was already running or finished
+
+
+class Recorded(NamedTuple):
+    """A short call's result, supervised by its caller and recorded with the actor for re-attachment."""
+
+    v: int
+    key: str
+    result: SupervisedResult

@@ -1,0 +1,145 @@
+"""The worker side of an attempt: run the user's function under its task context.
+
+:func:`run_user_code` is the one implementation, for every place user code runs: a plain Ray
+task (:func:`run_attempt`, the body of each task's remote function), a sync warm replica and an
+async warm replica (on the replica's own loop, ``on_loop=True``). It sets the
+:class:`~flyte_ray.context.TaskContext`, times the user code, and returns an
+:class:`~flyte_ray._ray.wire.AttemptResult`: user errors come back as *values* (with their
+traceback text), so Ray never wraps them; only a platform failure under the worker (node lost,
+worker killed, OOM kill, cancellation) reaches the caller as a Ray exception.
+
+Per-process worker state (the node id, unpickled settings) is the :class:`WorkerState` part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import time
+from typing import Any, Optional
+
+import ray
+import ray.exceptions as rex
+
+from .._core.drive import drive
+from .._core.process import PROCESS
+from ..context import TaskContext, reset_context, set_context
+from ..errors import RuntimeUserError, format_exception
+from . import waiting
+from .wire import VERSION, AttemptPayload, AttemptResult, Started, check
+
+__all__ = ["WorkerState", "current_node", "run_user_code", "run_attempt", "run_streaming_attempt", "portable",
+           "context_for"]
+
+
+class WorkerState:
+    """This worker process's node id and the settings / run overrides it has unpickled."""
+
+    reset_order = 40
+
+    def __init__(self) -> None:
+        self.node_id: Optional[str] = None
+        self.objects: dict[bytes, Any] = {}  # pickled bytes -> object (callers send the same few)
+
+    def reset(self) -> None:
+        self.node_id = None
+        self.objects = {}
+
+    def unpickled(self, blob: bytes) -> Any:
+        """``pickle.loads(blob)``, once per distinct blob: unpickling bytes this process has seen
+        is a dict hit (measured: the attempt payload's settings cost ~5 us instead of ~16)."""
+        obj = self.objects.get(blob, _MISSING)
+        if obj is _MISSING:
+            if len(self.objects) > 1024:
+                self.objects = {}
+            obj = self.objects[blob] = pickle.loads(blob)
+        return obj
+
+
+_MISSING = object()
+
+
+def _state() -> WorkerState:
+    return PROCESS.part(WorkerState)
+
+
+def current_node() -> str:
+    s = _state()
+    if s.node_id is None:  # a worker process never changes node
+        s.node_id = ray.get_runtime_context().get_node_id()
+    return s.node_id
+
+
+def portable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives a pickle round trip, else a RuntimeUserError describing it."""
+    try:
+        pickle.loads(ray.cloudpickle.dumps(exc))
+        return exc
+    except Exception:
+        return RuntimeUserError(type(exc).__name__, f"{type(exc).__name__}: {exc} "
+                                "(the original exception could not be pickled)")
+
+
+def failed(exc: BaseException, node: str, runtime: Optional[float]) -> AttemptResult:
+    # A Ray platform error escaping user code (a lost object or node under a dying worker) is the
+    # platform failing, not the user's code: report it as a system failure.
+    system = isinstance(exc, rex.RayError) and not isinstance(exc, (rex.RayTaskError, rex.TaskCancelledError))
+    return AttemptResult(VERSION, False, portable(exc), format_exception(exc), node, system, runtime)
+
+
+def context_for(run_name: str, fqn: str, call_id: str, attempt: int, user_attempt: int, system_failures: int,
+                market: str, queue: str, settings: bytes, overrides: Optional[bytes]) -> TaskContext:
+    s = _state()
+    return TaskContext(run_name=run_name, fqn=fqn, call_id=call_id, attempt=attempt, user_attempt=user_attempt,
+                       system_failures=system_failures, market=market, queue=queue, node_id=current_node(),
+                       settings=s.unpickled(settings), run_overrides=None if overrides is None else s.unpickled(overrides))
+
+
+async def run_user_code(task: Any, context: TaskContext, args: tuple, kwargs: dict, *,
+                        on_loop: bool = False) -> AttemptResult:
+    """Run ``task``'s function once under ``context`` (see the module docstring).
+
+    ``on_loop``: this coroutine runs on an event loop (an async replica), so an async task is
+    awaited here and cancellation propagates; otherwise it is driven synchronously and an async
+    task's coroutine runs on the worker's loop thread while the main thread parks.
+    """
+    node = context.node_id
+    token = set_context(context)
+    t0 = time.perf_counter()
+    try:
+        if not task.is_async:
+            value = task.func(*args, **kwargs)
+        elif on_loop:
+            value = await task.func(*args, **kwargs)
+        else:
+            value = waiting.run_coroutine_in_worker(task.func(*args, **kwargs))
+    except (KeyboardInterrupt, SystemExit):
+        raise  # ray.cancel: let Ray report TaskCancelledError
+    except asyncio.CancelledError as e:
+        if on_loop:
+            raise
+        return failed(e, node, time.perf_counter() - t0)
+    except BaseException as e:  # noqa: BLE001 - every user failure is reported as a value
+        return failed(e, node, time.perf_counter() - t0)
+    finally:
+        reset_context(token)
+    return AttemptResult(VERSION, True, value, "", node, False, time.perf_counter() - t0)
+
+
+def _context_of(p: AttemptPayload) -> TaskContext:
+    return context_for(p.run_name, p.fqn, p.call_id, p.attempt, p.user_attempt, p.system_failures, p.market,
+                       p.queue, p.settings, p.overrides)
+
+
+def run_attempt(task: Any, p: AttemptPayload) -> AttemptResult:
+    """The body of a task's remote function: one attempt."""
+    check(p, "attempt payload")
+    return drive(run_user_code(task, _context_of(p), p.args, p.kwargs))
+
+
+def run_streaming_attempt(task: Any, p: AttemptPayload) -> Any:
+    """The body of a streaming attempt: first "started" (so the caller can time queueing and
+    runtime apart), then the result."""
+    check(p, "attempt payload")
+    yield Started(VERSION, current_node(), time.time())
+    yield drive(run_user_code(task, _context_of(p), p.args, p.kwargs))

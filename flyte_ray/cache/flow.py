@@ -1,0 +1,222 @@
+"""A cached call, start to end: look up, elect a runner, run, store (one ``async`` implementation).
+
+:func:`cached_call` is the controller's cache step. It waits only through its port, so blocking
+callers drive it on their own thread and event loops await it (:mod:`flyte_ray._ray.port`).
+Storage I/O runs through the port's ``offload`` unless the storage is a local folder
+(:func:`io`).
+
+Behaviors: ``"auto"`` looks up, then runs and stores on a miss; ``"override"`` (or
+``with_runcontext(overwrite_cache=True)``, which reaches every call of the run) skips the lookup,
+runs and stores, replacing what was there. Only successful outputs are stored. A hit schedules
+nothing on Ray, so a ``Run`` served from the cache has an empty attempt history.
+
+``serialize=True``: identical calls run once.
+
+* In one process (the driver, or one worker), concurrent identical calls - sync or async, from
+  any thread - share one in-flight call (:class:`CacheState`). The others wait for it and each
+  gets its own copy of the output (deserialised, so callers never alias one mutable object).
+* Across processes and machines, a storage lease elects one runner (:mod:`.store`). Waiters poll
+  the small lease object with backoff (0.05 s growing to 1 s) and read the output once the lease
+  is gone. Inside a Ray worker a waiter naps in a zero-CPU Ray task, so that its CPU goes to the
+  runner's attempt (no deadlock on small clusters).
+* If the runner fails, nothing is stored and the lease is released; one of the waiters becomes
+  the next runner (as Flyte's cache reservations do), so waiters never see another call's error.
+* Guarantees: with a live runner, identical calls run exactly once. After a lease expires while
+  its runner is in fact alive (a stall longer than ``LEASE_TTL``, or large clock skew), or on a
+  backend without create-if-absent, two runners may run; both store the same key and the last
+  write wins, which is harmless for deterministic tasks.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, NamedTuple, Optional, Union
+
+import ray
+
+from .._core.process import PROCESS
+from .._ray import waiting
+from .._ray.port import Port
+from .store import (Entry, Renewer, create_lease, lease_doc, lease_ttl, lookup, loads, new_owner, parse_lease,
+                    release, store_output)
+
+if TYPE_CHECKING:
+    from .._core.call import Call
+
+__all__ = ["cached_call", "CacheState"]
+
+logger = logging.getLogger("flyte_ray")
+
+POLL_MIN, POLL_MAX = 0.05, 1.0
+
+
+class CacheState:
+    """In-process single flight: output url -> Future of ("payload", bytes) | ("value", obj)
+    (a process part)."""
+
+    reset_order = 50
+
+    def __init__(self) -> None:
+        self.inflight: dict[str, concurrent.futures.Future] = {}
+        self.lock = threading.Lock()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.inflight = {}
+
+
+class _LeaderFailed(Exception):
+    """The in-process runner failed: a waiter tries again (and may become the runner)."""
+
+
+class _Run(NamedTuple):
+    owner: str
+
+
+class _Hit(NamedTuple):
+    meta: dict
+    payload: bytes
+
+
+async def io(e: Entry, port: Port, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, a storage operation: in place on a local folder, else off the loop."""
+    if e.store.is_local:
+        return fn(*args)
+    return await port.offload(fn, *args)
+
+
+def _nap_in_ray(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+_napper = ray.remote(num_cpus=0, max_retries=0)(_nap_in_ray)
+
+
+async def _nap(port: Port, seconds: float) -> None:
+    """Back off; inside a worker in a zero-CPU Ray task, so the worker's CPU is released."""
+    if waiting.is_worker():
+        await port.get(_napper.remote(seconds))
+    else:
+        await port.sleep(seconds)
+
+
+def _shared(value: Any, payload: Optional[bytes]) -> tuple:
+    return ("payload", payload) if payload is not None else ("value", value)
+
+
+def _share(shared: tuple) -> Any:
+    kind, obj = shared
+    if kind == "payload":
+        return ray.cloudpickle.loads(obj)
+    return obj
+
+
+async def cached_call(call: "Call", port: Port, inner: Callable[["Call"], Awaitable[Any]]) -> Any:
+    """Run ``call`` through the cache: a hit returns the stored output, a miss runs ``inner``."""
+    e = Entry(call)
+    if not e.overwrite:
+        got = await io(e, port, lookup, e)
+        if got is not None:
+            ok, value = loads(e, got[1])
+            if ok:
+                return value
+    if not e.serialize:
+        value = await inner(call)
+        await io(e, port, store_output, e, value, new_owner())
+        return value
+    state = PROCESS.part(CacheState)
+    while True:
+        with state.lock:
+            fut = state.inflight.get(e.url)
+            lead = fut is None
+            if lead:
+                fut = state.inflight[e.url] = concurrent.futures.Future()
+        assert fut is not None
+        if not lead:
+            try:
+                return _share(await port.wait_future(fut))
+            except _LeaderFailed:
+                continue  # the runner failed: try again (maybe as the runner)
+        try:
+            value, shared = await _lead(e, call, port, inner)
+        except BaseException as exc:
+            fut.set_exception(_LeaderFailed(repr(exc)))
+            raise
+        else:
+            fut.set_result(shared)
+            return value
+        finally:
+            with state.lock:
+                if state.inflight.get(e.url) is fut:
+                    del state.inflight[e.url]
+
+
+async def _lead(e: Entry, call: "Call", port: Port, inner: Callable[["Call"], Awaitable[Any]]) -> tuple:
+    """This process runs the call: under the storage lease when it can get one."""
+    res: Union[_Run, _Hit, None]
+    try:
+        res = await _elect(e, port, checked=True)
+    except Exception as exc:  # noqa: BLE001 - storage trouble: run unserialized rather than fail
+        logger.warning("cache %s: serialize lease unavailable (%s: %s); running without it", e.fqn,
+                       type(exc).__name__, exc)
+        res = None
+    if not isinstance(res, _Run):
+        if res is not None:
+            ok, value = loads(e, res.payload)
+            if ok:
+                return value, ("payload", res.payload)
+        value = await inner(call)  # no lease (storage trouble) or an unloadable output: run, store
+        payload = await io(e, port, store_output, e, value, new_owner())
+        return value, _shared(value, payload)
+    renewer = Renewer(e, res.owner)
+    try:
+        value = await inner(call)
+        payload = await io(e, port, store_output, e, value, res.owner)
+    finally:
+        renewer.close()
+        await io(e, port, release, e, res.owner)
+    return value, _shared(value, payload)
+
+
+async def _elect(e: Entry, port: Port, checked: bool) -> Union[_Run, _Hit]:
+    """Across processes: become the runner (``_Run``) or wait for the runner's output (``_Hit``).
+    ``checked``: the caller has just looked the output up."""
+    delay = POLL_MIN
+    watched: Optional[str] = None  # owner of the lease being waited on
+    last_raw: Optional[bytes] = None
+    last_change = time.monotonic()
+    while True:
+        raw = await io(e, port, e.store.get, e.lease)
+        if raw is None:
+            if not checked and (watched is not None or not e.overwrite):
+                got = await io(e, port, lookup, e)
+                if got is not None and (not e.overwrite or got[0].get("owner") == watched):
+                    return _Hit(*got)
+            checked = False
+            owner = new_owner()
+            if await io(e, port, create_lease, e.store, e.lease, lease_doc(owner, 0)):
+                if not e.overwrite:
+                    got = await io(e, port, lookup, e)  # a runner may have finished between our lookup and the lease
+                    if got is not None:
+                        await io(e, port, release, e, owner)
+                        return _Hit(*got)
+                return _Run(owner)
+            continue  # someone else got it: wait on theirs
+        lease = parse_lease(raw)
+        now = time.monotonic()
+        if raw != last_raw:
+            last_raw, last_change = raw, now
+        if lease:
+            watched = lease.get("owner", watched)
+        expired = bool(lease) and isinstance(lease.get("expires"), (int, float)) and lease["expires"] < time.time()
+        if expired or now - last_change > lease_ttl():
+            logger.warning("cache %s: lease of %s expired; taking over", e.fqn, (lease or {}).get("owner", "?"))
+            if await io(e, port, e.store.get, e.lease) == raw:
+                await io(e, port, e.store.delete, e.lease)
+            watched, last_raw, checked = None, None, False
+            continue
+        await _nap(port, delay)
+        delay = min(delay * 1.6, POLL_MAX)
