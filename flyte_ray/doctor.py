@@ -253,8 +253,8 @@ def task_markets(spec: Any, threshold: int) -> List[str]:
             for forced in (False, True):
                 policy = AttemptPolicy(spec.fqn, interruptible=spec.interruptible, retries=spec.retries,
                                        system_retries=-1, failure_threshold=threshold)
-                policy.forced_ondemand = forced
-                m = str(policy.market(CallState(user_failures=user, system_failures=system)))
+                state = CallState(user_failures=user, system_failures=system, forced_ondemand=forced)
+                m = str(policy.market(state))
                 if m not in seen:
                     seen.append(m)
     order = ("spot", "ondemand")

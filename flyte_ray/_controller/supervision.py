@@ -51,7 +51,7 @@ from .._core.spec import resolve
 from .._ray import waiting
 from .._ray.executors import client_mode
 from .._ray.port import Port, WaitTimeout
-from .._ray.wire import VERSION, Recorded, SupervisedCall, SupervisedResult, check
+from .._ray.wire import VERSION, Recorded, SupervisedCall, SupervisedResult
 from .._ray.worker import portable
 from ..context import ctx
 from ..errors import RuntimeSystemError, RuntimeUserError, SupervisorLostError, as_user_error, format_exception
@@ -107,30 +107,31 @@ class SupervisorActorBase:
     async def _supervise(self, call: Call) -> Any:
         raise NotImplementedError
 
-    async def run(self, sc: SupervisedCall) -> SupervisedResult:
-        check(sc, "supervised call")
+    async def run(self, wire: tuple) -> tuple:
+        """One :class:`SupervisedCall`; its :class:`SupervisedResult` (as they travel)."""
+        sc = SupervisedCall.from_wire(wire)
         done = self.finished.get(sc.key)
         if done is not None:
-            return done._replace(attached=True)  # re-attached to a finished call: nothing runs again
+            return done._replace(attached=True).to_wire()  # re-attached to a finished call: nothing runs again
         fut, attached = self._start(sc)
         # shield: if our caller dies (a preempted parent), the call goes on for its retry
-        return (await asyncio.shield(fut))._replace(attached=attached)
+        return (await asyncio.shield(fut))._replace(attached=attached).to_wire()
 
-    async def run_many(self, calls: list) -> list:
+    async def run_many(self, wires: list) -> list:
         """Many calls in one actor call (a burst of ``.aio()`` calls from one caller)."""
-        out: list = [None] * len(calls)
+        out: list = [None] * len(wires)
         waits, where = [], []
-        for i, sc in enumerate(calls):
-            check(sc, "supervised call")
+        for i, wire in enumerate(wires):
+            sc = SupervisedCall.from_wire(wire)
             done = self.finished.get(sc.key)
             if done is not None:
-                out[i] = done._replace(attached=True)
+                out[i] = done._replace(attached=True).to_wire()
                 continue
             fut, attached = self._start(sc)
             waits.append(asyncio.shield(fut))  # the calls outlive this batch's caller
             where.append((i, attached))
         for (i, attached), res in zip(where, await asyncio.gather(*waits)):
-            out[i] = res._replace(attached=attached)
+            out[i] = res._replace(attached=attached).to_wire()
         return out
 
     def _start(self, sc: SupervisedCall) -> tuple:
@@ -162,10 +163,10 @@ class SupervisorActorBase:
     async def record_many(self, items: list) -> None:
         """Results of short calls that their (spot) callers supervised themselves, kept for a
         retried caller to re-attach to."""
-        for rec in items:
-            check(rec, "recorded result")
+        for wire in items:
+            rec = Recorded.from_wire(wire)
             if rec.key not in self.running and rec.key not in self.finished:
-                self._keep(rec.key, rec.result)
+                self._keep(rec.key, SupervisedResult.from_wire(rec.result))
                 self.recorded += 1
 
     async def ping(self) -> dict:
@@ -240,7 +241,7 @@ class _Recorder:
 
     def flush(self, batch: list) -> None:
         try:
-            items = [Recorded(VERSION, call_key(c), _result_of(c, True, v)) for c, v in batch]
+            items = [Recorded(VERSION, call_key(c), _result_of(c, True, v).to_wire()).to_wire() for c, v in batch]
             self.supervision.handle().record_many.remote(items)  # fire and forget
         except Exception:  # noqa: BLE001 - best effort: an unrecorded short call re-runs
             pass
@@ -279,7 +280,7 @@ class _Batcher:
 
     def _send(self, batch: list) -> None:
         try:
-            ref = self.supervision.handle().run_many.remote([sc for sc, _ in batch])
+            ref = self.supervision.handle().run_many.remote([sc.to_wire() for sc, _ in batch])
         except Exception as e:  # noqa: BLE001 - callers fall back to single calls
             for _, f in batch:
                 if not f.done():
@@ -363,12 +364,12 @@ class Supervision:
                 pass
         return self._unpack(call, await self._single(call, sc, port))
 
-    async def _single(self, call: Call, sc: SupervisedCall, port: Port) -> SupervisedResult:
+    async def _single(self, call: Call, sc: SupervisedCall, port: Port) -> tuple:
         deadline = time.monotonic() + RECOVERY_S
         refresh = False
         while True:
             try:
-                ref = self.handle(refresh).run.remote(sc)
+                ref = self.handle(refresh).run.remote(sc.to_wire())
                 return await port.get(ref, max(1.0, deadline - time.monotonic()) if refresh else None)
             except (rex.RayActorError, WaitTimeout, _NotFound) as e:
                 if time.monotonic() > deadline:
@@ -378,8 +379,8 @@ class Supervision:
                 await port.sleep(0.5)
                 refresh = True
 
-    def _unpack(self, call: Call, res: SupervisedResult) -> Any:
-        check(res, "supervised result")
+    def _unpack(self, call: Call, wire: tuple) -> Any:
+        res = SupervisedResult.from_wire(wire)
         self.history.note(call.spec.fqn, res.runtime)
         if res.ok:
             return res.value

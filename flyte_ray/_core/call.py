@@ -31,6 +31,7 @@ class CallState:
     history: list[AttemptRecord] = field(default_factory=list)
     user_failures: int = 0
     system_failures: int = 0
+    forced_ondemand: bool = False  # a spot attempt could not start in time: on-demand from now on
     started: float = field(default_factory=time.time)
 
     @property

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional, Protocol
 
 from ..errors import TaskTimeoutError
 from .policy import Action, AttemptPolicy
+from .process import memo_get, memo_put
 from .records import AttemptRecord, AttemptRequest, Outcome
 
 if TYPE_CHECKING:
@@ -37,10 +38,15 @@ class AttemptObserver(Protocol):
 
 
 def policy_for(call: "Call") -> AttemptPolicy:
+    """The policy of ``call``: one per spec and settings (kept on the spec)."""
     spec, settings = call.spec, call.settings
-    return AttemptPolicy(spec.fqn, interruptible=spec.interruptible, retries=spec.retries,
-                         system_retries=settings.system_retries, failure_threshold=settings.failure_threshold,
-                         max_queued_time=spec.timeout.max_queued_time if spec.timeout else None)
+    hit = memo_get(spec.memo, "policy")
+    if hit is not None and hit[0] is settings:
+        return hit[1]
+    policy = AttemptPolicy(spec.fqn, interruptible=spec.interruptible, retries=spec.retries,
+                           system_retries=settings.system_retries, failure_threshold=settings.failure_threshold,
+                           max_queued_time=spec.timeout.max_queued_time if spec.timeout else None)
+    return memo_put(spec.memo, "policy", (settings, policy))[1]
 
 
 async def run_attempts(call: "Call", execute: Callable[[AttemptRequest], Awaitable[Outcome]],

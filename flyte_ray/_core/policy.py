@@ -25,15 +25,15 @@
   - exhausting a budget raises ``RetriesExhaustedError`` naming it, with the history and the
     last error as its cause (with ``retries=0`` the user's error itself is raised).
 
-The policy keeps the call's counters in :class:`~flyte_ray._core.call.CallState` (it is the
-budget); it holds no clock and does no waiting: the loop does.
+The policy is immutable and shared by every call of a spec with the same settings; each call's
+counters live in its :class:`~flyte_ray._core.call.CallState`, which :meth:`~AttemptPolicy.decide`
+updates (they are the budget). It holds no clock and does no waiting: the loop does.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 from ..errors import NonRecoverableError, PlacementError, TaskInterruptedError, as_user_error, exhausted
 from .records import Kind, Market, Outcome
@@ -51,8 +51,7 @@ class Action(Enum):
     FAIL = "fail"  # raise ``error``
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     action: Action
     value: Any = None
     error: Optional[BaseException] = None
@@ -71,8 +70,7 @@ class AttemptPolicy:
         max_queued_time: seconds an attempt may wait to start (for messages).
     """
 
-    __slots__ = ("name", "interruptible", "retries", "strategy", "system_retries", "threshold", "max_queued_time",
-                 "forced_ondemand")
+    __slots__ = ("name", "interruptible", "retries", "strategy", "system_retries", "threshold", "max_queued_time")
 
     def __init__(self, name: str, *, interruptible: bool, retries: Optional["RetryStrategy"], system_retries: int,
                  failure_threshold: int, max_queued_time: Optional[float] = None) -> None:
@@ -83,11 +81,10 @@ class AttemptPolicy:
         self.system_retries = system_retries
         self.threshold = failure_threshold
         self.max_queued_time = max_queued_time
-        self.forced_ondemand = False  # a spot attempt could not start in time
 
     def market(self, state: "CallState") -> Market:
         """The market of the next attempt."""
-        if not self.interruptible or self.forced_ondemand:
+        if not self.interruptible or state.forced_ondemand:
             return Market.ONDEMAND
         if state.user_failures >= self.retries:  # the final attempt of the user budget
             return Market.ONDEMAND
@@ -104,7 +101,7 @@ class AttemptPolicy:
             return Decision(Action.FAIL, error=TaskInterruptedError(f"{self.name}: cancelled by its caller"))
         if kind is Kind.QUEUED_TIMEOUT:
             if market == Market.SPOT:
-                self.forced_ondemand = True  # no budget consumed: the attempt never ran
+                state.forced_ondemand = True  # no budget consumed: the attempt never ran
                 return Decision(Action.RETRY)
             missing = ", ".join(out.missing) or "unknown"
             return Decision(Action.FAIL, error=PlacementError(

@@ -34,7 +34,7 @@ from .observe import outcome_of
 from .placement import MarkerPlacement, Placement, cluster_view, request_of
 from .port import INTERRUPTS, EndOfStream, Port, WaitTimeout
 from .watchdog import pending_watch
-from .wire import VERSION, AttemptPayload, AttemptResult, Started, check
+from .wire import VERSION, AttemptPayload, AttemptResult, Started
 from .worker import run_attempt, run_streaming_attempt
 
 if TYPE_CHECKING:
@@ -69,9 +69,9 @@ def pickled_once(obj: Any) -> bytes:
     return blob
 
 
-def result_outcome(res: AttemptResult, started: Optional[float] = None) -> Outcome:
-    """The outcome an attempt's :class:`AttemptResult` describes."""
-    check(res, "attempt result")
+def result_outcome(wire: tuple, started: Optional[float] = None) -> Outcome:
+    """The outcome an attempt's :class:`AttemptResult` (as it came off the wire) describes."""
+    res = AttemptResult.from_wire(wire)
     if res.ok:
         return Outcome(Kind.OK, value=res.value, node_id=res.node, started=started, runtime=res.runtime)
     if res.system:
@@ -107,8 +107,7 @@ class _RayTasks:
 
     def bound(self, call: "Call", req: AttemptRequest) -> tuple[Any, dict]:
         """The remote function with this attempt's options (``.options()`` is not free)."""
-        view = self.view
-        key = (self.streaming, req.market, req.queue, view.has_markets(), view.has_queues())
+        key = (self.streaming, req.market, req.queue, *self.view.declares())
         hit = memo_get(call.spec.memo, key)
         if hit is not None:
             return hit
@@ -118,11 +117,11 @@ class _RayTasks:
         return memo_put(call.spec.memo, key, (bound, opts))
 
     @staticmethod
-    def payload(call: "Call", req: AttemptRequest) -> AttemptPayload:
+    def payload(call: "Call", req: AttemptRequest) -> tuple:
         ro = call.run_overrides
         return AttemptPayload(VERSION, call.run_name, call.spec.fqn, call.call_id, req.attempt, req.user_attempt,
                               req.system_failures, str(req.market), req.queue, pickled_once(call.settings),
-                              None if ro is None else pickled_once(ro), call.args, call.kwargs)
+                              None if ro is None else pickled_once(ro), call.args, call.kwargs).to_wire()
 
     async def prime(self, port: Port) -> None:
         """The first call of a process asks the GCS for the cluster view: off the loop."""
@@ -178,8 +177,7 @@ class StreamingTaskExecutor(_RayTasks):
             except WaitTimeout:
                 ray.cancel(gen, force=True)
                 return await self.not_started(call, req, opts, port)
-            started: Started = await port.get(first)
-            check(started, "attempt start")
+            started = Started.from_wire(await port.get(first))
             self.watch.discard(gen)
             run_limit = _limit(req.max_runtime, None if req.deadline_left is None
                                else req.deadline_left - (time.time() - started.at))
@@ -241,10 +239,10 @@ def _make_remote(origin: Any, streaming: bool) -> Any:
     # TaskTemplate.__reduce__), so Ray exports this function once and workers import the
     # user's module instead of unpickling its globals.
     if streaming:
-        def attempt(payload: AttemptPayload) -> Any:
+        def attempt(payload: tuple) -> Any:
             yield from run_streaming_attempt(origin, payload)
     else:
-        def attempt(payload: AttemptPayload) -> Any:
+        def attempt(payload: tuple) -> Any:
             # One argument: Ray serialises each argument separately, and three small ones cost
             # measurably more than one tuple on the hot path.
             return run_attempt(origin, payload)

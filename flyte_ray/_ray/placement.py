@@ -58,6 +58,8 @@ class ClusterView:
     def __init__(self) -> None:
         self._at = 0.0
         self._names: Optional[frozenset[str]] = None
+        self._markets = False  # some node declares spot / ondemand (computed with each refresh)
+        self._queues = False  # ... or a queue
         self._lock = threading.Lock()
         self._refreshing = False
         self._warned: set[str] = set()
@@ -67,6 +69,7 @@ class ClusterView:
         with self._lock:
             self._at = 0.0
             self._names = None
+            self._markets = self._queues = False
             self._warned = set()
             self.embedded = False
 
@@ -78,8 +81,13 @@ class ClusterView:
     def refresh(self) -> frozenset[str]:
         """Ask the GCS now (blocking)."""
         names = frozenset(ray.cluster_resources())
+        markets = SPOT in names or ONDEMAND in names
+        # A cluster that declares markets follows the convention, queues included, even while
+        # only its head (which serves no queue) is up: an autoscaler must see the queue marker
+        # in pending demand to launch a node of the right pool.
+        queues = markets or any(n.startswith(QUEUE_PREFIX) for n in names)
         with self._lock:
-            self._names, self._at = names, time.monotonic()
+            self._names, self._markets, self._queues, self._at = names, markets, queues, time.monotonic()
         return names
 
     def resource_names(self) -> frozenset[str]:
@@ -106,16 +114,18 @@ class ClusterView:
     def invalidate(self) -> None:
         self._at = 0.0
 
+    def declares(self) -> tuple[bool, bool]:
+        """``(has_markets, has_queues)`` in one look (the hot path keys its caches by them)."""
+        self.resource_names()
+        return self._markets, self._queues
+
     def has_markets(self) -> bool:
-        names = self.resource_names()
-        return SPOT in names or ONDEMAND in names
+        self.resource_names()
+        return self._markets
 
     def has_queues(self) -> bool:
-        # A cluster that declares markets follows the convention, queues included, even while
-        # only its head (which serves no queue) is up: an autoscaler must see the queue marker
-        # in pending demand to launch a node of the right pool.
-        names = self.resource_names()
-        return SPOT in names or ONDEMAND in names or any(n.startswith(QUEUE_PREFIX) for n in names)
+        self.resource_names()
+        return self._queues
 
     def warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:

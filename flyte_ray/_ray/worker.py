@@ -26,7 +26,7 @@ from .._core.process import PROCESS
 from ..context import TaskContext, reset_context, set_context
 from ..errors import RuntimeUserError, format_exception
 from . import waiting
-from .wire import VERSION, AttemptPayload, AttemptResult, Started, check
+from .wire import VERSION, AttemptPayload, AttemptResult, Started
 
 __all__ = ["WorkerState", "current_node", "run_user_code", "run_attempt", "run_streaming_attempt", "portable",
            "context_for"]
@@ -131,15 +131,15 @@ def _context_of(p: AttemptPayload) -> TaskContext:
                        p.queue, p.settings, p.overrides)
 
 
-def run_attempt(task: Any, p: AttemptPayload) -> AttemptResult:
-    """The body of a task's remote function: one attempt."""
-    check(p, "attempt payload")
-    return drive(run_user_code(task, _context_of(p), p.args, p.kwargs))
+def run_attempt(task: Any, wire: tuple) -> tuple:
+    """The body of a task's remote function: one attempt (records as they travel: see wire)."""
+    p = AttemptPayload.from_wire(wire)
+    return drive(run_user_code(task, _context_of(p), p.args, p.kwargs)).to_wire()
 
 
-def run_streaming_attempt(task: Any, p: AttemptPayload) -> Any:
+def run_streaming_attempt(task: Any, wire: tuple) -> Any:
     """The body of a streaming attempt: first "started" (so the caller can time queueing and
     runtime apart), then the result."""
-    check(p, "attempt payload")
-    yield Started(VERSION, current_node(), time.time())
-    yield drive(run_user_code(task, _context_of(p), p.args, p.kwargs))
+    p = AttemptPayload.from_wire(wire)
+    yield Started(VERSION, current_node(), time.time()).to_wire()
+    yield drive(run_user_code(task, _context_of(p), p.args, p.kwargs)).to_wire()

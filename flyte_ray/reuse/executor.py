@@ -130,7 +130,7 @@ class ReplicaExecutor:
             if res.__class__ is list:
                 v = WarmValue.from_wire(res)
                 return Outcome(Kind.OK, value=v.value, node_id=v.node, runtime=v.runtime)
-            if isinstance(res, Declined):
+            if res.__class__ is Declined:
                 if res.reason == "need_static":
                     again = slot  # the same replica, with the static part in full
                 else:

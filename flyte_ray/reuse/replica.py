@@ -39,10 +39,11 @@ NEED_STATIC = Declined(VERSION, "need_static")  # "send the call's static part i
 
 
 def _answer(r: AttemptResult) -> Any:
-    """A success travels as a WarmValue list when msgpack gives its value back unchanged."""
+    """A success travels as a WarmValue list when msgpack gives its value back unchanged, anything
+    else as the AttemptResult's plain tuple."""
     if r.ok and msgpack_safe(r.value):
         return WarmValue(VERSION, r.value, r.node, r.runtime).to_wire()
-    return r
+    return r.to_wire()
 
 
 class _ReplicaBase:
@@ -89,7 +90,7 @@ class _ReplicaBase:
             ctx = context_for(call.run_name, st.fqn, call.call_id, call.attempt, call.user_attempt,
                               call.system_failures, st.market, st.queue, st.settings, call.overrides)
         except Exception as e:  # noqa: BLE001 - a task that no longer loads: a user error, as a value
-            return None, None, None, failed(e, current_node(), None)
+            return None, None, None, failed(e, current_node(), None).to_wire()
         return call, task, ctx, None
 
     def _info(self) -> dict:
