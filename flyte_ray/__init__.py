@@ -23,25 +23,35 @@ Public names are re-exported here; the modules are small and named after what th
 """
 
 from . import errors
+from ._core.records import AttemptRecord, format_history
+from ._version import __version__  # noqa: E402
 from .cache import Cache, CacheRequest
 from .checkpoint import Checkpoint, Storage
-from .compat import Image, Link, PodTemplate, Secret, SecretRequest, current_group, group, logger, trace, version
+
+# Flyte's ``flyte.map`` extras (``map.aio``, ``concurrency``, ``group_name``) over run.map; a
+# plain ``map(task, xs)`` call is run.map itself (see compat.py).
+from .compat import (
+    Image,
+    Link,
+    PodTemplate,
+    Secret,
+    SecretRequest,
+    current_group,
+    group,
+    logger,
+    map,  # Flyte's flyte.map (map.aio, concurrency, group_name) over run.map
+    trace,
+    version,
+)
 from .context import TaskContext, ctx
 from .environment import TaskEnvironment
 from .resources import GPU, TPU, Device, Resources
 from .retry import Backoff, RetryStrategy
 from .reuse import ReusePolicy
-from .run import Run, RunContext, map, run, with_runcontext
+from .run import Run, RunContext, run, with_runcontext
 from .runtime import Settings, current_settings, init, init_from_config, is_initialized, shutdown
-from ._core.records import AttemptRecord, format_history
 from .task import TaskTemplate
 from .timeout import Timeout, TimeoutType
-
-# Flyte's ``flyte.map`` extras (``map.aio``, ``concurrency``, ``group_name``) over run.map; a
-# plain ``map(task, xs)`` call is run.map itself (see compat.py).
-from .compat import map  # noqa: E402,F811
-
-from ._version import __version__  # noqa: E402
 
 __all__ = [
     "AttemptRecord",

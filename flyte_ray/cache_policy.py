@@ -46,8 +46,9 @@ class Cache:
             raise TypeError(f"Cache.ignored_inputs: expected argument names, got {self.ignored_inputs!r}")
         else:
             object.__setattr__(self, "ignored_inputs", tuple(self.ignored_inputs))
-        if self.version_override is not None and (not isinstance(self.version_override, str)
-                                                  or not self.version_override):
+        if self.version_override is not None and (
+            not isinstance(self.version_override, str) or not self.version_override
+        ):
             raise TypeError(f"Cache.version_override: expected a non-empty string, got {self.version_override!r}")
         if not isinstance(self.salt, str):
             raise TypeError(f"Cache.salt: expected a string, got {self.salt!r}")
@@ -58,8 +59,10 @@ class Cache:
             except TypeError:
                 ps = None
             if ps is None or not all(callable(p) for p in ps):
-                raise TypeError("Cache.policies: expected a callable (task, inputs) -> str or a sequence of them, "
-                                f"got {self.policies!r}")
+                raise TypeError(
+                    "Cache.policies: expected a callable (task, inputs) -> str or a sequence of them, "
+                    f"got {self.policies!r}"
+                )
 
     @property
     def enabled(self) -> bool:
@@ -82,5 +85,5 @@ def as_cache(value: Union[CacheRequest, bool, None], field_name: str = "cache") 
     if isinstance(value, bool):
         return Cache("auto" if value else "disable")
     if isinstance(value, str) and value in _BEHAVIORS:
-        return Cache(value)  # type: ignore[arg-type]
+        return Cache(value)
     raise ValueError(f"{field_name}: expected one of {_BEHAVIORS} or Cache(...), got {value!r}")

@@ -12,8 +12,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="flyte-ray", description="Flyte's task model on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="checkpointed training on spot, preempted mid-run, on a local multi-node cluster")
-    sub.add_parser("doctor", help="what a cluster offers (markets, queues, GPUs) and which tasks cannot be placed",
-                   add_help=False)
+    sub.add_parser(
+        "doctor", help="what a cluster offers (markets, queues, GPUs) and which tasks cannot be placed", add_help=False
+    )
     if argv[:1] == ["doctor"]:
         from . import doctor
 

@@ -37,11 +37,23 @@ import inspect
 import logging
 import os
 from dataclasses import dataclass, field
-from ._version import __version__
 from typing import Any, AsyncIterator, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, TypeVar, Union
 
-__all__ = ["Image", "Link", "PodTemplate", "Secret", "SecretRequest", "current_group", "group", "logger", "map",
-           "trace", "version"]
+from ._version import __version__
+
+__all__ = [
+    "Image",
+    "Link",
+    "PodTemplate",
+    "Secret",
+    "SecretRequest",
+    "current_group",
+    "group",
+    "logger",
+    "map",
+    "trace",
+    "version",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -176,8 +188,11 @@ class Image:
             elif layer.op == "with_requirements":
                 path = layer.args[0] if layer.args else layer.kwargs.get("file")
                 if path is not None:
-                    pip.extend(line.strip() for line in open(path).read().splitlines()
-                               if line.strip() and not line.strip().startswith("#"))
+                    pip.extend(
+                        line.strip()
+                        for line in open(path).read().splitlines()
+                        if line.strip() and not line.strip().startswith("#")
+                    )
             elif layer.op == "with_env_vars":
                 env.update({str(k): str(v) for k, v in dict(*layer.args, **layer.kwargs).items()})
             elif layer.op in ("with_source_folder", "with_workdir"):
@@ -221,8 +236,17 @@ class Link:
     name: str = ""
     icon_uri: Optional[str] = ""
 
-    def get_link(self, run_name: str, project: str, domain: str, context: Dict[str, str],
-                 parent_action_name: str, action_name: str, pod_name: str, **kwargs: Any) -> str:
+    def get_link(
+        self,
+        run_name: str,
+        project: str,
+        domain: str,
+        context: Dict[str, str],
+        parent_action_name: str,
+        action_name: str,
+        pod_name: str,
+        **kwargs: Any,
+    ) -> str:
         raise NotImplementedError
 
 
@@ -281,28 +305,36 @@ def trace(func: F) -> F:
     if not callable(func):
         raise TypeError(f"trace: expected a function, got {func!r}")
     if inspect.isasyncgenfunction(func):
+
         @functools.wraps(func)
         async def agen(*args: Any, **kwargs: Any) -> Any:
             async for item in func(*args, **kwargs):
                 yield item
+
         wrapper: Any = agen
     elif inspect.iscoroutinefunction(func):
+
         @functools.wraps(func)
         async def coro(*args: Any, **kwargs: Any) -> Any:
             return await func(*args, **kwargs)
+
         wrapper = coro
     elif inspect.isgeneratorfunction(func):
+
         @functools.wraps(func)
         def gen(*args: Any, **kwargs: Any) -> Any:
             return (yield from func(*args, **kwargs))
+
         wrapper = gen
     else:
+
         @functools.wraps(func)
         def plain(*args: Any, **kwargs: Any) -> Any:
             return func(*args, **kwargs)
+
         wrapper = plain
     wrapper.__flyte_ray_trace__ = True
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 # ---------------------------------------------------------------------------------------- logger
@@ -353,8 +385,14 @@ class _Map:
         group_name: the :func:`group` the calls are made in (default: none).
     """
 
-    def __call__(self, task: Any, *iterables: Iterable[Any], return_exceptions: bool = False,
-                 concurrency: int = 0, group_name: Optional[str] = None) -> Iterator[Any]:
+    def __call__(
+        self,
+        task: Any,
+        *iterables: Iterable[Any],
+        return_exceptions: bool = False,
+        concurrency: int = 0,
+        group_name: Optional[str] = None,
+    ) -> Iterator[Any]:
         from .run import map as run_map
 
         _check_concurrency(concurrency)
@@ -364,8 +402,15 @@ class _Map:
         return self._bounded(task, pargs, pkw, iterables, return_exceptions, concurrency, group_name)
 
     @staticmethod
-    def _bounded(task: Any, pargs: tuple, pkw: dict, iterables: Tuple[Iterable[Any], ...], return_exceptions: bool,
-                 concurrency: int, group_name: Optional[str]) -> Iterator[Any]:
+    def _bounded(
+        task: Any,
+        pargs: tuple,
+        pkw: dict,
+        iterables: Tuple[Iterable[Any], ...],
+        return_exceptions: bool,
+        concurrency: int,
+        group_name: Optional[str],
+    ) -> Iterator[Any]:
         from .run import _result, _submit
 
         scope = group(group_name) if group_name else contextlib.nullcontext()
@@ -397,8 +442,14 @@ class _Map:
             for f in window:
                 f.cancel()
 
-    async def aio(self, task: Any, *iterables: Iterable[Any], return_exceptions: bool = False,
-                  concurrency: int = 0, group_name: Optional[str] = None) -> AsyncIterator[Any]:
+    async def aio(
+        self,
+        task: Any,
+        *iterables: Iterable[Any],
+        return_exceptions: bool = False,
+        concurrency: int = 0,
+        group_name: Optional[str] = None,
+    ) -> AsyncIterator[Any]:
         """``async for r in flyte_ray.map.aio(task, xs, concurrency=3): ...``: results in input order.
 
         Calls run on Ray as ``task.aio(...)`` would run them (their identities are fixed in input

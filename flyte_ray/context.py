@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ._core.call import ChildSequencer
-
 from ._core.process import PROCESS
 from ._core.settings import DriverSettings, Settings
 from .checkpoint import Checkpoint
@@ -59,8 +58,11 @@ class TaskContext:
         if self._checkpoint is None:
             settings = self.settings or current_settings()
             storage = settings.storage
-            self._checkpoint = Checkpoint(storage.checkpoint_url(self.run_name, self.fqn, self.call_id),
-                                          options=storage.options, keep=settings.checkpoint_keep)
+            self._checkpoint = Checkpoint(
+                storage.checkpoint_url(self.run_name, self.fqn, self.call_id),
+                options=storage.options,
+                keep=settings.checkpoint_keep,
+            )
         return self._checkpoint
 
     def next_child_id(self, short_name: str) -> str:

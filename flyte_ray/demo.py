@@ -31,11 +31,12 @@ env = flyte.TaskEnvironment(name="demo", resources=flyte.Resources(cpu=1), inter
 def train(steps: int, progress_dir: str) -> dict:
     """A toy training loop: one 'weight' updated per step, checkpointed after every step."""
     c = flyte.ctx()
+    assert c is not None  # inside a task
     cp = c.checkpoint
     raw = cp.read()
     state = json.loads(raw) if raw else {"step": 0, "w": 0.0}
     resumed_from = state["step"]
-    for step in range(state["step"], steps):
+    for step in range(int(state["step"]), steps):
         time.sleep(STEP_SECONDS)  # the expensive part
         state = {"step": step + 1, "w": state["w"] + 0.5 * (step + 1)}
         cp.write(json.dumps(state).encode())
@@ -58,8 +59,11 @@ def main(out=sys.stdout) -> int:
     os.makedirs(progress)
     say("flyte-ray demo: a checkpointed training loop on spot capacity, preempted mid-run\n")
     say("starting a local cluster: head (on-demand), spot-a, spot-b (spot), ondemand-a (on-demand)...")
-    nodes = [NodeSpec("spot-a", market="spot"), NodeSpec("spot-b", market="spot"),
-             NodeSpec("ondemand-a", market="ondemand")]
+    nodes = [
+        NodeSpec("spot-a", market="spot"),
+        NodeSpec("spot-b", market="spot"),
+        NodeSpec("ondemand-a", market="ondemand"),
+    ]
     try:
         with LocalCluster(nodes, storage=storage) as cluster:
             say(f"cluster up in {time.time() - t0:.1f}s at {cluster.address}\n")
@@ -79,12 +83,16 @@ def main(out=sys.stdout) -> int:
                     break
                 time.sleep(0.05)
             if victim:
-                say(f"step {PREEMPT_AFTER} done on {victim}: preempting {victim} "
-                    "(drain with reason PREEMPTION, then remove the node)...")
+                say(
+                    f"step {PREEMPT_AFTER} done on {victim}: preempting {victim} "
+                    "(drain with reason PREEMPTION, then remove the node)..."
+                )
                 cluster.preempt(victim)
             result = run.outputs()
-            say(f"\nresult: w={result['w']} (uninterrupted run: {expected_weight(STEPS)}) — "
-                f"{'equal' if result['w'] == expected_weight(STEPS) else 'DIFFERENT'}")
+            say(
+                f"\nresult: w={result['w']} (uninterrupted run: {expected_weight(STEPS)}) — "
+                f"{'equal' if result['w'] == expected_weight(STEPS) else 'DIFFERENT'}"
+            )
             say(f"the final attempt resumed from step {result['resumed_from']} instead of 0\n")
             rows = [("attempt", "market", "node", "steps done", "outcome", "failure")]
             for r in run.history:
@@ -93,17 +101,27 @@ def main(out=sys.stdout) -> int:
                 if os.path.exists(path):
                     p = json.loads(open(path).read())
                 steps = f"{p.get('resumed_from', 0)}→{p.get('step', 0)}" if p else "-"
-                rows.append((str(r.attempt), r.market, cluster.name_of(r.node_id) or r.node_id[:8], steps,
-                             r.outcome, r.failure_kind or "-"))
+                rows.append(
+                    (
+                        str(r.attempt),
+                        r.market,
+                        cluster.name_of(r.node_id) or r.node_id[:8],
+                        steps,
+                        r.outcome,
+                        r.failure_kind or "-",
+                    )
+                )
             widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
             for i, row in enumerate(rows):
                 say("  ".join(c.ljust(w) for c, w in zip(row, widths)))
                 if i == 0:
                     say("  ".join("-" * w for w in widths))
             saved = result["resumed_from"]
-            say(f"\ncheckpoint saved {saved} of {STEPS} steps ({saved * STEP_SECONDS:.1f}s of work) from being "
+            say(
+                f"\ncheckpoint saved {saved} of {STEPS} steps ({saved * STEP_SECONDS:.1f}s of work) from being "
                 f"redone; user retries used: {run.user_failures}, system retries (preemptions): "
-                f"{run.system_failures}")
+                f"{run.system_failures}"
+            )
             say(f"demo finished in {time.time() - t0:.1f}s")
             ok = result["w"] == expected_weight(STEPS) and (victim is None or saved >= PREEMPT_AFTER)
             return 0 if ok else 1

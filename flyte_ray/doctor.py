@@ -47,6 +47,7 @@ _STANDARD = ("CPU", "GPU", "memory")
 
 # ----------------------------------------------------------------------------------- nodes
 
+
 @dataclass
 class NodeInfo:
     """One live node (or one node type of a cluster config) and what it offers."""
@@ -68,11 +69,11 @@ class NodeInfo:
 
     @property
     def queues(self) -> List[str]:
-        return sorted(k[len(_QUEUE):] for k, v in self.resources.items() if k.startswith(_QUEUE) and v > 0)
+        return sorted(k[len(_QUEUE) :] for k, v in self.resources.items() if k.startswith(_QUEUE) and v > 0)
 
     @property
     def accelerators(self) -> List[str]:
-        return sorted(k[len(_ACC):] for k, v in self.resources.items() if k.startswith(_ACC) and v > 0)
+        return sorted(k[len(_ACC) :] for k, v in self.resources.items() if k.startswith(_ACC) and v > 0)
 
     @property
     def partitions(self) -> List[str]:
@@ -142,8 +143,10 @@ def _describe_cluster(nodes: List[NodeInfo], p) -> List[str]:
         extra = f"  ({zero} with 0 CPU: supervising actors / drivers only)" if zero else ""
         p(f"  {m:<18} {_plural(len(ns), 'node'):<9} CPU {_fmt_num(cpu):<5} GPU {_fmt_num(gpu):<4}{extra}")
     if not any(n.markets for n in nodes):
-        warnings.append("no node declares a market ('spot' / 'ondemand'): flyte-ray places attempts "
-                        "without a market constraint (fine for a single-node dev cluster only)")
+        warnings.append(
+            "no node declares a market ('spot' / 'ondemand'): flyte-ray places attempts "
+            "without a market constraint (fine for a single-node dev cluster only)"
+        )
     for n in nodes:
         if len(n.markets) > 1:
             warnings.append(f"node {n.name} declares both 'spot' and 'ondemand' (declare exactly one)")
@@ -156,20 +159,26 @@ def _describe_cluster(nodes: List[NodeInfo], p) -> List[str]:
             queues.setdefault(q, {}).setdefault(n.market, []).append(n)
     if not queues:
         p("  (none)")
-        warnings.append("no node declares a queue ('queue:<name>'): flyte-ray places attempts without "
-                        "a queue constraint")
+        warnings.append(
+            "no node declares a queue ('queue:<name>'): flyte-ray places attempts without a queue constraint"
+        )
     for q in sorted(queues):
-        parts = [f"{m}: {_plural(len(ns), 'node')} ({_fmt_num(sum(x.cpus for x in ns))} CPU)"
-                 for m, ns in sorted(queues[q].items())]
+        parts = [
+            f"{m}: {_plural(len(ns), 'node')} ({_fmt_num(sum(x.cpus for x in ns))} CPU)"
+            for m, ns in sorted(queues[q].items())
+        ]
         p(f"  {q:<12} " + ", ".join(parts))
         if "spot" in queues[q] and "ondemand" not in queues[q]:
-            warnings.append(f"queue {q!r} is served on spot only: the final (on-demand) attempt of its "
-                            "interruptible tasks, and every attempt of non-interruptible ones, cannot run")
+            warnings.append(
+                f"queue {q!r} is served on spot only: the final (on-demand) attempt of its "
+                "interruptible tasks, and every attempt of non-interruptible ones, cannot run"
+            )
     if queues:
         for n in nodes:
             if not n.queues and n.cpus > 0:
-                warnings.append(f"node {n.name} ({_fmt_num(n.cpus)} CPU) serves no queue: no task attempt "
-                                "will ever land there")
+                warnings.append(
+                    f"node {n.name} ({_fmt_num(n.cpus)} CPU) serves no queue: no task attempt will ever land there"
+                )
 
     p("")
     p("Accelerators:")
@@ -180,8 +189,10 @@ def _describe_cluster(nodes: List[NodeInfo], p) -> List[str]:
     if not accs:
         p("  (none)")
     for a in sorted(accs):
-        parts = [f"{m}: {_plural(len(ns), 'node')} ({_fmt_num(sum(x.gpus for x in ns))} GPU)"
-                 for m, ns in sorted(accs[a].items())]
+        parts = [
+            f"{m}: {_plural(len(ns), 'node')} ({_fmt_num(sum(x.gpus for x in ns))} GPU)"
+            for m, ns in sorted(accs[a].items())
+        ]
         p(f"  {a:<12} " + ", ".join(parts))
     parts_seen: Dict[str, Dict[str, float]] = {}
     for n in nodes:
@@ -198,6 +209,7 @@ def _describe_cluster(nodes: List[NodeInfo], p) -> List[str]:
 
 # ----------------------------------------------------------------------------------- tasks
 
+
 def _import_module(module: str) -> Any:
     """Import a dotted module name, or a ``.py`` file (its folder goes on ``sys.path``)."""
     path = Path(module)
@@ -211,7 +223,8 @@ def _import_module(module: str) -> Any:
         name = path.stem
         existing = sys.modules.get(name)
         if existing is not None:
-            if getattr(existing, "__file__", None) and Path(existing.__file__).resolve() == path:
+            file = getattr(existing, "__file__", None)
+            if file and Path(file).resolve() == path:
                 return existing
             name = f"_flyte_ray_doctor_{name}"  # never shadow another module of that name
         spec = importlib.util.spec_from_file_location(name, path)
@@ -251,8 +264,13 @@ def task_markets(spec: Any, threshold: int) -> List[str]:
     for user in sorted({0, retries}):
         for system in sorted({0, max(threshold, 0)}):
             for forced in (False, True):
-                policy = AttemptPolicy(spec.fqn, interruptible=spec.interruptible, retries=spec.retries,
-                                       system_retries=-1, failure_threshold=threshold)
+                policy = AttemptPolicy(
+                    spec.fqn,
+                    interruptible=spec.interruptible,
+                    retries=spec.retries,
+                    system_retries=-1,
+                    failure_threshold=threshold,
+                )
                 state = CallState(user_failures=user, system_failures=system, forced_ondemand=forced)
                 m = str(policy.market(state))
                 if m not in seen:
@@ -308,11 +326,13 @@ def _why(request: Mapping[str, float], nodes: Sequence[NodeInfo], unknown_ok: It
             bits.append("no node has enough " + ", ".join(f"{k} (needs {_fmt_num(request[k])})" for k in declared))
         return False, "; ".join(bits)
     best_node, best = min(lacks, key=lambda x: len(x[1]))
-    return False, (f"no single node offers all of it together (closest: {best_node.name}, which lacks "
-                   f"{', '.join(sorted(best))})")
+    return False, (
+        f"no single node offers all of it together (closest: {best_node.name}, which lacks {', '.join(sorted(best))})"
+    )
 
 
 # ----------------------------------------------------------------------------------- configs
+
 
 def load_node_types(path: str) -> Tuple[List[NodeInfo], str]:
     """The launchable node types of a ``ray up`` YAML (or KubeRay RayCluster manifest), and the head type."""
@@ -347,6 +367,7 @@ def load_node_types(path: str) -> Tuple[List[NodeInfo], str]:
 
 # ----------------------------------------------------------------------------------- main
 
+
 @dataclass
 class _Verdict:
     task: Any
@@ -356,8 +377,12 @@ class _Verdict:
     config: Dict[str, Tuple[bool, str]] = field(default_factory=dict)
 
 
-def doctor(address: Optional[str] = None, module: Optional[str] = None, cluster_config: Optional[str] = None,
-           out: Optional[TextIO] = None) -> int:
+def doctor(
+    address: Optional[str] = None,
+    module: Optional[str] = None,
+    cluster_config: Optional[str] = None,
+    out: Optional[TextIO] = None,
+) -> int:
     """Check what the cluster offers and whether the tasks of ``module`` can be placed on it.
 
     Args:
@@ -423,9 +448,11 @@ def _report(address, module, cluster_config, p, placement, runtime) -> int:
         p(f"Cluster config {cluster_config}: {_plural(len(config_nodes), 'node type')}")
         for nt in config_nodes:
             launch = "" if nt.alive else "  (max_workers 0: never launched)"
-            p(f"  {nt.name:<16} {nt.market:<9} queues={','.join(nt.queues) or '-'} "
-              f"CPU={_fmt_num(nt.cpus) if 'CPU' in nt.resources else '?'} "
-              f"GPU={_fmt_num(nt.gpus)}{' ' + ','.join(nt.accelerators) if nt.accelerators else ''}{launch}")
+            p(
+                f"  {nt.name:<16} {nt.market:<9} queues={','.join(nt.queues) or '-'} "
+                f"CPU={_fmt_num(nt.cpus) if 'CPU' in nt.resources else '?'} "
+                f"GPU={_fmt_num(nt.gpus)}{' ' + ','.join(nt.accelerators) if nt.accelerators else ''}{launch}"
+            )
 
     verdicts: List[_Verdict] = []
     if module is not None:
@@ -451,8 +478,7 @@ def _report(address, module, cluster_config, p, placement, runtime) -> int:
                     if config_nodes is not None:
                         launchable = [n for n in config_nodes if n.alive]
                         # CPU / GPU / memory a node type leaves out come from its instance type.
-                        v.config[m] = _why(_convention_request(spec, m, req), launchable,
-                                           unknown_ok=_STANDARD)
+                        v.config[m] = _why(_convention_request(spec, m, req), launchable, unknown_ok=_STANDARD)
                 verdicts.append(v)
         finally:
             log.setLevel(level)
@@ -476,8 +502,7 @@ def _report(address, module, cluster_config, p, placement, runtime) -> int:
         status = "OK" if ok_live else ("OK after scale-up" if ok_config else "CANNOT BE PLACED")
         p(f"  {t.name} ({', '.join(desc)}): {status}")
         if spec.interruptible and v.markets == ["ondemand"]:
-            p("      note: interruptible, but with retries=0 its only attempt is the final one, which runs "
-              "on-demand")
+            p("      note: interruptible, but with retries=0 its only attempt is the final one, which runs on-demand")
         for m in v.markets:
             live_ok, live_why = v.live[m]
             p(f"    {m:<9} requests {_fmt_request(v.requests[m])}")
@@ -490,10 +515,12 @@ def _report(address, module, cluster_config, p, placement, runtime) -> int:
             if v.config:
                 c_ok, c_why = v.config[m]
                 if c_ok:
-                    fits = [n.name for n in config_nodes or [] if n.alive and not n.lacks(
-                        _convention_request(spec, m, v.requests[m]), _STANDARD)]
-                    p(f"              autoscaler ({os.path.basename(cluster_config)}): can launch "
-                      f"{', '.join(fits)}")
+                    fits = [
+                        n.name
+                        for n in config_nodes or []
+                        if n.alive and not n.lacks(_convention_request(spec, m, v.requests[m]), _STANDARD)
+                    ]
+                    p(f"              autoscaler ({os.path.basename(cluster_config)}): can launch {', '.join(fits)}")
                 else:
                     p(f"              autoscaler ({os.path.basename(cluster_config)}): no node type fits: {c_why}")
         if status == "CANNOT BE PLACED":
@@ -522,14 +549,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(
         prog="flyte-ray doctor",
         description="Show what the live Ray cluster offers (markets, queues, GPUs) and check that every "
-                    "task of a module can be placed on it.")
-    ap.add_argument("--address", default=None,
-                    help="Ray address: 'auto' (default), 'host:port' or 'ray://host:port'")
-    ap.add_argument("--cluster-config", default=None, metavar="YAML",
-                    help="a `ray up` cluster config (or KubeRay manifest): also check whether its node types "
-                         "could be launched to place each task")
-    ap.add_argument("module", nargs="?", default=None,
-                    help="a dotted module name or a path to a .py file whose tasks to check")
+        "task of a module can be placed on it.",
+    )
+    ap.add_argument("--address", default=None, help="Ray address: 'auto' (default), 'host:port' or 'ray://host:port'")
+    ap.add_argument(
+        "--cluster-config",
+        default=None,
+        metavar="YAML",
+        help="a `ray up` cluster config (or KubeRay manifest): also check whether its node types "
+        "could be launched to place each task",
+    )
+    ap.add_argument(
+        "module", nargs="?", default=None, help="a dotted module name or a path to a .py file whose tasks to check"
+    )
     args = ap.parse_args(list(argv) if argv is not None else None)
     return doctor(address=args.address, module=args.module, cluster_config=args.cluster_config)
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import inspect
 import re
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, TypeVar, Union, overload
+from typing import Any, Callable, Dict, Optional, Sequence, TypeVar, Union, overload
 
+from ._core.validation import normalize
 from .cache_policy import CacheRequest
 from .resources import Resources
 from .retry import RetryStrategy
 from .reuse_policy import ReusePolicy
 from .timeout import TimeoutType
-from ._core.validation import normalize
 
 __all__ = ["TaskEnvironment"]
 
@@ -72,15 +72,18 @@ class TaskEnvironment:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
-            raise ValueError(f"TaskEnvironment.name: expected snake_case or kebab-case (lowercase letters, digits, "
-                             f"'_' or '-', e.g. 'my_env' or 'my-env'), got {self.name!r}")
+            raise ValueError(
+                f"TaskEnvironment.name: expected snake_case or kebab-case (lowercase letters, digits, "
+                f"'_' or '-', e.g. 'my_env' or 'my-env'), got {self.name!r}"
+            )
         if self.description is not None and (not isinstance(self.description, str) or len(self.description) > 255):
             raise ValueError("TaskEnvironment.description: expected a string of at most 255 characters")
         if not isinstance(self.interruptible, bool):
             raise TypeError(f"TaskEnvironment.interruptible: expected True or False, got {self.interruptible!r}")
         if self.reusable == "off":
-            raise ValueError("TaskEnvironment.reusable: expected ReusePolicy(...) or None "
-                             "('off' is only for task.override)")
+            raise ValueError(
+                "TaskEnvironment.reusable: expected ReusePolicy(...) or None ('off' is only for task.override)"
+            )
         for dep in self.depends_on:
             if not isinstance(dep, TaskEnvironment):
                 raise TypeError(f"TaskEnvironment.depends_on: expected TaskEnvironment objects, got {dep!r}")
@@ -110,23 +113,42 @@ class TaskEnvironment:
         allowed = {f.name for f in fields(self) if f.init} - {"name"}
         unknown = sorted(set(changes) - allowed)
         if unknown:
-            raise TypeError(f"clone_with: unknown field(s) {', '.join(unknown)}; accepted: {', '.join(sorted(allowed))}")
+            raise TypeError(
+                f"clone_with: unknown field(s) {', '.join(unknown)}; accepted: {', '.join(sorted(allowed))}"
+            )
         return replace(self, name=name, **changes)
 
     @overload
     def task(self, _func: F) -> Any: ...
 
     @overload
-    def task(self, *, short_name: Optional[str] = None, cache: Optional[CacheRequest] = None,
-             retries: Union[int, RetryStrategy] = 0, timeout: Optional[TimeoutType] = 0,
-             interruptible: Optional[bool] = None, queue: Optional[str] = None, report: bool = False,
-             docs: Optional[str] = None) -> Callable[[F], Any]: ...
+    def task(
+        self,
+        *,
+        short_name: Optional[str] = None,
+        cache: Optional[CacheRequest] = None,
+        retries: Union[int, RetryStrategy] = 0,
+        timeout: Optional[TimeoutType] = 0,
+        interruptible: Optional[bool] = None,
+        queue: Optional[str] = None,
+        report: bool = False,
+        docs: Optional[str] = None,
+    ) -> Callable[[F], Any]: ...
 
-    def task(self, _func: Optional[F] = None, *, short_name: Optional[str] = None,
-             cache: Optional[CacheRequest] = None, retries: Union[int, RetryStrategy, None] = 0,
-             timeout: Optional[TimeoutType] = 0, interruptible: Optional[bool] = None,
-             queue: Optional[str] = None, report: bool = False, docs: Optional[str] = None,
-             **unsupported: Any) -> Any:
+    def task(
+        self,
+        _func: Optional[F] = None,
+        *,
+        short_name: Optional[str] = None,
+        cache: Optional[CacheRequest] = None,
+        retries: Union[int, RetryStrategy, None] = 0,
+        timeout: Optional[TimeoutType] = 0,
+        interruptible: Optional[bool] = None,
+        queue: Optional[str] = None,
+        report: bool = False,
+        docs: Optional[str] = None,
+        **unsupported: Any,
+    ) -> Any:
         """Make a function a task of this environment: ``@env.task`` or ``@env.task(retries=3, ...)``.
 
         Sync and async (``async def``) functions are both supported. Resources, env_vars,
@@ -144,24 +166,36 @@ class TaskEnvironment:
         from .task import TaskTemplate
 
         if unsupported:
-            raise TypeError(f"{self.name}.task: unknown argument(s) {', '.join(sorted(unsupported))}; accepted: "
-                            "short_name, cache, retries, timeout, interruptible, queue, report, docs")
-        decorator_values = {"cache": cache, "retries": retries, "timeout": timeout,
-                            "interruptible": interruptible, "queue": queue}
+            raise TypeError(
+                f"{self.name}.task: unknown argument(s) {', '.join(sorted(unsupported))}; accepted: "
+                "short_name, cache, retries, timeout, interruptible, queue, report, docs"
+            )
+        decorator_values = {
+            "cache": cache,
+            "retries": retries,
+            "timeout": timeout,
+            "interruptible": interruptible,
+            "queue": queue,
+        }
 
         def wrap(func: F) -> TaskTemplate:
             if isinstance(func, TaskTemplate):
                 raise TypeError(f"{self.name}.task: {func.name} is already a task")
             if not inspect.isfunction(func):
-                raise TypeError(f"{self.name}.task: expected a function defined with def or async def, "
-                                f"got {type(func).__name__} {func!r}")
+                raise TypeError(
+                    f"{self.name}.task: expected a function defined with def or async def, "
+                    f"got {type(func).__name__} {func!r}"
+                )
             if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
                 raise TypeError(f"{self.name}.task: {func.__name__} is a generator; tasks must return a value")
-            t = TaskTemplate(env=self, func=func, short_name=short_name, report=report, docs=docs,
-                             decorator=decorator_values)
+            t = TaskTemplate(
+                env=self, func=func, short_name=short_name, report=report, docs=docs, decorator=decorator_values
+            )
             if self.reusable is not None and self.reusable.concurrency > 1 and not t.is_async:
-                raise ValueError(f"{t.name}: ReusePolicy.concurrency={self.reusable.concurrency} needs an async task "
-                                 f"(async def); sync tasks run one call per replica (concurrency=1)")
+                raise ValueError(
+                    f"{t.name}: ReusePolicy.concurrency={self.reusable.concurrency} needs an async task "
+                    f"(async def); sync tasks run one call per replica (concurrency=1)"
+                )
             self._tasks[t.name] = t
             return t
 

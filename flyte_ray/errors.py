@@ -131,6 +131,8 @@ class RemoteTraceback(Exception):
         return self.tb
 
 
+# The classes made below, one per user exception class: a class must stay the same object for the
+# life of the process (isinstance, pickling by reference), so these memos are never reset.
 _user_classes: dict[type, type] = {}
 
 
@@ -148,28 +150,32 @@ def as_user_error(exc: BaseException, tb: str | None = None) -> BaseException:
         sub = _user_classes.get(cls)
         if sub is None:
             try:
-                sub = type(cls.__name__, (cls, RuntimeUserError), {
-                    "__module__": cls.__module__,
-                    "__qualname__": cls.__qualname__,
-                    # Crossing another Ray hop, travel as the user's own class; the receiver
-                    # wraps it again.
-                    "__reduce__": _reduce_as(cls),
-                    "__flyte_ray_origin__": cls,
-                })
+                sub = type(
+                    cls.__name__,
+                    (cls, RuntimeUserError),
+                    {
+                        "__module__": cls.__module__,
+                        "__qualname__": cls.__qualname__,
+                        # Crossing another Ray hop, travel as the user's own class; the receiver
+                        # wraps it again.
+                        "__reduce__": _reduce_as(cls),
+                        "__flyte_ray_origin__": cls,
+                    },
+                )
             except TypeError:
                 sub = None
             _user_classes[cls] = sub  # type: ignore[assignment]
         if sub is None:
-            out = exc
+            out = exc  # type: ignore[assignment]  # a final class: the user's error as it is
         else:
-            out = sub.__new__(sub)
+            out = sub.__new__(sub)  # type: ignore[call-overload]  # an exception class made above
             out.args = exc.args
             try:
                 out.__dict__.update(exc.__dict__)
             except AttributeError:
                 pass
             if not hasattr(out, "code"):
-                out.code = cls.__name__  # type: ignore[attr-defined]
+                out.code = cls.__name__
             out.__traceback__ = exc.__traceback__
     if tb:
         out.__cause__ = RemoteTraceback(tb)
@@ -179,11 +185,12 @@ def as_user_error(exc: BaseException, tb: str | None = None) -> BaseException:
 def _reduce_as(cls: type):
     def __reduce__(self):
         return (_rebuild, (cls, self.args, dict(self.__dict__)))
+
     return __reduce__
 
 
 def _rebuild(cls: type, args: tuple, state: dict) -> BaseException:
-    exc = cls.__new__(cls)
+    exc = cls.__new__(cls)  # type: ignore[call-overload]  # an exception class
     exc.args = args
     try:
         exc.__dict__.update(state)
@@ -211,15 +218,20 @@ def exhausted(last: Optional[BaseException], history: list, budget: str, message
         sub = _exhausted_classes.get(base)
         if sub is None and base not in _exhausted_classes:
             try:
-                sub = type("RetriesExhaustedError", (RetriesExhaustedError, base), {
-                    "__module__": __name__, "__flyte_ray_origin__": base,
-                    "__reduce__": lambda self: (RetriesExhaustedError, (str(self), self.history, self.budget)),
-                })
+                sub = type(
+                    "RetriesExhaustedError",
+                    (RetriesExhaustedError, base),
+                    {
+                        "__module__": __name__,
+                        "__flyte_ray_origin__": base,
+                        "__reduce__": lambda self: (RetriesExhaustedError, (str(self), self.history, self.budget)),
+                    },
+                )
             except TypeError:  # incompatible layouts (e.g. OSError): plain error
                 sub = None
             _exhausted_classes[base] = sub  # type: ignore[assignment]
         if sub is not None:
-            err = sub.__new__(sub)
+            err = sub.__new__(sub)  # type: ignore[call-overload]  # an exception class made above
             Exception.__init__(err, message)
             err.code = "RetriesExhausted"
             err.history = list(history)

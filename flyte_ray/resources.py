@@ -31,15 +31,26 @@ from typing import Any, Literal, Optional, Tuple, Union, get_args
 
 __all__ = ["Resources", "GPU", "TPU", "Device", "parse_cpu", "parse_memory"]
 
-GPUType = Literal["A10", "A10G", "A100", "A100 80G", "B200", "H100", "H200", "L4", "L40s", "T4", "V100",
-                  "RTX PRO 6000", "GB10"]
+GPUType = Literal[
+    "A10", "A10G", "A100", "A100 80G", "B200", "H100", "H200", "L4", "L40s", "T4", "V100", "RTX PRO 6000", "GB10"
+]
 TPUType = Literal["V5P", "V6E"]
 
 #: flyte GPU name -> Ray accelerator_type
 RAY_ACCELERATOR_TYPE: dict[str, str] = {
-    "A10": "A10", "A10G": "A10G", "A100": "A100", "A100 80G": "A100-80G", "B200": "B200",
-    "H100": "H100", "H200": "H200", "L4": "L4", "L40s": "L40S", "T4": "T4", "V100": "V100",
-    "RTX PRO 6000": "RTX-PRO-6000", "GB10": "GB10",
+    "A10": "A10",
+    "A10G": "A10G",
+    "A100": "A100",
+    "A100 80G": "A100-80G",
+    "B200": "B200",
+    "H100": "H100",
+    "H200": "H200",
+    "L4": "L4",
+    "L40s": "L40S",
+    "T4": "T4",
+    "V100": "V100",
+    "RTX PRO 6000": "RTX-PRO-6000",
+    "GB10": "GB10",
 }
 
 MIG_PARTITIONS: dict[str, tuple[str, ...]] = {
@@ -50,8 +61,7 @@ MIG_PARTITIONS: dict[str, tuple[str, ...]] = {
 }
 
 TPU_SLICES: dict[str, tuple[str, ...]] = {
-    "V5P": ("2x2x1", "2x2x2", "2x4x4", "4x4x4", "4x4x8", "4x8x8", "8x8x8", "8x8x16", "8x16x16",
-            "16x16x16", "16x16x24"),
+    "V5P": ("2x2x1", "2x2x2", "2x4x4", "4x4x4", "4x4x8", "4x8x8", "8x8x8", "8x8x16", "8x16x16", "16x16x16", "16x16x24"),
     "V6E": ("1x1", "2x2", "2x4", "4x4", "4x8", "8x8", "8x16", "16x16"),
 }
 
@@ -108,11 +118,13 @@ def GPU(device: str, quantity: int = 1, partition: Optional[str] = None) -> Devi
     if partition is not None:
         parts = MIG_PARTITIONS.get(device)
         if parts is None:
-            raise ValueError(f"GPU.partition: {device} has no MIG partitions; partitions exist for "
-                             f"{', '.join(MIG_PARTITIONS)}")
+            raise ValueError(
+                f"GPU.partition: {device} has no MIG partitions; partitions exist for {', '.join(MIG_PARTITIONS)}"
+            )
         if partition not in parts:
-            raise ValueError(f"GPU.partition: {partition!r} is not a MIG partition of {device}; "
-                             f"accepted: {', '.join(parts)}")
+            raise ValueError(
+                f"GPU.partition: {partition!r} is not a MIG partition of {device}; accepted: {', '.join(parts)}"
+            )
     return Device(quantity=quantity, device_class="GPU", device=device, partition=partition)
 
 
@@ -121,15 +133,28 @@ def TPU(device: str, partition: Optional[str] = None) -> Device:
     if device not in TPU_SLICES:
         raise ValueError(f"TPU.device: unknown TPU type {device!r}; accepted: {', '.join(TPU_SLICES)}")
     if partition is not None and partition not in TPU_SLICES[device]:
-        raise ValueError(f"TPU.partition: {partition!r} is not a slice of {device}; accepted: "
-                         f"{', '.join(TPU_SLICES[device])}")
+        raise ValueError(
+            f"TPU.partition: {partition!r} is not a slice of {device}; accepted: {', '.join(TPU_SLICES[device])}"
+        )
     return Device(quantity=1, device_class="TPU", device=device, partition=partition)
 
 
 _CPU_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(m?)\s*$")
 _MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|Ti|Pi|K|M|G|T|P|k)?\s*$")
-_MEM_UNITS = {None: 1, "k": 1000, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4, "P": 1000**5,
-              "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4, "Pi": 1024**5}
+_MEM_UNITS = {
+    None: 1,
+    "k": 1000,
+    "K": 1000,
+    "M": 1000**2,
+    "G": 1000**3,
+    "T": 1000**4,
+    "P": 1000**5,
+    "Ki": 1024,
+    "Mi": 1024**2,
+    "Gi": 1024**3,
+    "Ti": 1024**4,
+    "Pi": 1024**5,
+}
 
 CPUValue = Union[int, float, str]
 
@@ -166,8 +191,11 @@ def parse_memory(value: Union[str, int], field_name: str = "Resources.memory") -
 
 
 def _parse_gpu(value: Any) -> Optional[Device]:
-    accepted = ('an int >= 0, a string "<type>:<count>" such as "A100:1" or "T4:2" (types: '
-                + ", ".join(_GPU_TYPES) + "), or GPU(...) / TPU(...)")
+    accepted = (
+        'an int >= 0, a string "<type>:<count>" such as "A100:1" or "T4:2" (types: '
+        + ", ".join(_GPU_TYPES)
+        + "), or GPU(...) / TPU(...)"
+    )
     if value is None:
         return None
     if isinstance(value, Device):

@@ -15,23 +15,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Optional, Union
 
-__all__ = ["RetryStrategy", "Backoff", "as_retry_strategy"]
+from ._duration import Duration, seconds
 
-Duration = Union[int, float, timedelta]
-# timedelta's own range ends at 999,999,999 days; a longer "delay" is a mistake, not a policy.
-_MAX_SECONDS = timedelta.max.total_seconds()
+__all__ = ["RetryStrategy", "Backoff", "as_retry_strategy"]
 
 
 def _duration(value: Duration, field_name: str) -> timedelta:
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        raise TypeError(f"{field_name}: expected seconds (int/float) or a timedelta, got {value!r}")
-    if not math.isfinite(seconds) or seconds < 0 or seconds > _MAX_SECONDS:
-        raise ValueError(f"{field_name}: expected a finite duration >= 0 seconds, got {value!r}")
-    return value if isinstance(value, timedelta) else timedelta(seconds=seconds)
+    s = seconds(value, field_name)
+    return value if isinstance(value, timedelta) else timedelta(seconds=s)
 
 
 @dataclass(frozen=True)

@@ -7,17 +7,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Tuple, Union
+from typing import Any, Tuple, Union
+
+from ._duration import seconds
 
 __all__ = ["ReusePolicy"]
 
 
-def _secs(v, name: str) -> float:
-    if isinstance(v, timedelta):
-        v = v.total_seconds()
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-        raise ValueError(f"ReusePolicy.{name}: expected seconds >= 0 or a timedelta, got {v!r}")
-    return float(v)
+def _secs(v: Any, name: str) -> float:
+    return seconds(v, f"ReusePolicy.{name}")
 
 
 @dataclass(frozen=True)
@@ -39,10 +37,16 @@ class ReusePolicy:
     def __post_init__(self) -> None:
         r = self.replicas
         if isinstance(r, (tuple, list)):
-            if len(r) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in r) \
-                    or r[0] < 0 or r[1] < max(1, r[0]):
-                raise ValueError(f"ReusePolicy.replicas: expected an int >= 1 or (min, max) with "
-                                 f"0 <= min <= max, max >= 1; got {r!r}")
+            if (
+                len(r) != 2
+                or not all(isinstance(x, int) and not isinstance(x, bool) for x in r)
+                or r[0] < 0
+                or r[1] < max(1, r[0])
+            ):
+                raise ValueError(
+                    f"ReusePolicy.replicas: expected an int >= 1 or (min, max) with "
+                    f"0 <= min <= max, max >= 1; got {r!r}"
+                )
             object.__setattr__(self, "replicas", (int(r[0]), int(r[1])))
         elif isinstance(r, bool) or not isinstance(r, int) or r < 1:
             raise ValueError(f"ReusePolicy.replicas: expected an int >= 1 or (min, max), got {r!r}")

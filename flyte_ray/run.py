@@ -107,11 +107,20 @@ class Run:
         rows = []
         for r in self.history:
             d = r.duration
-            cells = (r.attempt, r.market, r.queue, (r.node_id or "-")[:12], f"{d:.2f}" if d is not None else "-",
-                     r.outcome, r.error[:80])
+            cells = (
+                r.attempt,
+                r.market,
+                r.queue,
+                (r.node_id or "-")[:12],
+                f"{d:.2f}" if d is not None else "-",
+                r.outcome,
+                r.error[:80],
+            )
             rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
-        return (f"<b>Run {html.escape(self.name)}</b> — {html.escape(self.task_name)} — {self.phase}"
-                f"<table><tr>{head}</tr>{''.join(rows)}</table>")
+        return (
+            f"<b>Run {html.escape(self.name)}</b> — {html.escape(self.task_name)} — {self.phase}"
+            f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+        )
 
 
 class RunContext:
@@ -131,14 +140,31 @@ class RunContext:
 
 
 _MODES = ("remote", "local", "hybrid")
-_ACCEPTED_IGNORED = ("debug", "preserve_original_types", "log_level", "project", "domain", "labels",
-                     "annotations", "copy_style", "version", "raw_data_path", "run_base_dir")
+_ACCEPTED_IGNORED = (
+    "debug",
+    "preserve_original_types",
+    "log_level",
+    "project",
+    "domain",
+    "labels",
+    "annotations",
+    "copy_style",
+    "version",
+    "raw_data_path",
+    "run_base_dir",
+)
 
 
-def with_runcontext(mode: Optional[str] = None, *, name: Optional[str] = None,
-                    interruptible: Optional[bool] = None, queue: Optional[str] = None,
-                    overwrite_cache: bool = False, env_vars: Optional[Dict[str, str]] = None,
-                    **unsupported: Any) -> RunContext:
+def with_runcontext(
+    mode: Optional[str] = None,
+    *,
+    name: Optional[str] = None,
+    interruptible: Optional[bool] = None,
+    queue: Optional[str] = None,
+    overwrite_cache: bool = False,
+    env_vars: Optional[Dict[str, str]] = None,
+    **unsupported: Any,
+) -> RunContext:
     """Settings for one run: ``flyte_ray.with_runcontext(interruptible=False).run(task, x)``.
 
     Args:
@@ -155,8 +181,10 @@ def with_runcontext(mode: Optional[str] = None, *, name: Optional[str] = None,
     # flyte-sdk settings with no meaning on Ray are accepted and ignored, so its examples run.
     unknown = sorted(k for k in unsupported if k not in _ACCEPTED_IGNORED)
     if unknown:
-        raise TypeError(f"with_runcontext: unknown argument(s) {', '.join(unknown)}; accepted: "
-                        "mode, name, interruptible, queue, overwrite_cache, env_vars")
+        raise TypeError(
+            f"with_runcontext: unknown argument(s) {', '.join(unknown)}; accepted: "
+            "mode, name, interruptible, queue, overwrite_cache, env_vars"
+        )
     if name is not None and (not isinstance(name, str) or not name or "/" in name):
         raise ValueError(f"with_runcontext.name: expected a non-empty string without '/', got {name!r}")
     o: Dict[str, Any] = {}

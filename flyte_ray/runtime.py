@@ -148,24 +148,32 @@ def init(
     if isinstance(system_retries, bool) or not isinstance(system_retries, int) or system_retries < -1:
         raise ValueError(f"system_retries: expected an int >= 0, or -1 for unlimited; got {system_retries!r}")
     if interruptible_failure_threshold is not None and (
-            not isinstance(interruptible_failure_threshold, int) or interruptible_failure_threshold < 0):
-        raise ValueError("interruptible_failure_threshold: expected an int >= 0 or None; "
-                         f"got {interruptible_failure_threshold!r}")
+        not isinstance(interruptible_failure_threshold, int) or interruptible_failure_threshold < 0
+    ):
+        raise ValueError(
+            f"interruptible_failure_threshold: expected an int >= 0 or None; got {interruptible_failure_threshold!r}"
+        )
     if not isinstance(checkpoint_keep, int) or checkpoint_keep < 1:
         raise ValueError(f"checkpoint_keep: expected an int >= 1, got {checkpoint_keep!r}")
     if supervisor not in ("auto", "inline"):
         raise ValueError(f"supervisor: expected 'auto' or 'inline', got {supervisor!r}")
     if isinstance(inline_under, bool) or not isinstance(inline_under, (int, float)) or inline_under < 0:
-        raise ValueError(f"inline_under: expected seconds as a number >= 0 (0 = always the actor), got {inline_under!r}")
+        raise ValueError(
+            f"inline_under: expected seconds as a number >= 0 (0 = always the actor), got {inline_under!r}"
+        )
     if address is not None and not isinstance(address, str):
         raise TypeError(f"address: expected None, 'auto', 'host:port' or 'ray://host:port'; got {address!r}")
     if isinstance(storage, BaseStorage) and not isinstance(storage, Storage):
         storage = Storage(storage.url, storage.options)
     store = storage if isinstance(storage, Storage) else Storage(storage, storage_options)
-    settings = Settings(storage=store, system_retries=system_retries,
-                        interruptible_failure_threshold=interruptible_failure_threshold,
-                        checkpoint_keep=checkpoint_keep, supervisor=supervisor,
-                        inline_under=float(inline_under))
+    settings = Settings(
+        storage=store,
+        system_retries=system_retries,
+        interruptible_failure_threshold=interruptible_failure_threshold,
+        checkpoint_keep=checkpoint_keep,
+        supervisor=supervisor,
+        inline_under=float(inline_under),
+    )
     session = _session()
     with session.lock:
         if ray.is_initialized():
@@ -173,14 +181,24 @@ def init(
             if address is not None and current is not None and address != current and address != "auto":
                 raise RuntimeError(
                     f"init(address={address!r}): this process is already connected to Ray at {current!r}; "
-                    "call flyte_ray.shutdown() first to connect elsewhere.")
-            logger.info("Ray is already initialized%s; flyte-ray uses that connection with the new settings.",
-                        f" ({current})" if current else "")
+                    "call flyte_ray.shutdown() first to connect elsewhere."
+                )
+            logger.info(
+                "Ray is already initialized%s; flyte-ray uses that connection with the new settings.",
+                f" ({current})" if current else "",
+            )
             if session.address is None:
                 session.address = _connected_address()
         else:
-            _connect(session, address, num_cpus=num_cpus, include_dashboard=include_dashboard,
-                     namespace=namespace, runtime_env=runtime_env, log_level=log_level)
+            _connect(
+                session,
+                address,
+                num_cpus=num_cpus,
+                include_dashboard=include_dashboard,
+                namespace=namespace,
+                runtime_env=runtime_env,
+                log_level=log_level,
+            )
         PROCESS.part(DriverSettings).value = settings
         cluster_view().embedded = session.embedded
         if supervisor == "auto":
@@ -188,10 +206,12 @@ def init(
         if store.is_local and not session.embedded:
             _warn_local_storage(store)
         if store.url.startswith("memory://"):
-            logger.warning("storage %r: memory:// lives inside one process, and every attempt runs in its own Ray "
-                           "worker process, so attempts will not see each other's checkpoints. Use a folder, "
-                           "s3:// or gs:// for tasks; memory:// suits flyte_ray.Checkpoint used in one process.",
-                           store.url)
+            logger.warning(
+                "storage %r: memory:// lives inside one process, and every attempt runs in its own Ray "
+                "worker process, so attempts will not see each other's checkpoints. Use a folder, "
+                "s3:// or gs:// for tasks; memory:// suits flyte_ray.Checkpoint used in one process.",
+                store.url,
+            )
     return settings
 
 
@@ -202,7 +222,9 @@ def _connected_address() -> Optional[str]:
         return None
 
 
-def _connect(session: Session, address: Optional[str], *, num_cpus, include_dashboard, namespace, runtime_env, log_level) -> None:
+def _connect(
+    session: Session, address: Optional[str], *, num_cpus, include_dashboard, namespace, runtime_env, log_level
+) -> None:
     kwargs: dict[str, Any] = {"namespace": namespace, "runtime_env": runtime_env, "logging_level": log_level}
     if address is None:
         # Embedded: a private temp dir (Ray's default one is shared by every cluster on the
@@ -213,7 +235,7 @@ def _connect(session: Session, address: Optional[str], *, num_cpus, include_dash
         temp_dir = tempfile.mkdtemp(prefix="flyte-ray-")
         ctx = ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard, _temp_dir=temp_dir, **kwargs)
         session.embedded, session.temp_dir = True, temp_dir
-        session.address = ctx.address_info.get("gcs_address")
+        session.address = ctx.address_info.get("gcs_address")  # type: ignore[attr-defined]  # RayContext
     else:
         ctx = ray.init(address=address, **kwargs)
         session.embedded, session.address = False, address
@@ -228,9 +250,13 @@ def _warn_local_storage(store: Storage) -> None:
         return
     # Nodes on one machine (a local test cluster) share its disk; only warn across machines.
     if len({n.get("NodeManagerAddress") for n in alive}) > 1:
-        logger.warning("storage %r is a local path but the cluster has %d nodes: other nodes cannot see it, so "
-                       "checkpoints written on one node are lost to retries on another. Use a shared store "
-                       "(s3://, gs://, a shared filesystem) with init(storage=...).", store.url, len(alive))
+        logger.warning(
+            "storage %r is a local path but the cluster has %d nodes: other nodes cannot see it, so "
+            "checkpoints written on one node are lost to retries on another. Use a shared store "
+            "(s3://, gs://, a shared filesystem) with init(storage=...).",
+            store.url,
+            len(alive),
+        )
 
 
 def ensure_init() -> None:
@@ -239,8 +265,10 @@ def ensure_init() -> None:
         return
     with _session().lock:
         if not ray.is_initialized():
-            logger.info("No flyte_ray.init() call: starting an embedded local Ray cluster "
-                        "(call flyte_ray.init(address=...) to use an existing one).")
+            logger.info(
+                "No flyte_ray.init() call: starting an embedded local Ray cluster "
+                "(call flyte_ray.init(address=...) to use an existing one)."
+            )
             init()
 
 
@@ -266,8 +294,11 @@ def _find_config(path: Union[str, os.PathLike, None]) -> Optional[Path]:
         return p
     env = os.environ.get("FLYTE_RAY_CONFIG")
     candidates = [Path(env)] if env else []
-    candidates += [Path.cwd() / "flyte-ray.yaml", Path.cwd() / ".flyte-ray.yaml",
-                   Path.home() / ".flyte-ray" / "config.yaml"]
+    candidates += [
+        Path.cwd() / "flyte-ray.yaml",
+        Path.cwd() / ".flyte-ray.yaml",
+        Path.home() / ".flyte-ray" / "config.yaml",
+    ]
     return next((c for c in candidates if c.exists()), None)
 
 
@@ -296,4 +327,3 @@ def init_from_config(path: Union[str, os.PathLike, None] = None, **overrides: An
     except ValidationError as e:
         raise ValueError(f"init_from_config: invalid settings in {p or 'arguments'}:\n{e}") from None
     return init(**cfg.model_dump())
-

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional
 
 from ._controller.controller import get_controller
 from ._core.call import Call
-from ._core.spec import CallSpec, RunOverrides, resolve
+from ._core.spec import CallSpec, resolve
 from ._core.validation import normalize
 from .context import ctx, current_settings
 from .runtime import ensure_init
@@ -26,10 +26,24 @@ if TYPE_CHECKING:
 
 __all__ = ["TaskTemplate"]
 
-_OVERRIDABLE = ("short_name", "resources", "cache", "retries", "timeout", "reusable", "env_vars", "secrets",
-                "queue", "interruptible")
-_FORBIDDEN = {"name": "the task's name is its identity", "image": "the image belongs to the environment",
-              "docs": "docs come from the function", "interface": "the interface comes from the function's signature"}
+_OVERRIDABLE = (
+    "short_name",
+    "resources",
+    "cache",
+    "retries",
+    "timeout",
+    "reusable",
+    "env_vars",
+    "secrets",
+    "queue",
+    "interruptible",
+)
+_FORBIDDEN = {
+    "name": "the task's name is its identity",
+    "image": "the image belongs to the environment",
+    "docs": "docs come from the function",
+    "interface": "the interface comes from the function's signature",
+}
 
 
 def new_run_name() -> str:
@@ -39,9 +53,17 @@ def new_run_name() -> str:
 class TaskTemplate:
     """A task: a function plus the settings its calls run with. Made by ``@env.task``."""
 
-    def __init__(self, env: "TaskEnvironment", func: Callable[..., Any], short_name: Optional[str] = None,
-                 report: bool = False, docs: Optional[str] = None, decorator: Optional[Mapping[str, Any]] = None,
-                 overrides: Optional[Mapping[str, Any]] = None, origin: Optional["TaskTemplate"] = None) -> None:
+    def __init__(
+        self,
+        env: "TaskEnvironment",
+        func: Callable[..., Any],
+        short_name: Optional[str] = None,
+        report: bool = False,
+        docs: Optional[str] = None,
+        decorator: Optional[Mapping[str, Any]] = None,
+        overrides: Optional[Mapping[str, Any]] = None,
+        origin: Optional["TaskTemplate"] = None,
+    ) -> None:
         self.env = env
         self.func = func
         self.name = f"{env.name}.{func.__name__}"
@@ -62,9 +84,10 @@ class TaskTemplate:
         params = self._signature.parameters.values()
         # Arity when every parameter is plain positional-or-keyword without a default: a call with
         # exactly that many positional arguments binds without inspect (~5 us on the hot path).
-        self._n_plain = len(params) if all(p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty
-                                           for p in params) else -1
-        functools.update_wrapper(self, func)  # type: ignore[arg-type]
+        self._n_plain = (
+            len(params) if all(p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in params) else -1
+        )
+        functools.update_wrapper(self, func)
 
     # ------------------------------------------------------------------ settings
     @property
@@ -109,14 +132,17 @@ class TaskTemplate:
         if reusable is not None and reusable != "off":
             touched = [k for k in ("resources", "env_vars", "secrets") if k in norm]
             if touched:
-                raise ValueError(f"{where}: {', '.join(touched)} cannot change on a reusable environment "
-                                 f"({self.env.name}) because warm replicas are shared; pass reusable='off' too "
-                                 f"to run this call outside the replica pool")
+                raise ValueError(
+                    f"{where}: {', '.join(touched)} cannot change on a reusable environment "
+                    f"({self.env.name}) because warm replicas are shared; pass reusable='off' too "
+                    f"to run this call outside the replica pool"
+                )
         short_name = merged.pop("short_name", None) or self.short_name
         if reusable is not None and reusable != "off" and reusable.concurrency > 1 and not self.is_async:
             raise ValueError(f"{where}: ReusePolicy.concurrency={reusable.concurrency} needs an async task")
-        return TaskTemplate(self.env, self.func, short_name, self.report, self.docs, self._decorator,
-                            merged, self._origin or self)
+        return TaskTemplate(
+            self.env, self.func, short_name, self.report, self.docs, self._decorator, merged, self._origin or self
+        )
 
     # ------------------------------------------------------------------ calling
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -138,8 +164,13 @@ class TaskTemplate:
         """Call the plain function in this process (no Ray, no retries)."""
         return self.func(*args, **kwargs)
 
-    def _make_call(self, args: tuple, kwargs: dict, overrides: Optional[RunOverrides] = None,
-                   run_name: Optional[str] = None) -> Call:
+    def _make_call(
+        self,
+        args: tuple,
+        kwargs: dict,
+        overrides: Optional[Mapping[str, Any]] = None,
+        run_name: Optional[str] = None,
+    ) -> Call:
         """One call of this task: its spec, identity in the run, settings. ``overrides`` and
         ``run_name`` come from ``with_runcontext``; inside a task, the parent's run applies."""
         if kwargs or len(args) != self._n_plain:
@@ -153,8 +184,16 @@ class TaskTemplate:
             overrides = parent.run_overrides  # run-level settings reach every call in the run
         spec = resolve(self, overrides) if overrides else self.spec
         if parent is not None:
-            return Call(self, spec, parent.run_name, parent.next_child_id(self.short_name), args, kwargs,
-                        parent.settings or current_settings(), overrides)
+            return Call(
+                self,
+                spec,
+                parent.run_name,
+                parent.next_child_id(self.short_name),
+                args,
+                kwargs,
+                parent.settings or current_settings(),
+                overrides,
+            )
         return Call(self, spec, run_name or new_run_name(), "root", args, kwargs, current_settings(), overrides)
 
     # ------------------------------------------------------------------ pickling
@@ -169,8 +208,10 @@ class TaskTemplate:
         ref = _importable(origin)
         if ref is not None:
             return (_load_task, (ref[0], ref[1], self.short_name, self._overrides))
-        return (_rebuild_task, (self.env, self.func, self.short_name, self.report, self.docs, self._decorator,
-                                self._overrides))
+        return (
+            _rebuild_task,
+            (self.env, self.func, self.short_name, self.report, self.docs, self._decorator, self._overrides),
+        )
 
     def __repr__(self) -> str:
         return f"<task {self.name}{' (async)' if self.is_async else ''}>"

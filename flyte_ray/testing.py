@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, Optional, Sequence, Union
 
 from .resources import GPU
 
@@ -94,10 +94,18 @@ class LocalCluster:
         init_kwargs: extra ``flyte_ray.init`` settings (``system_retries``, ``storage``…).
     """
 
-    def __init__(self, nodes: Optional[Iterable[Union[NodeSpec, Dict[str, Any]]]] = None, *, head_cpus: float = 0,
-                 connect: bool = True, temp_dir: Optional[str] = None, **init_kwargs: Any) -> None:
-        self._specs = [n if isinstance(n, NodeSpec) else NodeSpec(**n) for n in (nodes if nodes is not None
-                                                                                   else DEFAULT_NODES)]
+    def __init__(
+        self,
+        nodes: Optional[Iterable[Union[NodeSpec, Dict[str, Any]]]] = None,
+        *,
+        head_cpus: float = 0,
+        connect: bool = True,
+        temp_dir: Optional[str] = None,
+        **init_kwargs: Any,
+    ) -> None:
+        self._specs = [
+            n if isinstance(n, NodeSpec) else NodeSpec(**n) for n in (nodes if nodes is not None else DEFAULT_NODES)
+        ]
         self._head_cpus = head_cpus
         self._connect = connect
         self._own_temp = temp_dir is None
@@ -122,10 +130,16 @@ class LocalCluster:
         from ray._common.utils import get_ray_address_file
 
         os.makedirs(os.path.dirname(get_ray_address_file(None)), exist_ok=True)
-        self._cluster = Cluster(initialize_head=True, connect=False, head_node_args={
-            "num_cpus": self._head_cpus, "resources": {"ondemand": MARKER_COUNT, "flyte-ray-node:head": 1},
-            "temp_dir": self.temp_dir, "include_dashboard": False,
-        })
+        self._cluster = Cluster(
+            initialize_head=True,
+            connect=False,
+            head_node_args={
+                "num_cpus": self._head_cpus,
+                "resources": {"ondemand": MARKER_COUNT, "flyte-ray-node:head": 1},
+                "temp_dir": self.temp_dir,
+                "include_dashboard": False,
+            },
+        )
         for spec in self._specs:
             self._start_node(spec)
         self._cluster.wait_for_nodes()
@@ -172,13 +186,23 @@ class LocalCluster:
         self._specs_by_name[spec.name] = spec
         return node
 
-    def add_node(self, name: str, market: Optional[str] = "ondemand", queues: Sequence[str] = ("default",),
-                 cpus: float = 1, gpus: int = 0, accelerator: Optional[str] = None,
-                 resources: Optional[Dict[str, float]] = None, memory: Optional[int] = None,
-                 env: Optional[Dict[str, str]] = None, wait: bool = True) -> str:
+    def add_node(
+        self,
+        name: str,
+        market: Optional[str] = "ondemand",
+        queues: Sequence[str] = ("default",),
+        cpus: float = 1,
+        gpus: int = 0,
+        accelerator: Optional[str] = None,
+        resources: Optional[Dict[str, float]] = None,
+        memory: Optional[int] = None,
+        env: Optional[Dict[str, str]] = None,
+        wait: bool = True,
+    ) -> str:
         """Start another node (arguments as in :class:`NodeSpec`); returns its Ray node id."""
-        spec = NodeSpec(name, market, tuple(queues), cpus, gpus, accelerator, dict(resources or {}), memory,
-                        dict(env or {}))
+        spec = NodeSpec(
+            name, market, tuple(queues), cpus, gpus, accelerator, dict(resources or {}), memory, dict(env or {})
+        )
         with self._lock:
             node = self._start_node(spec)
         if wait:
@@ -234,8 +258,15 @@ class LocalCluster:
     def spec(self, name: str) -> NodeSpec:
         return self._specs_by_name[name]
 
-    def preempt(self, node: str, *, graceful: bool = True, notice_s: float = 0.0, reason: str = "spot preemption",
-                replace: bool = False) -> Optional[str]:
+    def preempt(
+        self,
+        node: str,
+        *,
+        graceful: bool = True,
+        notice_s: float = 0.0,
+        reason: str = "spot preemption",
+        replace: bool = False,
+    ) -> Optional[str]:
         """Preempt a node as a cloud would: drain it with reason PREEMPTION, wait ``notice_s``
         seconds (the spot notice; running work continues, new work stops landing there), then
         remove it (``graceful=False``: kill its processes at once, like a hard reclaim).
@@ -260,19 +291,32 @@ class LocalCluster:
         if replace:
             spec = self._specs_by_name[name]
             n = sum(1 for k in self._specs_by_name if k.startswith(f"{name}-r")) + 1
-            return self.add_node(f"{name}-r{n}", spec.market, spec.queues, spec.cpus, spec.gpus, spec.accelerator,
-                                 spec.resources, spec.memory, spec.env)
+            return self.add_node(
+                f"{name}-r{n}",
+                spec.market,
+                spec.queues,
+                spec.cpus,
+                spec.gpus,
+                spec.accelerator,
+                spec.resources,
+                spec.memory,
+                spec.env,
+            )
         return None
 
     def drain(self, node: str, *, reason: str = "spot preemption", deadline_s: float = 30.0) -> None:
         """Drain a node with reason PREEMPTION (new work stops landing there; running work goes on)."""
-        from ray._raylet import GcsClient
+        from ray._raylet import GcsClient  # type: ignore[attr-defined]  # Cython, no stubs
         from ray.core.generated import autoscaler_pb2
 
         node_id = self.node_id(node) if node in self._nodes or node == "head" else node
         gcs = GcsClient(address=self.address)
-        ok, msg = gcs.drain_node(node_id, autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION"),
-                                 reason, int((time.time() + deadline_s) * 1000))
+        ok, msg = gcs.drain_node(
+            node_id,
+            autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION"),  # type: ignore[attr-defined]
+            reason,
+            int((time.time() + deadline_s) * 1000),
+        )
         if not ok:
             raise RuntimeError(f"LocalCluster.drain({node!r}) was refused: {msg}")
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Optional, Union
+from typing import Optional, Union, cast
+
+from ._duration import seconds
 
 __all__ = ["Timeout", "TimeoutType", "as_timeout"]
 
@@ -19,15 +21,7 @@ Seconds = Union[int, float, timedelta]
 def _seconds(value: Optional[Seconds], field_name: str) -> Optional[float]:
     if value is None:
         return None
-    if isinstance(value, timedelta):
-        s = value.total_seconds()
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        s = float(value)
-    else:
-        raise TypeError(f"{field_name}: expected seconds (int/float) or a timedelta, got {value!r}")
-    if s < 0:
-        raise ValueError(f"{field_name}: must be >= 0 seconds, got {value!r}")
-    return s or None  # 0 means "no limit"
+    return seconds(value, field_name) or None  # 0 means "no limit"
 
 
 @dataclass(frozen=True)
@@ -49,6 +43,14 @@ class Timeout:
     def __post_init__(self) -> None:
         for name in ("max_runtime", "max_queued_time", "deadline"):
             object.__setattr__(self, name, _seconds(getattr(self, name), f"Timeout.{name}"))
+
+    def limits(self) -> tuple[Optional[float], Optional[float], Optional[float]]:
+        """``(max_runtime, max_queued_time, deadline)`` in seconds (None: no limit)."""
+        # __post_init__ stored seconds (or None) in every field, whatever form was given.
+        return cast(
+            tuple[Optional[float], Optional[float], Optional[float]],
+            (self.max_runtime, self.max_queued_time, self.deadline),
+        )
 
     @property
     def is_set(self) -> bool:

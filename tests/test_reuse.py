@@ -11,7 +11,7 @@ import ray
 
 import flyte_ray as flyte
 from flyte_ray import reuse
-from flyte_ray._ray.wire import VERSION, WarmCall
+from flyte_ray._ray.wire import VERSION, WarmCall, encode
 from flyte_ray.reuse import client as reuse_client, executor as reuse_executor, replica as reuse_replica
 from flyte_ray.errors import RuntimeUserError
 
@@ -256,7 +256,7 @@ def test_a_replica_that_lacks_the_static_part_asks_for_it(fleet, monkeypatch):
     # replica and a 12-byte digest after that; a replica that does not know the digest asks.
     assert tr.wire_value(1) == 1
     client = next(c for c in reuse_client.registry().by_name.values() if c.name.startswith(reuse.POOL_PREFIX + "reuse_wire:"))
-    unknown = WarmCall(VERSION, b"\0" * 12, None, "r", "root", 0, 0, 0, [1], {}).to_wire()
+    unknown = encode(WarmCall(VERSION, b"\0" * 12, None, "r", "root", 0, 0, 0, [1], {}))
     assert ray.get(client.slots[0].run.remote(unknown)) == reuse_replica.NEED_STATIC
     reuse.shutdown_pools("reuse_wire")
     monkeypatch.setattr(reuse_executor, "_for_slot", lambda payload, st, slot: payload)  # never in full up front

@@ -18,8 +18,19 @@ PKG = Path(__file__).resolve().parent.parent / "flyte_ray"
 
 #: Layers, bottom up; a module may import only from its own layer or below. First match wins.
 LAYERS = [
-    ("values", ("flyte_ray.errors", "flyte_ray.resources", "flyte_ray.retry", "flyte_ray.timeout",
-                "flyte_ray.cache_policy", "flyte_ray.reuse_policy", "flyte_ray._version")),
+    (
+        "values",
+        (
+            "flyte_ray.errors",
+            "flyte_ray.resources",
+            "flyte_ray.retry",
+            "flyte_ray.timeout",
+            "flyte_ray.cache_policy",
+            "flyte_ray.reuse_policy",
+            "flyte_ray._version",
+            "flyte_ray._duration",
+        ),
+    ),
     ("storage", ("flyte_ray.storage", "flyte_ray.checkpoint")),
     ("core", ("flyte_ray._core",)),
     ("context", ("flyte_ray.context",)),

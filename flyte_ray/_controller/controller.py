@@ -115,8 +115,7 @@ class RayController:
     async def supervise(self, call: Call, port: Port) -> Any:
         """Run ``call``'s attempt loop here, each attempt on the executor this call needs."""
         executor = self.executor_for(call)
-        return await run_attempts(call, lambda req: executor.run(call, req, port), port.sleep,
-                                  observer=self._observer)
+        return await run_attempts(call, lambda req: executor.run(call, req, port), port.sleep, observer=self._observer)
 
     def executor_for(self, call: Call) -> Executor:
         spec = call.spec
@@ -133,6 +132,7 @@ def get_controller() -> RayController:
 
 
 # ================================================================================ the actor
+
 
 class SupervisorActor(SupervisorActorBase):
     """The supervising actor: delegated calls run through this process's controller."""
@@ -152,13 +152,20 @@ def ensure_supervisor() -> Any:
     if sup.owned is not None:
         return sup.owned
     # Keep the handle: a named actor is garbage-collected once its owner holds no handle.
-    sup.owned = _RemoteSupervisor.options(name=ACTOR_NAME, get_if_exists=True, num_cpus=0,
-                                          resources={"ondemand": MARKER}, max_restarts=-1, max_task_retries=0,
-                                          max_concurrency=100_000).remote()
+    sup.owned = _RemoteSupervisor.options(
+        name=ACTOR_NAME,
+        get_if_exists=True,
+        num_cpus=0,
+        resources={"ondemand": MARKER},
+        max_restarts=-1,
+        max_task_retries=0,
+        max_concurrency=100_000,
+    ).remote()
     return sup.owned
 
 
 # ================================================================================ runs
+
 
 class _RunLoop:
     """One event loop on a daemon thread that hosts the calls of ``run`` / ``map`` on the driver,

@@ -51,7 +51,7 @@ from .._core.spec import resolve
 from .._ray import waiting
 from .._ray.executors import client_mode
 from .._ray.port import Port, WaitTimeout
-from .._ray.wire import VERSION, Recorded, SupervisedCall, SupervisedResult
+from .._ray.wire import VERSION, Recorded, SupervisedCall, SupervisedResult, decode, encode
 from .._ray.worker import portable
 from ..context import ctx
 from ..errors import RuntimeSystemError, RuntimeUserError, SupervisorLostError, as_user_error, format_exception
@@ -92,6 +92,7 @@ def _result_of(call: Call, ok: bool, value: Any, tb: str = "", attached: bool = 
 
 # ================================================================================ actor side
 
+
 class SupervisorActorBase:
     """Async actor (0 CPU, on-demand) that owns the attempt loops of delegated calls.
 
@@ -109,29 +110,29 @@ class SupervisorActorBase:
 
     async def run(self, wire: tuple) -> tuple:
         """One :class:`SupervisedCall`; its :class:`SupervisedResult` (as they travel)."""
-        sc = SupervisedCall.from_wire(wire)
+        sc = decode(SupervisedCall, wire)
         done = self.finished.get(sc.key)
         if done is not None:
-            return done._replace(attached=True).to_wire()  # re-attached to a finished call: nothing runs again
+            return encode(done._replace(attached=True))  # re-attached to a finished call: nothing runs again
         fut, attached = self._start(sc)
         # shield: if our caller dies (a preempted parent), the call goes on for its retry
-        return (await asyncio.shield(fut))._replace(attached=attached).to_wire()
+        return encode((await asyncio.shield(fut))._replace(attached=attached))
 
     async def run_many(self, wires: list) -> list:
         """Many calls in one actor call (a burst of ``.aio()`` calls from one caller)."""
         out: list = [None] * len(wires)
         waits, where = [], []
         for i, wire in enumerate(wires):
-            sc = SupervisedCall.from_wire(wire)
+            sc = decode(SupervisedCall, wire)
             done = self.finished.get(sc.key)
             if done is not None:
-                out[i] = done._replace(attached=True).to_wire()
+                out[i] = encode(done._replace(attached=True))
                 continue
             fut, attached = self._start(sc)
             waits.append(asyncio.shield(fut))  # the calls outlive this batch's caller
             where.append((i, attached))
         for (i, attached), res in zip(where, await asyncio.gather(*waits)):
-            out[i] = res._replace(attached=attached).to_wire()
+            out[i] = encode(res._replace(attached=attached))
         return out
 
     def _start(self, sc: SupervisedCall) -> tuple:
@@ -164,18 +165,24 @@ class SupervisorActorBase:
         """Results of short calls that their (spot) callers supervised themselves, kept for a
         retried caller to re-attach to."""
         for wire in items:
-            rec = Recorded.from_wire(wire)
+            rec = decode(Recorded, wire)
             if rec.key not in self.running and rec.key not in self.finished:
-                self._keep(rec.key, SupervisedResult.from_wire(rec.result))
+                self._keep(rec.key, decode(SupervisedResult, rec.result))
                 self.recorded += 1
 
     async def ping(self) -> dict:
-        return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
-                "running": len(self.running), "finished": len(self.finished), "hosted": self.hosted,
-                "recorded": self.recorded}
+        return {
+            "node": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
+            "running": len(self.running),
+            "finished": len(self.finished),
+            "hosted": self.hosted,
+            "recorded": self.recorded,
+        }
 
 
 # ================================================================================ caller side
+
 
 class RuntimeHistory:
     """How long recent runs of each task took, in this process (an attempt observer): what
@@ -241,7 +248,7 @@ class _Recorder:
 
     def flush(self, batch: list) -> None:
         try:
-            items = [Recorded(VERSION, call_key(c), _result_of(c, True, v).to_wire()).to_wire() for c, v in batch]
+            items = [encode(Recorded(VERSION, call_key(c), encode(_result_of(c, True, v)))) for c, v in batch]
             self.supervision.handle().record_many.remote(items)  # fire and forget
         except Exception:  # noqa: BLE001 - best effort: an unrecorded short call re-runs
             pass
@@ -276,11 +283,14 @@ class _Batcher:
         batch, self.pending = self.pending, []
         # Chunks complete independently, so one slow call holds back at most BATCH-1 siblings.
         for i in range(0, len(batch), BATCH):
-            self._send(batch[i:i + BATCH])
+            self._send(batch[i : i + BATCH])
 
     def _send(self, batch: list) -> None:
         try:
-            ref = self.supervision.handle().run_many.remote([sc.to_wire() for sc, _ in batch])
+            handle = self.supervision.cached_handle()
+            if handle is None:  # looked up meanwhile by nobody: the single path looks it up off the loop
+                raise _NotFound("no handle")
+            ref = handle.run_many.remote([encode(sc) for sc, _ in batch])
         except Exception as e:  # noqa: BLE001 - callers fall back to single calls
             for _, f in batch:
                 if not f.done():
@@ -331,7 +341,12 @@ class Supervision:
         return Host.ACTOR
 
     # ---------------------------------------------------------------- the actor
+    def cached_handle(self) -> Any:
+        """The actor's handle if this process has looked it up (no GCS call), else None."""
+        return self._handle
+
     def handle(self, refresh: bool = False) -> Any:
+        """The actor's handle; looks it up in the GCS (blocking) when unknown or ``refresh``."""
         if self._handle is None or refresh:
             with self.lock:
                 if self._handle is None or refresh:
@@ -351,9 +366,23 @@ class Supervision:
     async def delegate(self, call: Call, port: Port) -> Any:
         """Hand the call to the actor (batched with its siblings on an event loop); resubmits if
         the actor restarts."""
-        sc = SupervisedCall(VERSION, call_key(call), call.task, call.args, call.kwargs, call.run_name, call.call_id,
-                            call.settings, call.run_overrides)
+        sc = SupervisedCall(
+            VERSION,
+            call_key(call),
+            call.task,
+            call.args,
+            call.kwargs,
+            call.run_name,
+            call.call_id,
+            call.settings,
+            call.run_overrides,
+        )
         if not port.blocking and not client_mode():
+            if self._handle is None:  # a GCS lookup: never on the loop thread
+                try:
+                    await port.offload(self.handle)
+                except _NotFound:
+                    return self._unpack(call, await self._single(call, sc, port))
             loop = asyncio.get_running_loop()
             b = self.batchers.get(loop)
             if b is None:
@@ -369,18 +398,24 @@ class Supervision:
         refresh = False
         while True:
             try:
-                ref = self.handle(refresh).run.remote(sc.to_wire())
+                handle = (
+                    self._handle
+                    if (self._handle is not None and not refresh)
+                    else await port.offload(self.handle, refresh)
+                )
+                ref = handle.run.remote(encode(sc))
                 return await port.get(ref, max(1.0, deadline - time.monotonic()) if refresh else None)
             except (rex.RayActorError, WaitTimeout, _NotFound) as e:
                 if time.monotonic() > deadline:
                     raise SupervisorLostError(
                         f"{call.spec.fqn}: the supervising actor is gone and did not come back within "
-                        f"{RECOVERY_S:.0f}s ({type(e).__name__}: {e})") from e
+                        f"{RECOVERY_S:.0f}s ({type(e).__name__}: {e})"
+                    ) from e
                 await port.sleep(0.5)
                 refresh = True
 
     def _unpack(self, call: Call, wire: tuple) -> Any:
-        res = SupervisedResult.from_wire(wire)
+        res = decode(SupervisedResult, wire)
         self.history.note(call.spec.fqn, res.runtime)
         if res.ok:
             return res.value

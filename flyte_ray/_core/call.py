@@ -46,8 +46,17 @@ class Call:
 
     __slots__ = ("task", "spec", "run_name", "call_id", "args", "kwargs", "settings", "state", "run_overrides")
 
-    def __init__(self, task: Any, spec: "CallSpec", run_name: str, call_id: str, args: tuple, kwargs: dict,
-                 settings: "Settings", run_overrides: Optional[Mapping[str, Any]] = None) -> None:
+    def __init__(
+        self,
+        task: Any,
+        spec: "CallSpec",
+        run_name: str,
+        call_id: str,
+        args: tuple,
+        kwargs: dict,
+        settings: "Settings",
+        run_overrides: Optional[Mapping[str, Any]] = None,
+    ) -> None:
         self.task = task
         self.spec = spec
         self.run_name = run_name

@@ -84,11 +84,16 @@ def classify(obs: Observation, node: Optional[NodeFacts] = None) -> Outcome:
     if seen is Seen.CANCELLED:
         return Outcome(Kind.CANCELLED, error=obs.error)
     if seen is Seen.IMPORT_FAILED:
-        return Outcome(Kind.USER, traceback=obs.traceback, error=NonRecoverableError(
-            "the task's code cannot be imported on the Ray worker. Tasks travel by reference to their module: "
-            "make it importable on every node (install it, run the driver from the folder that holds it, or "
-            "ship it with flyte_ray.init(runtime_env={'working_dir': ...} or {'py_modules': [...]})). "
-            f"Ray said: {obs.message[:500]}"))
+        return Outcome(
+            Kind.USER,
+            traceback=obs.traceback,
+            error=NonRecoverableError(
+                "the task's code cannot be imported on the Ray worker. Tasks travel by reference to their module: "
+                "make it importable on every node (install it, run the driver from the folder that holds it, or "
+                "ship it with flyte_ray.init(runtime_env={'working_dir': ...} or {'py_modules': [...]})). "
+                f"Ray said: {obs.message[:500]}"
+            ),
+        )
     if seen is Seen.USER_RAISED:
         return Outcome(Kind.USER, error=obs.error, traceback=obs.traceback)
     return Outcome(Kind.SYSTEM, error=obs.error, node_id=obs.node_id, system_reason=_system_reason(obs, node))

@@ -36,5 +36,7 @@ def drive(coro: Coroutine[Any, Any, Any]) -> Any:
     except StopIteration as stop:
         return stop.value
     coro.close()
-    raise SuspendedError(f"{getattr(coro, '__qualname__', coro)} awaited {yielded!r} while driven synchronously; "
-                         "every wait of a blocking caller must go through the blocking port")
+    raise SuspendedError(
+        f"{getattr(coro, '__qualname__', coro)} awaited {yielded!r} while driven synchronously; "
+        "every wait of a blocking caller must go through the blocking port"
+    )

@@ -43,23 +43,31 @@ def policy_for(call: "Call") -> AttemptPolicy:
     hit = memo_get(spec.memo, "policy")
     if hit is not None and hit[0] is settings:
         return hit[1]
-    policy = AttemptPolicy(spec.fqn, interruptible=spec.interruptible, retries=spec.retries,
-                           system_retries=settings.system_retries, failure_threshold=settings.failure_threshold,
-                           max_queued_time=spec.timeout.max_queued_time if spec.timeout else None)
+    policy = AttemptPolicy(
+        spec.fqn,
+        interruptible=spec.interruptible,
+        retries=spec.retries,
+        system_retries=settings.system_retries,
+        failure_threshold=settings.failure_threshold,
+        max_queued_time=spec.timeout.limits()[1] if spec.timeout else None,
+    )
     return memo_put(spec.memo, "policy", (settings, policy))[1]
 
 
-async def run_attempts(call: "Call", execute: Callable[[AttemptRequest], Awaitable[Outcome]],
-                       sleep: Callable[[float], Awaitable[Any]], *, clock: Callable[[], float] = time.monotonic,
-                       wall: Callable[[], float] = time.time, observer: Optional[AttemptObserver] = None,
-                       policy: Optional[AttemptPolicy] = None) -> Any:
+async def run_attempts(
+    call: "Call",
+    execute: Callable[[AttemptRequest], Awaitable[Outcome]],
+    sleep: Callable[[float], Awaitable[Any]],
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    wall: Callable[[], float] = time.time,
+    observer: Optional[AttemptObserver] = None,
+    policy: Optional[AttemptPolicy] = None,
+) -> Any:
     """Run ``call``'s attempts; returns its value or raises its error (see :mod:`.policy`)."""
     spec, state = call.spec, call.state
     policy = policy or policy_for(call)
-    timeout = spec.timeout
-    max_runtime = timeout.max_runtime if timeout else None
-    max_queued = timeout.max_queued_time if timeout else None
-    deadline = timeout.deadline if timeout else None
+    max_runtime, max_queued, deadline = spec.timeout.limits() if spec.timeout else (None, None, None)
     queue = spec.queue or "default"
     t0 = clock()
     n = 0
@@ -70,10 +78,17 @@ async def run_attempts(call: "Call", execute: Callable[[AttemptRequest], Awaitab
             if deadline_left <= 0:
                 raise _deadline_error(call, deadline)
         market = policy.market(state)
-        req = AttemptRequest(n, state.user_failures, state.system_failures, market, queue, max_runtime,
-                             max_queued, deadline_left)
-        rec = AttemptRecord(attempt=n, user_attempt=state.user_failures, system_failures=state.system_failures,
-                            market=market, queue=queue, submitted=wall())
+        req = AttemptRequest(
+            n, state.user_failures, state.system_failures, market, queue, max_runtime, max_queued, deadline_left
+        )
+        rec = AttemptRecord(
+            attempt=n,
+            user_attempt=state.user_failures,
+            system_failures=state.system_failures,
+            market=market,
+            queue=queue,
+            submitted=wall(),
+        )
         state.history.append(rec)
         if observer is not None:
             observer.attempt_started(call, req, rec)

@@ -72,8 +72,16 @@ class AttemptPolicy:
 
     __slots__ = ("name", "interruptible", "retries", "strategy", "system_retries", "threshold", "max_queued_time")
 
-    def __init__(self, name: str, *, interruptible: bool, retries: Optional["RetryStrategy"], system_retries: int,
-                 failure_threshold: int, max_queued_time: Optional[float] = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        interruptible: bool,
+        retries: Optional["RetryStrategy"],
+        system_retries: int,
+        failure_threshold: int,
+        max_queued_time: Optional[float] = None,
+    ) -> None:
         self.name = name
         self.interruptible = interruptible
         self.strategy = retries
@@ -104,17 +112,28 @@ class AttemptPolicy:
                 state.forced_ondemand = True  # no budget consumed: the attempt never ran
                 return Decision(Action.RETRY)
             missing = ", ".join(out.missing) or "unknown"
-            return Decision(Action.FAIL, error=PlacementError(
-                f"{self.name}: an on-demand attempt could not start within max_queued_time={self.max_queued_time}s; "
-                f"no live node offers: {missing}", list(out.missing)))
+            return Decision(
+                Action.FAIL,
+                error=PlacementError(
+                    f"{self.name}: an on-demand attempt could not start within "
+                    f"max_queued_time={self.max_queued_time}s; no live node offers: {missing}",
+                    list(out.missing),
+                ),
+            )
         if kind is Kind.SYSTEM:
             state.system_failures += 1
             limit = self.system_retries
             if 0 <= limit < state.system_failures:
-                return Decision(Action.FAIL, error=exhausted(
-                    out.error, state.history, "system",
-                    f"{self.name}: {state.system_failures} system failures (preemptions / node losses) "
-                    f"exceed system_retries={limit}"))
+                return Decision(
+                    Action.FAIL,
+                    error=exhausted(
+                        out.error,
+                        state.history,
+                        "system",
+                        f"{self.name}: {state.system_failures} system failures (preemptions / node losses) "
+                        f"exceed system_retries={limit}",
+                    ),
+                )
             return Decision(Action.RETRY)
         # user, oom, timeout: the user's budget
         err = out.error
@@ -125,8 +144,14 @@ class AttemptPolicy:
             if self.retries == 0:
                 last = as_user_error(err, out.traceback) if err is not None else RuntimeError(str(kind))
                 return Decision(Action.FAIL, error=last)
-            return Decision(Action.FAIL, error=exhausted(
-                as_user_error(err, out.traceback) if err is not None else RuntimeError(str(kind)), state.history,
-                "user", f"{self.name}: failed {state.user_failures} times; retries={self.retries} exhausted"))
+            return Decision(
+                Action.FAIL,
+                error=exhausted(
+                    as_user_error(err, out.traceback) if err is not None else RuntimeError(str(kind)),
+                    state.history,
+                    "user",
+                    f"{self.name}: failed {state.user_failures} times; retries={self.retries} exhausted",
+                ),
+            )
         delay = self.strategy.delay(state.user_failures - 1) if self.strategy is not None else 0.0
         return Decision(Action.RETRY, delay=delay)

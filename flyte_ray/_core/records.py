@@ -20,7 +20,7 @@ __all__ = ["Market", "Kind", "AttemptRequest", "Outcome", "AttemptRecord", "form
 class _StrEnum(str, Enum):
     # Python 3.10 has no enum.StrEnum: print and format as the plain value.
     __str__ = str.__str__
-    __format__ = str.__format__
+    __format__ = str.__format__  # type: ignore[assignment]  # format as the plain value
 
 
 class Market(_StrEnum):
@@ -43,8 +43,14 @@ class Kind(_StrEnum):
 
 
 #: ``AttemptRecord.outcome`` for each kind (system outcomes record their reason instead).
-OUTCOME_NAMES = {Kind.OK: "succeeded", Kind.USER: "failed", Kind.OOM: "oom", Kind.TIMEOUT: "timeout",
-                 Kind.QUEUED_TIMEOUT: "queued_timeout", Kind.CANCELLED: "cancelled"}
+OUTCOME_NAMES = {
+    Kind.OK: "succeeded",
+    Kind.USER: "failed",
+    Kind.OOM: "oom",
+    Kind.TIMEOUT: "timeout",
+    Kind.QUEUED_TIMEOUT: "queued_timeout",
+    Kind.CANCELLED: "cancelled",
+}
 
 
 class AttemptRequest(NamedTuple):
@@ -90,7 +96,9 @@ class AttemptRecord:
     submitted: float = 0.0
     started: Optional[float] = None
     ended: Optional[float] = None
-    outcome: str = "running"  # succeeded | failed | preemption | node_failure | oom | timeout | queued_timeout | cancelled
+    outcome: str = (
+        "running"  # succeeded | failed | preemption | node_failure | oom | timeout | queued_timeout | cancelled
+    )
     failure_kind: Optional[str] = None  # user | system | None
     error: str = ""
     runtime: Optional[float] = None  # seconds the user's code ran, measured on the worker
@@ -122,9 +130,19 @@ def format_history(history: list[AttemptRecord]) -> str:
     rows = [("#", "user", "sys", "market", "queue", "node", "secs", "outcome", "error")]
     for r in history:
         d = r.duration
-        rows.append((str(r.attempt), str(r.user_attempt), str(r.system_failures), str(r.market), r.queue,
-                     (r.node_id or "-")[:12], f"{d:.2f}" if d is not None else "-", r.outcome,
-                     (r.error or "")[:60]))
+        rows.append(
+            (
+                str(r.attempt),
+                str(r.user_attempt),
+                str(r.system_failures),
+                str(r.market),
+                r.queue,
+                (r.node_id or "-")[:12],
+                f"{d:.2f}" if d is not None else "-",
+                r.outcome,
+                (r.error or "")[:60],
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -55,8 +55,20 @@ class CallSpec:
         return bool(t and (t.max_runtime or t.max_queued_time))
 
 
-_SPEC_FIELDS = ("fqn", "short_name", "interruptible", "queue", "retries", "timeout", "resources", "env_vars",
-                "secrets", "cache", "reusable", "ray_options")
+_SPEC_FIELDS = (
+    "fqn",
+    "short_name",
+    "interruptible",
+    "queue",
+    "retries",
+    "timeout",
+    "resources",
+    "env_vars",
+    "secrets",
+    "cache",
+    "reusable",
+    "ray_options",
+)
 
 
 def _rebuild_spec(*values: Any) -> CallSpec:

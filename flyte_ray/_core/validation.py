@@ -45,8 +45,10 @@ def normalize(name: str, value: Any, where: str) -> Any:
         return value
     if name == "queue":
         if not isinstance(value, str) or not _QUEUE_RE.match(value):
-            raise ValueError(f"{field}: expected a queue name of letters, digits, '_', '-', '.' (nodes serving it "
-                             f"declare the resource 'queue:<name>'), got {value!r}")
+            raise ValueError(
+                f"{field}: expected a queue name of letters, digits, '_', '-', '.' (nodes serving it "
+                f"declare the resource 'queue:<name>'), got {value!r}"
+            )
         return value
     if name == "retries":
         return as_retry_strategy(value, field)

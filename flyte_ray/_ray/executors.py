@@ -34,14 +34,21 @@ from .observe import outcome_of
 from .placement import MarkerPlacement, Placement, cluster_view, request_of
 from .port import INTERRUPTS, EndOfStream, Port, WaitTimeout
 from .watchdog import pending_watch
-from .wire import VERSION, AttemptPayload, AttemptResult, Started
+from .wire import VERSION, AttemptPayload, AttemptResult, Started, decode, encode
 from .worker import run_attempt, run_streaming_attempt
 
 if TYPE_CHECKING:
     from .._core.call import Call
 
-__all__ = ["Executor", "TaskExecutor", "StreamingTaskExecutor", "ClientTaskExecutor", "result_outcome",
-           "pickled_once", "client_mode"]
+__all__ = [
+    "Executor",
+    "TaskExecutor",
+    "StreamingTaskExecutor",
+    "ClientTaskExecutor",
+    "result_outcome",
+    "pickled_once",
+    "client_mode",
+]
 
 
 class Executor(Protocol):
@@ -71,14 +78,22 @@ def pickled_once(obj: Any) -> bytes:
 
 def result_outcome(wire: tuple, started: Optional[float] = None) -> Outcome:
     """The outcome an attempt's :class:`AttemptResult` (as it came off the wire) describes."""
-    res = AttemptResult.from_wire(wire)
+    res = decode(AttemptResult, wire)
     if res.ok:
         return Outcome(Kind.OK, value=res.value, node_id=res.node, started=started, runtime=res.runtime)
     if res.system:
-        return Outcome(Kind.SYSTEM, error=res.value, traceback=res.traceback, node_id=res.node, started=started,
-                       system_reason="node_failure", runtime=res.runtime)
-    return Outcome(Kind.USER, error=res.value, traceback=res.traceback, node_id=res.node, started=started,
-                   runtime=res.runtime)
+        return Outcome(
+            Kind.SYSTEM,
+            error=res.value,
+            traceback=res.traceback,
+            node_id=res.node,
+            started=started,
+            system_reason="node_failure",
+            runtime=res.runtime,
+        )
+    return Outcome(
+        Kind.USER, error=res.value, traceback=res.traceback, node_id=res.node, started=started, runtime=res.runtime
+    )
 
 
 def _limit(*values: Optional[float]) -> Optional[float]:
@@ -119,9 +134,23 @@ class _RayTasks:
     @staticmethod
     def payload(call: "Call", req: AttemptRequest) -> tuple:
         ro = call.run_overrides
-        return AttemptPayload(VERSION, call.run_name, call.spec.fqn, call.call_id, req.attempt, req.user_attempt,
-                              req.system_failures, str(req.market), req.queue, pickled_once(call.settings),
-                              None if ro is None else pickled_once(ro), call.args, call.kwargs).to_wire()
+        return encode(
+            AttemptPayload(
+                VERSION,
+                call.run_name,
+                call.spec.fqn,
+                call.call_id,
+                req.attempt,
+                req.user_attempt,
+                req.system_failures,
+                str(req.market),
+                req.queue,
+                pickled_once(call.settings),
+                None if ro is None else pickled_once(ro),
+                call.args,
+                call.kwargs,
+            )
+        )
 
     async def prime(self, port: Port) -> None:
         """The first call of a process asks the GCS for the cluster view: off the loop."""
@@ -130,11 +159,16 @@ class _RayTasks:
 
     async def not_started(self, call: "Call", req: AttemptRequest, opts: dict, port: Port) -> Outcome:
         if req.deadline_left is not None and (req.max_queued_time is None or req.deadline_left < req.max_queued_time):
-            return Outcome(Kind.TIMEOUT, error=TaskTimeoutError(
-                f"{call.spec.fqn}: deadline reached while attempt {req.attempt} waited to start"))
+            return Outcome(
+                Kind.TIMEOUT,
+                error=TaskTimeoutError(
+                    f"{call.spec.fqn}: deadline reached while attempt {req.attempt} waited to start"
+                ),
+            )
         missing = await port.offload(self.view.missing, request_of(opts))
-        return Outcome(Kind.QUEUED_TIMEOUT,
-                       missing=tuple(missing) or ("(resources busy: every node that offers them is full)",))
+        return Outcome(
+            Kind.QUEUED_TIMEOUT, missing=tuple(missing) or ("(resources busy: every node that offers them is full)",)
+        )
 
 
 class TaskExecutor(_RayTasks):
@@ -149,8 +183,9 @@ class TaskExecutor(_RayTasks):
             res = await port.get(ref, req.deadline_left)
         except WaitTimeout:
             ray.cancel(ref, force=True, recursive=True)
-            return Outcome(Kind.TIMEOUT, error=TaskTimeoutError(
-                f"{call.spec.fqn}: deadline reached during attempt {req.attempt}"))
+            return Outcome(
+                Kind.TIMEOUT, error=TaskTimeoutError(f"{call.spec.fqn}: deadline reached during attempt {req.attempt}")
+            )
         except INTERRUPTS:
             ray.cancel(ref, recursive=True)
             raise
@@ -177,16 +212,23 @@ class StreamingTaskExecutor(_RayTasks):
             except WaitTimeout:
                 ray.cancel(gen, force=True)
                 return await self.not_started(call, req, opts, port)
-            started = Started.from_wire(await port.get(first))
+            started = decode(Started, await port.get(first))
             self.watch.discard(gen)
-            run_limit = _limit(req.max_runtime, None if req.deadline_left is None
-                               else req.deadline_left - (time.time() - started.at))
+            run_limit = _limit(
+                req.max_runtime, None if req.deadline_left is None else req.deadline_left - (time.time() - started.at)
+            )
             try:
                 second = await port.next(gen, run_limit)
             except WaitTimeout:
                 ray.cancel(gen, force=True, recursive=True)
-                return Outcome(Kind.TIMEOUT, node_id=started.node, started=started.at, error=TaskTimeoutError(
-                    f"{call.spec.fqn}: attempt {req.attempt} ran longer than {run_limit:.1f}s and was cancelled"))
+                return Outcome(
+                    Kind.TIMEOUT,
+                    node_id=started.node,
+                    started=started.at,
+                    error=TaskTimeoutError(
+                        f"{call.spec.fqn}: attempt {req.attempt} ran longer than {run_limit:.1f}s and was cancelled"
+                    ),
+                )
             return result_outcome(await port.get(second), started.at)
         except INTERRUPTS:
             ray.cancel(gen, recursive=True)
@@ -195,8 +237,9 @@ class StreamingTaskExecutor(_RayTasks):
             return await outcome_of(e, req.market, port)
         except EndOfStream:
             # The streaming attempt ended before yielding its result: its worker went away.
-            return Outcome(Kind.SYSTEM, error=rex.RaySystemError("attempt ended without a result"),
-                           system_reason="node_failure")
+            return Outcome(
+                Kind.SYSTEM, error=rex.RaySystemError("attempt ended without a result"), system_reason="node_failure"
+            )
         finally:
             self.watch.discard(gen)
 
@@ -219,14 +262,20 @@ class ClientTaskExecutor(_RayTasks):
                         ray.cancel(ref, force=True)
                         return await self.not_started(call, req, opts, port)
             elapsed = time.monotonic() - t0
-            left = _limit(None if req.max_runtime is None else req.max_runtime - elapsed,
-                          None if req.deadline_left is None else req.deadline_left - elapsed)
+            left = _limit(
+                None if req.max_runtime is None else req.max_runtime - elapsed,
+                None if req.deadline_left is None else req.deadline_left - elapsed,
+            )
             try:
                 return result_outcome(await port.get(ref, None if left is None else max(left, 0.0)))
             except WaitTimeout:
                 ray.cancel(ref, force=True, recursive=True)
-                return Outcome(Kind.TIMEOUT, error=TaskTimeoutError(
-                    f"{call.spec.fqn}: attempt {req.attempt} ran longer than {req.max_runtime}s and was cancelled"))
+                return Outcome(
+                    Kind.TIMEOUT,
+                    error=TaskTimeoutError(
+                        f"{call.spec.fqn}: attempt {req.attempt} ran longer than {req.max_runtime}s and was cancelled"
+                    ),
+                )
         except INTERRUPTS:
             ray.cancel(ref, recursive=True)
             raise
@@ -239,12 +288,15 @@ def _make_remote(origin: Any, streaming: bool) -> Any:
     # TaskTemplate.__reduce__), so Ray exports this function once and workers import the
     # user's module instead of unpickling its globals.
     if streaming:
+
         def attempt(payload: tuple) -> Any:
             yield from run_streaming_attempt(origin, payload)
     else:
+
         def attempt(payload: tuple) -> Any:
             # One argument: Ray serialises each argument separately, and three small ones cost
             # measurably more than one tuple on the hot path.
             return run_attempt(origin, payload)
+
     attempt.__name__ = attempt.__qualname__ = origin.name  # how Ray's dashboard names the task
     return ray.remote(max_retries=0, retry_exceptions=False)(attempt)

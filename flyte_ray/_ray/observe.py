@@ -43,8 +43,14 @@ def observe(exc: BaseException, market: Market) -> Observation:
     m = _NODE_RE.search(str(exc))
     has_markets = market == Market.SPOT and cluster_view().has_markets()
     if isinstance(exc, rex.ActorDiedError):
-        return Observation(Seen.ACTOR_DIED, exc, market, node_id=m.group(1) if m else "",
-                           preempted=bool(getattr(exc, "preempted", False)), cluster_has_markets=has_markets)
+        return Observation(
+            Seen.ACTOR_DIED,
+            exc,
+            market,
+            node_id=m.group(1) if m else "",
+            preempted=bool(getattr(exc, "preempted", False)),
+            cluster_has_markets=has_markets,
+        )
     return Observation(Seen.LOST, exc, market, node_id=m.group(1) if m else "", cluster_has_markets=has_markets)
 
 
@@ -59,8 +65,12 @@ def node_facts(node_id: str, wait: float = NODE_WAIT_S) -> NodeFacts:
         except Exception:  # noqa: BLE001 - the GCS is unreachable: what we know so far
             return last
         if info is not None:
-            last = NodeFacts(found=True, spot=bool(info.get("Resources", {}).get("spot")),
-                             alive=bool(info.get("Alive")), death_reason=info.get("DeathReason"))
+            last = NodeFacts(
+                found=True,
+                spot=bool(info.get("Resources", {}).get("spot")),
+                alive=bool(info.get("Alive")),
+                death_reason=info.get("DeathReason"),
+            )
             if last.spot or not last.alive:
                 return last
         if time.monotonic() > deadline:

@@ -34,8 +34,18 @@ import ray
 from .._core.process import PROCESS
 from . import waiting
 
-__all__ = ["MARKER", "DEFAULT_QUEUE", "QUEUE_PREFIX", "ClusterView", "cluster_view", "Placement",
-           "MarkerPlacement", "attempt_options", "request_of", "describe"]
+__all__ = [
+    "MARKER",
+    "DEFAULT_QUEUE",
+    "QUEUE_PREFIX",
+    "ClusterView",
+    "cluster_view",
+    "Placement",
+    "MarkerPlacement",
+    "attempt_options",
+    "request_of",
+    "describe",
+]
 
 logger = logging.getLogger("flyte_ray")
 
@@ -99,8 +109,7 @@ class ClusterView:
                 start = not self._refreshing
                 self._refreshing = True
             if start:
-                threading.Thread(target=self._refresh_in_background, name="flyte-ray-cluster-view",
-                                 daemon=True).start()
+                threading.Thread(target=self._refresh_in_background, name="flyte-ray-cluster-view", daemon=True).start()
         return names
 
     def _refresh_in_background(self) -> None:
@@ -160,8 +169,7 @@ def cluster_view() -> ClusterView:
 class Placement(Protocol):
     """Turns an attempt's market and queue into Ray options."""
 
-    def options(self, base: dict[str, Any], market: str, queue: Optional[str]) -> dict[str, Any]:
-        ...
+    def options(self, base: dict[str, Any], market: str, queue: Optional[str]) -> dict[str, Any]: ...
 
 
 class MarkerPlacement:
@@ -181,14 +189,20 @@ class MarkerPlacement:
         if view.has_markets():
             markers[str(market)] = MARKER
         else:
-            view.warn_once("markets", "no node of this cluster declares a market resource ('spot' / 'ondemand'): "
-                                      "attempts are placed without a market constraint.")
+            view.warn_once(
+                "markets",
+                "no node of this cluster declares a market resource ('spot' / 'ondemand'): "
+                "attempts are placed without a market constraint.",
+            )
         q = queue or DEFAULT_QUEUE
         if view.has_queues():
             markers[QUEUE_PREFIX + q] = MARKER
         else:
-            view.warn_once("queues", "no node of this cluster declares a queue resource ('queue:<name>'): "
-                                     "attempts are placed without a queue constraint.")
+            view.warn_once(
+                "queues",
+                "no node of this cluster declares a queue resource ('queue:<name>'): "
+                "attempts are placed without a queue constraint.",
+            )
         if not markers:
             return base
         opts = dict(base)

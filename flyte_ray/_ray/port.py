@@ -34,8 +34,11 @@ INTERRUPTS = (asyncio.CancelledError, KeyboardInterrupt)
 
 
 # concurrent.futures.TimeoutError is the builtin TimeoutError from Python 3.11 on, not before.
-_TIMEOUT_BASES = ((TimeoutError,) if concurrent.futures.TimeoutError is TimeoutError
-                  else (concurrent.futures.TimeoutError, TimeoutError))
+_TIMEOUT_BASES = (
+    (TimeoutError,)
+    if concurrent.futures.TimeoutError is TimeoutError
+    else (concurrent.futures.TimeoutError, TimeoutError)
+)
 
 
 class WaitTimeout(*_TIMEOUT_BASES):  # type: ignore[misc]
@@ -109,9 +112,13 @@ class LoopPort(Port):
             loop = asyncio.get_running_loop()
             done = loop.create_future()
 
+            def settle() -> None:
+                if not done.done():
+                    done.set_result(None)
+
             def wake(_f: concurrent.futures.Future) -> None:
                 try:
-                    loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+                    loop.call_soon_threadsafe(settle)
                 except RuntimeError:  # the waiter's loop is gone
                     pass
 
@@ -144,7 +151,7 @@ class BlockingPort(Port):
             raise EndOfStream() from None
 
     async def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
+        time.sleep(seconds)  # noqa: ASYNC251 - the blocking port blocks by design (module docstring)
 
     async def offload(self, fn: Callable[..., Any], *args: Any) -> Any:
         return fn(*args)

@@ -30,8 +30,17 @@ from ray.exceptions import RayTaskError
 
 from .._core.process import PROCESS
 
-__all__ = ["in_worker", "is_worker", "on_main_thread", "block_on", "worker_loop", "run_coroutine_in_worker",
-           "wait_blocking", "await_ref", "Waits"]
+__all__ = [
+    "in_worker",
+    "is_worker",
+    "on_main_thread",
+    "block_on",
+    "worker_loop",
+    "run_coroutine_in_worker",
+    "wait_blocking",
+    "await_ref",
+    "Waits",
+]
 
 
 def in_worker() -> bool:
@@ -71,8 +80,9 @@ class Waits:
         self.changed = threading.Event()
         self.worker: Optional[bool] = None
         self.loop_thread: Optional[_LoopThread] = None
-        self.completions: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Completions]" = \
+        self.completions: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Completions]" = (
             weakref.WeakKeyDictionary()
+        )
 
     def reset(self) -> None:
         # The loop thread and in-flight refs belong to the worker process and outlive a driver's

@@ -52,7 +52,7 @@ class PendingWatch:
         while True:
             time.sleep(5.0)
             now = time.monotonic()
-            for key, item in list(self.items.items()):
+            for item in list(self.items.values()):
                 fqn, req, opts, since = item
                 if now - since < WARN_PENDING_AFTER:
                     continue
@@ -62,10 +62,17 @@ class PendingWatch:
                 except Exception:  # noqa: BLE001
                     continue
                 if missing:
-                    logger.warning("%s attempt %d (%s, queue %s) has waited %.0fs to start: no live node offers %s. "
-                                   "Ray keeps it pending until such a node joins (autoscaler) — or set "
-                                   "Timeout(max_queued_time=...) to give up.", fqn, req.attempt, req.market,
-                                   req.queue, now - since, describe(missing))
+                    logger.warning(
+                        "%s attempt %d (%s, queue %s) has waited %.0fs to start: no live node offers %s. "
+                        "Ray keeps it pending until such a node joins (autoscaler) — or set "
+                        "Timeout(max_queued_time=...) to give up.",
+                        fqn,
+                        req.attempt,
+                        req.market,
+                        req.queue,
+                        now - since,
+                        describe(missing),
+                    )
 
 
 def pending_watch() -> PendingWatch:

@@ -3,11 +3,11 @@
 Records are ``NamedTuple``s whose first field ``v`` is the wire version (:data:`VERSION`). A
 record does not travel as itself: pickling a NamedTuple goes through ``copyreg`` in Python
 (measured: 4.4 us to pickle and 1.2 us to load an attempt payload, against 1.8 and 0.3 us for the
-same fields as a plain tuple). So every record has ``to_wire()``, its fields as a plain tuple --
-or a plain *list* for the warm-call records, because Ray sends an argument or result made only of
-msgpack types with msgpack, which costs less than pickle on both sides (about 4% of a warm call
-per direction, measured) -- and ``from_wire(t)``, which checks the version and gives the record
-back. Readers use field names only; the field order is defined here and nowhere else.
+same fields as a plain tuple). So a record travels as :func:`encode` makes it, its fields as a
+plain tuple -- or a plain *list* for the warm-call records, because Ray sends an argument or
+result made only of msgpack types with msgpack, which costs less than pickle on both sides (about
+4% of a warm call per direction, measured) -- and is read back with :func:`decode`, which checks
+the version. Readers use field names only; the field order is defined here and nowhere else.
 
 A record of another version (a driver and workers that run different flyte-ray versions) fails
 with :class:`WireVersionError` naming both versions, never as a mis-read field.
@@ -32,8 +32,23 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple, Optional, TypeVar
 
-__all__ = ["msgpack_safe", "SCALARS", "VERSION", "WireVersionError", "AttemptPayload", "Started", "AttemptResult", "WarmCall", "WarmStatic",
-           "WarmValue", "Declined", "SupervisedCall", "SupervisedResult", "Recorded", "check"]
+__all__ = [
+    "msgpack_safe",
+    "SCALARS",
+    "VERSION",
+    "WireVersionError",
+    "AttemptPayload",
+    "Started",
+    "AttemptResult",
+    "WarmCall",
+    "WarmStatic",
+    "WarmValue",
+    "Declined",
+    "SupervisedCall",
+    "SupervisedResult",
+    "Recorded",
+    "check",
+]
 
 SCALARS = frozenset({int, float, str, bytes, bool, type(None)})
 _BUDGET = 256  # values looked at, at most; a bigger structure is pickled whole
@@ -92,25 +107,28 @@ class WireVersionError(RuntimeError):
 R = TypeVar("R")
 
 
+_FORMS: dict = {}  # record class -> (wire form, what errors call it)
+
+
 def _record(name: str, form: type = tuple) -> Callable[[type], type]:
-    """Give a NamedTuple record ``to_wire`` (its fields as a plain ``form``) and ``from_wire``
-    (version-checked); ``name`` is what errors call it."""
+    """Register a NamedTuple record: on the wire it is a plain ``form`` of its fields."""
 
     def wrap(cls: type) -> type:
-        make = cls._make  # type: ignore[attr-defined]
-
-        def to_wire(self: Any) -> Any:
-            return form(self)
-
-        def from_wire(_cls: type, t: Any) -> Any:
-            check(t, name)
-            return make(t)
-
-        cls.to_wire = to_wire  # type: ignore[attr-defined]
-        cls.from_wire = classmethod(from_wire)  # type: ignore[attr-defined]
+        _FORMS[cls] = (form, name)
         return cls
 
     return wrap
+
+
+def encode(record: Any) -> Any:
+    """``record`` as it travels: its fields as a plain tuple or list."""
+    return _FORMS[record.__class__][0](record)
+
+
+def decode(cls: type[R], wire: Any) -> R:
+    """The ``cls`` record that ``wire`` carries, after checking its version."""
+    check(wire, _FORMS[cls][1])
+    return cls._make(wire)  # type: ignore[attr-defined]
 
 
 def check(record: Any, name: str) -> None:
@@ -119,7 +137,8 @@ def check(record: Any, name: str) -> None:
     if v != VERSION:
         raise WireVersionError(
             f"flyte-ray {name} of wire version {v!r} received, this process speaks version {VERSION}: the driver "
-            "and the workers run different flyte-ray versions; install the same version everywhere")
+            "and the workers run different flyte-ray versions; install the same version everywhere"
+        )
 
 
 @_record("attempt payload")

@@ -26,10 +26,17 @@ from .._core.process import PROCESS
 from ..context import TaskContext, reset_context, set_context
 from ..errors import RuntimeUserError, format_exception
 from . import waiting
-from .wire import VERSION, AttemptPayload, AttemptResult, Started
+from .wire import VERSION, AttemptPayload, AttemptResult, Started, decode, encode
 
-__all__ = ["WorkerState", "current_node", "run_user_code", "run_attempt", "run_streaming_attempt", "portable",
-           "context_for"]
+__all__ = [
+    "WorkerState",
+    "current_node",
+    "run_user_code",
+    "run_attempt",
+    "run_streaming_attempt",
+    "portable",
+    "context_for",
+]
 
 
 class WorkerState:
@@ -76,8 +83,9 @@ def portable(exc: BaseException) -> BaseException:
         pickle.loads(ray.cloudpickle.dumps(exc))
         return exc
     except Exception:
-        return RuntimeUserError(type(exc).__name__, f"{type(exc).__name__}: {exc} "
-                                "(the original exception could not be pickled)")
+        return RuntimeUserError(
+            type(exc).__name__, f"{type(exc).__name__}: {exc} (the original exception could not be pickled)"
+        )
 
 
 def failed(exc: BaseException, node: str, runtime: Optional[float]) -> AttemptResult:
@@ -87,16 +95,37 @@ def failed(exc: BaseException, node: str, runtime: Optional[float]) -> AttemptRe
     return AttemptResult(VERSION, False, portable(exc), format_exception(exc), node, system, runtime)
 
 
-def context_for(run_name: str, fqn: str, call_id: str, attempt: int, user_attempt: int, system_failures: int,
-                market: str, queue: str, settings: bytes, overrides: Optional[bytes]) -> TaskContext:
+def context_for(
+    run_name: str,
+    fqn: str,
+    call_id: str,
+    attempt: int,
+    user_attempt: int,
+    system_failures: int,
+    market: str,
+    queue: str,
+    settings: bytes,
+    overrides: Optional[bytes],
+) -> TaskContext:
     s = _state()
-    return TaskContext(run_name=run_name, fqn=fqn, call_id=call_id, attempt=attempt, user_attempt=user_attempt,
-                       system_failures=system_failures, market=market, queue=queue, node_id=current_node(),
-                       settings=s.unpickled(settings), run_overrides=None if overrides is None else s.unpickled(overrides))
+    return TaskContext(
+        run_name=run_name,
+        fqn=fqn,
+        call_id=call_id,
+        attempt=attempt,
+        user_attempt=user_attempt,
+        system_failures=system_failures,
+        market=market,
+        queue=queue,
+        node_id=current_node(),
+        settings=s.unpickled(settings),
+        run_overrides=None if overrides is None else s.unpickled(overrides),
+    )
 
 
-async def run_user_code(task: Any, context: TaskContext, args: tuple, kwargs: dict, *,
-                        on_loop: bool = False) -> AttemptResult:
+async def run_user_code(
+    task: Any, context: TaskContext, args: tuple, kwargs: dict, *, on_loop: bool = False
+) -> AttemptResult:
     """Run ``task``'s function once under ``context`` (see the module docstring).
 
     ``on_loop``: this coroutine runs on an event loop (an async replica), so an async task is
@@ -127,19 +156,29 @@ async def run_user_code(task: Any, context: TaskContext, args: tuple, kwargs: di
 
 
 def _context_of(p: AttemptPayload) -> TaskContext:
-    return context_for(p.run_name, p.fqn, p.call_id, p.attempt, p.user_attempt, p.system_failures, p.market,
-                       p.queue, p.settings, p.overrides)
+    return context_for(
+        p.run_name,
+        p.fqn,
+        p.call_id,
+        p.attempt,
+        p.user_attempt,
+        p.system_failures,
+        p.market,
+        p.queue,
+        p.settings,
+        p.overrides,
+    )
 
 
 def run_attempt(task: Any, wire: tuple) -> tuple:
     """The body of a task's remote function: one attempt (records as they travel: see wire)."""
-    p = AttemptPayload.from_wire(wire)
-    return drive(run_user_code(task, _context_of(p), p.args, p.kwargs)).to_wire()
+    p = decode(AttemptPayload, wire)
+    return encode(drive(run_user_code(task, _context_of(p), p.args, p.kwargs)))
 
 
 def run_streaming_attempt(task: Any, wire: tuple) -> Any:
     """The body of a streaming attempt: first "started" (so the caller can time queueing and
     runtime apart), then the result."""
-    p = AttemptPayload.from_wire(wire)
-    yield Started(VERSION, current_node(), time.time()).to_wire()
-    yield drive(run_user_code(task, _context_of(p), p.args, p.kwargs)).to_wire()
+    p = decode(AttemptPayload, wire)
+    yield encode(Started(VERSION, current_node(), time.time()))
+    yield encode(drive(run_user_code(task, _context_of(p), p.args, p.kwargs)))

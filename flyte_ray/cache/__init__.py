@@ -20,5 +20,16 @@ from .flow import cached_call
 from .keys import cache_key, cache_url, cache_version, stable_hash
 from .store import LEASE_TTL, MAGIC
 
-__all__ = ["Cache", "CacheBehavior", "CacheRequest", "as_cache", "cache_version", "cache_key", "stable_hash",
-           "cache_url", "cached_call", "LEASE_TTL", "MAGIC"]
+__all__ = [
+    "Cache",
+    "CacheBehavior",
+    "CacheRequest",
+    "as_cache",
+    "cache_version",
+    "cache_key",
+    "stable_hash",
+    "cache_url",
+    "cached_call",
+    "LEASE_TTL",
+    "MAGIC",
+]

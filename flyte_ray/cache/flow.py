@@ -40,8 +40,19 @@ import ray
 from .._core.process import PROCESS
 from .._ray import waiting
 from .._ray.port import Port
-from .store import (Entry, Renewer, create_lease, lease_doc, lease_ttl, lookup, loads, new_owner, parse_lease,
-                    release, store_output)
+from .store import (
+    Entry,
+    Renewer,
+    create_lease,
+    lease_doc,
+    lease_ttl,
+    loads,
+    lookup,
+    new_owner,
+    parse_lease,
+    release,
+    store_output,
+)
 
 if TYPE_CHECKING:
     from .._core.call import Call
@@ -160,8 +171,9 @@ async def _lead(e: Entry, call: "Call", port: Port, inner: Callable[["Call"], Aw
     try:
         res = await _elect(e, port, checked=True)
     except Exception as exc:  # noqa: BLE001 - storage trouble: run unserialized rather than fail
-        logger.warning("cache %s: serialize lease unavailable (%s: %s); running without it", e.fqn,
-                       type(exc).__name__, exc)
+        logger.warning(
+            "cache %s: serialize lease unavailable (%s: %s); running without it", e.fqn, type(exc).__name__, exc
+        )
         res = None
     if not isinstance(res, _Run):
         if res is not None:
@@ -205,7 +217,7 @@ async def _elect(e: Entry, port: Port, checked: bool) -> Union[_Run, _Hit]:
                         return _Hit(*got)
                 return _Run(owner)
             continue  # someone else got it: wait on theirs
-        lease = parse_lease(raw)
+        lease = parse_lease(raw) or {}  # {}: being written (non-atomic backends), owner unknown
         now = time.monotonic()
         if raw != last_raw:
             last_raw, last_change = raw, now

@@ -225,8 +225,13 @@ def _encode_numpy(v: Any, where: str, out: list) -> None:
         if v.dtype.hasobject:
             raise _Unhashable(where, v, "a numpy array of Python objects has no stable bytes")
         a = np.ascontiguousarray(v)
-        out.append(b"A" + _part(a.dtype.str.encode()) + _part(repr(a.dtype.descr).encode())
-                   + _part(",".join(map(str, a.shape)).encode()) + _part(a.tobytes()))
+        out.append(
+            b"A"
+            + _part(a.dtype.str.encode())
+            + _part(repr(a.dtype.descr).encode())
+            + _part(",".join(map(str, a.shape)).encode())
+            + _part(a.tobytes())
+        )
         return
     if isinstance(v, np.generic):
         if v.dtype.hasobject:
@@ -253,12 +258,14 @@ def _unhashable_message(e: _Unhashable, arg: str, fqn: Optional[str]) -> str:
     what = f"argument {arg!r}" + (f" of {fqn}" if fqn else "")
     inner = f" (at {e.where})" if e.where != arg else ""
     why = f": {e.why}" if e.why else ""
-    return (f"cache key: cannot hash {what}{inner}, a {type(e.value).__module__}.{type(e.value).__qualname__}"
-            f"{why}. Cache keys hash None, bool, int, float, complex, str, bytes, list, tuple, dict, set, "
-            f"dataclasses, pydantic models, numpy arrays, enums, datetimes, paths, Decimal and UUID. Leave it out "
-            f"of the key with Cache(ignored_inputs=({arg!r},)), optionally folding in your own fingerprint of it "
-            f"with Cache(policies=...), or pin the version with Cache(version_override=...) if only the "
-            f"other inputs should count.")
+    return (
+        f"cache key: cannot hash {what}{inner}, a {type(e.value).__module__}.{type(e.value).__qualname__}"
+        f"{why}. Cache keys hash None, bool, int, float, complex, str, bytes, list, tuple, dict, set, "
+        f"dataclasses, pydantic models, numpy arrays, enums, datetimes, paths, Decimal and UUID. Leave it out "
+        f"of the key with Cache(ignored_inputs=({arg!r},)), optionally folding in your own fingerprint of it "
+        f"with Cache(policies=...), or pin the version with Cache(version_override=...) if only the "
+        f"other inputs should count."
+    )
 
 
 # ============================================================================================
@@ -328,9 +335,11 @@ def _check_ignored(task: Any, policy: Cache, sig: inspect.Signature) -> None:
         return
     unknown = [n for n in policy.ignored_inputs if n not in sig.parameters]
     if unknown:
-        raise ValueError(f"{getattr(task, 'name', task)}: Cache.ignored_inputs names "
-                         f"{', '.join(repr(n) for n in unknown)}, which {'is' if len(unknown) == 1 else 'are'} not "
-                         f"a parameter; accepted: {', '.join(sig.parameters) or '(none)'}")
+        raise ValueError(
+            f"{getattr(task, 'name', task)}: Cache.ignored_inputs names "
+            f"{', '.join(repr(n) for n in unknown)}, which {'is' if len(unknown) == 1 else 'are'} not "
+            f"a parameter; accepted: {', '.join(sig.parameters) or '(none)'}"
+        )
     seen.add(policy.ignored_inputs)
 
 
@@ -342,8 +351,9 @@ def _weakable(x: Any) -> bool:
         return False
 
 
-def cache_key(task: Any, args: tuple = (), kwargs: Optional[Mapping[str, Any]] = None,
-              policy: Optional[Cache] = None) -> Tuple[str, str]:
+def cache_key(
+    task: Any, args: tuple = (), kwargs: Optional[Mapping[str, Any]] = None, policy: Optional[Cache] = None
+) -> Tuple[str, str]:
     """``(version, key)`` of a call of ``task`` with these arguments under ``policy``.
 
     ``policy`` defaults to the task's resolved cache policy (or ``Cache()``).

@@ -33,8 +33,23 @@ from typing import Any, Optional, Tuple
 from ..storage import ObjectStore
 from .keys import cache_key, cache_url
 
-__all__ = ["Entry", "MAGIC", "LEASE_TTL", "pack", "unpack", "lookup", "loads", "store_output", "new_owner",
-           "lease_doc", "lease_ttl", "parse_lease", "create_lease", "release", "Renewer"]
+__all__ = [
+    "Entry",
+    "MAGIC",
+    "LEASE_TTL",
+    "pack",
+    "unpack",
+    "lookup",
+    "loads",
+    "store_output",
+    "new_owner",
+    "lease_doc",
+    "lease_ttl",
+    "parse_lease",
+    "create_lease",
+    "release",
+    "Renewer",
+]
 
 logger = logging.getLogger("flyte_ray")
 
@@ -69,8 +84,14 @@ class Entry:
 
 def pack(e: Any, payload: bytes, owner: str) -> bytes:
     """The stored object for ``payload`` (``e``: anything with ``fqn``, ``version``, ``key``)."""
-    meta = {"fqn": e.fqn, "version": e.version, "key": e.key, "owner": owner, "created": time.time(),
-            "size": len(payload)}
+    meta = {
+        "fqn": e.fqn,
+        "version": e.version,
+        "key": e.key,
+        "owner": owner,
+        "created": time.time(),
+        "size": len(payload),
+    }
     return MAGIC + json.dumps(meta, separators=(",", ":")).encode() + b"\n" + payload
 
 
@@ -82,10 +103,10 @@ def unpack(blob: bytes) -> Optional[Tuple[dict, bytes]]:
     if nl < 0:
         return None
     try:
-        meta = json.loads(blob[len(MAGIC):nl])
+        meta = json.loads(blob[len(MAGIC) : nl])
     except ValueError:
         return None
-    payload = blob[nl + 1:]
+    payload = blob[nl + 1 :]
     if not isinstance(meta, dict) or meta.get("size") != len(payload):
         return None
     return meta, payload
@@ -113,8 +134,9 @@ def loads(e: Entry, payload: bytes) -> Tuple[bool, Any]:
     try:
         return True, cloudpickle.loads(payload)
     except Exception as exc:  # noqa: BLE001
-        logger.warning("cache %s: stored output no longer loads (%s: %s); running the task", e.fqn,
-                       type(exc).__name__, exc)
+        logger.warning(
+            "cache %s: stored output no longer loads (%s: %s); running the task", e.fqn, type(exc).__name__, exc
+        )
         return False, None
 
 
@@ -142,8 +164,7 @@ def new_owner() -> str:
 
 
 def lease_doc(owner: str, beat: int) -> bytes:
-    return json.dumps({"owner": owner, "expires": time.time() + LEASE_TTL, "ttl": LEASE_TTL,
-                       "beat": beat}).encode()
+    return json.dumps({"owner": owner, "expires": time.time() + LEASE_TTL, "ttl": LEASE_TTL, "beat": beat}).encode()
 
 
 def parse_lease(raw: Optional[bytes]) -> Optional[dict]:
@@ -189,8 +210,7 @@ class Renewer:
             try:
                 lease = parse_lease(self.e.store.get(self.e.lease))
                 if not lease or lease.get("owner") != self.owner:
-                    logger.warning("cache %s: lost the lease while running; another caller may run it too",
-                                   self.e.fqn)
+                    logger.warning("cache %s: lost the lease while running; another caller may run it too", self.e.fqn)
                     return
                 self.e.store.put_atomic(self.e.lease, lease_doc(self.owner, beat))
             except Exception as exc:  # noqa: BLE001

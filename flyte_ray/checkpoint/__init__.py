@@ -55,8 +55,9 @@ is the newest) runs while the payload uploads; if it shows a version that sorts 
 (a writer whose clock ran ahead), the payload is uploaded again under a newer id before the
 commit (a stream, which cannot be replayed, fails with RuntimeError instead), so a committed save
 is always the newest version. (A single object has committed by then; it is deleted again once
-the re-upload has committed, and is in any case older than the version that superseded it.) Once an object has listed the prefix it keeps track of the versions
-itself (one writer at a time per URL is assumed), so its later saves issue no listing at all.
+the re-upload has committed, and is in any case older than the version that superseded it.)
+Once an object has listed the prefix it keeps track of the versions itself (one writer at a time
+per URL is assumed), so its later saves issue no listing at all.
 
 After the commit, each save retires complete versions beyond the newest ``keep`` and incomplete
 versions older than the new one, best-effort (errors are logged, never raised), in a background

@@ -176,12 +176,21 @@ class Checkpoint:
 
     # ---- saving -------------------------------------------------------------------------
 
-    def _commit(self, upload: Upload, metadata: dict[str, Any] | None, *, replayable: bool = True,
-                blob: bool = False) -> None:
+    def _commit(
+        self, upload: Upload, metadata: dict[str, Any] | None, *, replayable: bool = True, blob: bool = False
+    ) -> None:
         with self._lock:
             self._wait_background()
-            commit(self._versions, self._list_vids, self._keep, upload, metadata, start=self._start,
-                        replayable=replayable, blob=blob)
+            commit(
+                self._versions,
+                self._list_vids,
+                self._keep,
+                upload,
+                metadata,
+                start=self._start,
+                replayable=replayable,
+                blob=blob,
+            )
 
     def write(self, data: bytes | bytearray | memoryview, *, metadata: dict[str, Any] | None = None) -> None:
         """Save ``data`` as a new single-blob checkpoint (flytekit ``write``)."""
@@ -231,8 +240,7 @@ class Checkpoint:
             return data if data is not None and len(data) == m["size"] else None
 
         self._wait_background()
-        return resolve_and(self._versions, self._fresh_vids, fetch,
-                                   warm=lambda m: warm_read(store, m))
+        return resolve_and(self._versions, self._fresh_vids, fetch, warm=lambda m: warm_read(store, m))
 
     def restore(self, dest_dir: str | os.PathLike[str] | None = None) -> pathlib.Path | None:
         """Download the newest complete checkpoint into ``dest_dir`` (a new temporary directory
@@ -254,8 +262,7 @@ class Checkpoint:
                 out[1].unlink(missing_ok=True)
 
         self._wait_background()
-        got = resolve_and(self._versions, self._fresh_vids, fetch, discard,
-                                  lambda m: warm_download(store, m, dest))
+        got = resolve_and(self._versions, self._fresh_vids, fetch, discard, lambda m: warm_download(store, m, dest))
         if got is None:
             if created:
                 shutil.rmtree(dest, ignore_errors=True)
@@ -291,7 +298,9 @@ class Checkpoint:
     save = sync_aio(_save)
     load = sync_aio(_load)
 
-    def save_sync(self, src: str | os.PathLike[str] | IO[bytes] | bytes, *, metadata: dict[str, Any] | None = None) -> None:
+    def save_sync(
+        self, src: str | os.PathLike[str] | IO[bytes] | bytes, *, metadata: dict[str, Any] | None = None
+    ) -> None:
         """Blocking :meth:`save` (flyte-sdk name)."""
         self._save(src, metadata=metadata)
 

@@ -132,7 +132,7 @@ def download(
     dest_abs = dest.resolve()
     prefix = data + "/"
     for key in found:
-        rel = key[len(prefix):] if key.startswith(prefix) else key.rsplit("/", 1)[-1]
+        rel = key[len(prefix) :] if key.startswith(prefix) else key.rsplit("/", 1)[-1]
         lp = (dest_abs / rel).resolve()
         # Object keys may contain "..": never write outside dest.
         if dest_abs != lp and dest_abs not in lp.parents:
@@ -150,7 +150,9 @@ def download(
     return dest, None
 
 
-def warm_read(store: ObjectStore, m: dict[str, Any]) -> tuple[bytes | None | BaseException, list[Entry] | BaseException]:
+def warm_read(
+    store: ObjectStore, m: dict[str, Any]
+) -> tuple[bytes | None | BaseException, list[Entry] | BaseException]:
     """:func:`resolve_and`'s ``warm`` for reading a blob into memory."""
     got, entries = store.fetch_while_listing(data_key(m), "", size=m["size"])
     if isinstance(got, bytes) and len(got) != m["size"]:

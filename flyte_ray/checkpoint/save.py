@@ -174,7 +174,9 @@ def commit(
             # upload again under an id above everything listed.
             logger.warning(
                 "checkpoint version %s under %s is not the newest (%s exists); re-uploading",
-                vid, versions.url, max(newer),
+                vid,
+                versions.url,
+                max(newer),
             )
             if finish is not None:
                 finish(False)  # an uncommitted single-object stream: never visible

@@ -43,8 +43,18 @@ from .manager import RemoteManager
 if TYPE_CHECKING:
     from .._core.call import Call
 
-__all__ = ["PoolClient", "PoolRegistry", "PoolUnavailable", "Slot", "route", "pool_stats", "shutdown_pools",
-           "POOL_PREFIX", "REFRESH_S", "POOL_WAIT_S"]
+__all__ = [
+    "PoolClient",
+    "PoolRegistry",
+    "PoolUnavailable",
+    "Slot",
+    "route",
+    "pool_stats",
+    "shutdown_pools",
+    "POOL_PREFIX",
+    "REFRESH_S",
+    "POOL_WAIT_S",
+]
 
 POOL_PREFIX = "flyte-ray-pool:"
 REFRESH_S = 1.0  # a caller's replica list is refreshed when older than this
@@ -123,7 +133,8 @@ class PoolClient:
                 # (it still tears itself down after idle_ttl).
                 opts["lifetime"] = "detached"
             m = self.manager = RemoteManager.options(name=self.name, get_if_exists=True, **opts).remote(
-                self.name, self.config)
+                self.name, self.config
+            )
             registry().known_managers[self.name] = m
         return m
 
@@ -211,6 +222,7 @@ class PoolClient:
 
 # ================================================================================ routes
 
+
 def route(call: "Call", req: AttemptRequest) -> tuple[PoolClient, WarmStatic]:
     """The pool for this attempt and the call's static part, kept on the spec. The pool depends
     on the spec, the market and queue, and on which markers the cluster declares; the static part
@@ -243,6 +255,7 @@ def _task_blob(task: Any) -> bytes:
 
 def _client(call: "Call", req: AttemptRequest) -> PoolClient:
     policy = call.spec.reusable
+    assert policy is not None  # the controller sends only reusable calls here
     kind = "async" if call.task.is_async else "sync"
     opts = dict(MarkerPlacement().options(dict(call.spec.ray_options), req.market, req.queue))
     opts.setdefault("num_cpus", 1)  # as a plain attempt (an actor would default to 0 while running)
@@ -250,17 +263,31 @@ def _client(call: "Call", req: AttemptRequest) -> PoolClient:
     slots = SYNC_QUEUE_SLOTS if kind == "sync" else ASYNC_QUEUE_SLOTS
     opts.update(max_restarts=0, max_task_retries=0, max_concurrency=policy.concurrency + slots)
     env = call.task.env.name
-    digest = hashlib.sha1(json.dumps([opts, policy.replicas, policy.concurrency, policy.idle_ttl,
-                                      policy.scaledown_ttl], sort_keys=True, default=str).encode()).hexdigest()[:10]
+    digest = hashlib.sha1(
+        json.dumps(
+            [opts, policy.replicas, policy.concurrency, policy.idle_ttl, policy.scaledown_ttl],
+            sort_keys=True,
+            default=str,
+        ).encode()
+    ).hexdigest()[:10]
     name = f"{POOL_PREFIX}{env}:{req.market}:{req.queue}:{kind}:{digest}"
     reg = registry()
     with reg.lock:
         client = reg.by_name.get(name)
         if client is None:
-            config = {"env": env, "market": str(req.market), "queue": req.queue, "kind": kind, "opts": opts,
-                      "blob": _task_blob(call.task), "min": policy.min_replicas, "max": policy.max_replicas,
-                      "concurrency": policy.concurrency, "idle_ttl": policy.idle_ttl,
-                      "scaledown_ttl": policy.scaledown_ttl}
+            config = {
+                "env": env,
+                "market": str(req.market),
+                "queue": req.queue,
+                "kind": kind,
+                "opts": opts,
+                "blob": _task_blob(call.task),
+                "min": policy.min_replicas,
+                "max": policy.max_replicas,
+                "concurrency": policy.concurrency,
+                "idle_ttl": policy.idle_ttl,
+                "scaledown_ttl": policy.scaledown_ttl,
+            }
             manager_opts: dict = {"num_cpus": 0, "max_restarts": 0, "max_concurrency": 10_000}
             if cluster_view().has_markets():
                 manager_opts["resources"] = {"ondemand": MARKER}  # survives spot preemptions
@@ -269,6 +296,7 @@ def _client(call: "Call", req: AttemptRequest) -> PoolClient:
 
 
 # ================================================================================ introspection / cleanup
+
 
 def _env_name(env: Any) -> Optional[str]:
     if env is None or isinstance(env, str):

@@ -25,7 +25,7 @@ from .._core.records import AttemptRequest, Kind, Outcome
 from .._ray.executors import pickled_once, result_outcome
 from .._ray.observe import outcome_of
 from .._ray.port import INTERRUPTS, Port, WaitTimeout
-from .._ray.wire import SCALARS, VERSION, Declined, WarmCall, WarmStatic, WarmValue, msgpack_safe
+from .._ray.wire import SCALARS, VERSION, Declined, WarmCall, WarmStatic, WarmValue, decode, encode, msgpack_safe
 from ..errors import RuntimeSystemError, TaskTimeoutError
 from .client import PoolUnavailable, Slot, route
 
@@ -45,8 +45,9 @@ def _limit(req: AttemptRequest) -> Optional[float]:
 
 
 def _unavailable(e: BaseException) -> Outcome:
-    return Outcome(Kind.SYSTEM, error=RuntimeSystemError("ReplicaPoolUnavailable", str(e)),
-                   system_reason="node_failure")
+    return Outcome(
+        Kind.SYSTEM, error=RuntimeSystemError("ReplicaPoolUnavailable", str(e)), system_reason="node_failure"
+    )
 
 
 def _payload(call: "Call", req: AttemptRequest, digest: bytes) -> list:
@@ -60,13 +61,25 @@ def _payload(call: "Call", req: AttemptRequest, digest: bytes) -> list:
     else:
         wire_args = list(args)
     wire_kwargs: object = kwargs if not kwargs or msgpack_safe(kwargs) else (kwargs,)
-    return WarmCall(VERSION, digest, None if ro is None else pickled_once(ro), call.run_name, call.call_id,
-                    req.attempt, req.user_attempt, req.system_failures, wire_args, wire_kwargs).to_wire()
+    return encode(
+        WarmCall(
+            VERSION,
+            digest,
+            None if ro is None else pickled_once(ro),
+            call.run_name,
+            call.call_id,
+            req.attempt,
+            req.user_attempt,
+            req.system_failures,
+            wire_args,
+            wire_kwargs,
+        )
+    )
 
 
 def _with_static(payload: list, static: WarmStatic) -> list:
     p = payload.copy()
-    p[WarmCall._fields.index("static")] = static.to_wire()
+    p[WarmCall._fields.index("static")] = encode(static)
     return p
 
 
@@ -128,7 +141,7 @@ class ReplicaExecutor:
             finally:
                 slot.inflight -= 1
             if res.__class__ is list:
-                v = WarmValue.from_wire(res)
+                v = decode(WarmValue, res)
                 return Outcome(Kind.OK, value=v.value, node_id=v.node, runtime=v.runtime)
             if res.__class__ is Declined:
                 if res.reason == "need_static":

@@ -35,8 +35,18 @@ RETIRE_GRACE_S = 3.0  # a retired replica lives this long (> the callers' refres
 
 
 class _Rep:
-    __slots__ = ("rid", "handle", "state", "created", "retired_at", "active", "waiting", "served",
-                 "last_active", "info")
+    __slots__ = (
+        "rid",
+        "handle",
+        "state",
+        "created",
+        "retired_at",
+        "active",
+        "waiting",
+        "served",
+        "last_active",
+        "info",
+    )
 
     def __init__(self, rid: str, handle: Any) -> None:
         self.rid = rid
@@ -127,7 +137,7 @@ class PoolManager:
         self.lost_count += 1
         if rep.state != "ready":
             self.start_failures += 1
-            self.next_create_at = time.time() + min(0.5 * 2 ** self.start_failures, 30.0)
+            self.next_create_at = time.time() + min(0.5 * 2**self.start_failures, 30.0)
             return
         self.start_failures = 0
         if rep.retired_at is None and self.closing_since is None and len(self._live()) < self.max:
@@ -181,16 +191,26 @@ class PoolManager:
     async def stats(self) -> dict:
         live = self._live()
         return {
-            "pool": self.name, "env": self.cfg["env"], "market": self.cfg["market"], "queue": self.cfg["queue"],
-            "kind": self.cfg["kind"], "min": self.min, "max": self.max, "concurrency": self.conc,
-            "replicas": len(live), "ready": sum(r.state == "ready" for r in live),
+            "pool": self.name,
+            "env": self.cfg["env"],
+            "market": self.cfg["market"],
+            "queue": self.cfg["queue"],
+            "kind": self.cfg["kind"],
+            "min": self.min,
+            "max": self.max,
+            "concurrency": self.conc,
+            "replicas": len(live),
+            "ready": sum(r.state == "ready" for r in live),
             "starting": sum(r.state != "ready" for r in live),
             "retiring": sum(r.retired_at is not None for r in self.reps.values()),
             "active": sum(r.active for r in self.reps.values()),
             "waiting": sum(r.waiting for r in self.reps.values()),
             "served": self.served_retired + sum(r.served for r in self.reps.values()),
-            "created": self.created, "lost": self.lost_count, "closing": self.closing_since is not None,
-            "nodes": [r.info.get("node", "") for r in live], "pids": [r.info.get("pid") for r in live],
+            "created": self.created,
+            "lost": self.lost_count,
+            "closing": self.closing_since is not None,
+            "nodes": [r.info.get("node", "") for r in live],
+            "pids": [r.info.get("pid") for r in live],
         }
 
     async def close(self) -> None:
@@ -267,8 +287,14 @@ class PoolManager:
 
         # scale down: one idle replica above min per tick
         if len(live) > self.min:
-            idle = [r for r in live if r.state == "ready" and not r.active and not r.waiting
-                    and now - r.last_active >= self.cfg["scaledown_ttl"]]
+            idle = [
+                r
+                for r in live
+                if r.state == "ready"
+                and not r.active
+                and not r.waiting
+                and now - r.last_active >= self.cfg["scaledown_ttl"]
+            ]
             if idle:
                 self._retire(min(idle, key=lambda r: r.last_active))
 

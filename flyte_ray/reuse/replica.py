@@ -29,7 +29,7 @@ from typing import Any, Optional
 import ray
 
 from .._core.drive import drive
-from .._ray.wire import VERSION, AttemptResult, Declined, WarmCall, WarmStatic, WarmValue, msgpack_safe
+from .._ray.wire import VERSION, AttemptResult, Declined, WarmCall, WarmStatic, WarmValue, decode, encode, msgpack_safe
 from .._ray.worker import context_for, current_node, failed, run_user_code
 
 __all__ = ["RemoteReplica", "RemoteAsyncReplica", "RETIRING", "NEED_STATIC"]
@@ -42,8 +42,8 @@ def _answer(r: AttemptResult) -> Any:
     """A success travels as a WarmValue list when msgpack gives its value back unchanged, anything
     else as the AttemptResult's plain tuple."""
     if r.ok and msgpack_safe(r.value):
-        return WarmValue(VERSION, r.value, r.node, r.runtime).to_wire()
-    return r.to_wire()
+        return encode(WarmValue(VERSION, r.value, r.node, r.runtime))
+    return encode(r)
 
 
 class _ReplicaBase:
@@ -75,31 +75,50 @@ class _ReplicaBase:
         if self.retiring:
             return None, None, None, RETIRING
         try:
-            call = WarmCall.from_wire(p)
+            call = decode(WarmCall, p)
             s = call.static
             if s.__class__ is bytes:
                 known = self.statics.get(s)
                 if known is None:
                     return None, None, None, NEED_STATIC
             else:
-                st = WarmStatic.from_wire(s)
+                st = decode(WarmStatic, s)
                 if len(self.statics) > 1024:
                     self.statics.clear()
                 known = self.statics[st.digest] = (self._task(st.task), st)
             task, st = known
-            ctx = context_for(call.run_name, st.fqn, call.call_id, call.attempt, call.user_attempt,
-                              call.system_failures, st.market, st.queue, st.settings, call.overrides)
+            ctx = context_for(
+                call.run_name,
+                st.fqn,
+                call.call_id,
+                call.attempt,
+                call.user_attempt,
+                call.system_failures,
+                st.market,
+                st.queue,
+                st.settings,
+                call.overrides,
+            )
         except Exception as e:  # noqa: BLE001 - a task that no longer loads: a user error, as a value
-            return None, None, None, failed(e, current_node(), None).to_wire()
+            return None, None, None, encode(failed(e, current_node(), None))
         return call, task, ctx, None
 
     def _info(self) -> dict:
-        return {"pid": os.getpid(), "node": current_node(), "warm_error": self.warm_error,
-                "actor": ray.get_runtime_context().get_actor_id()}
+        return {
+            "pool": self.pool,
+            "pid": os.getpid(),
+            "node": current_node(),
+            "warm_error": self.warm_error,
+            "actor": ray.get_runtime_context().get_actor_id(),
+        }
 
     def _load(self) -> tuple:
-        return (self.active, self.waiting, self.served, time.time() if (self.active or self.waiting)
-                else self.last_active)
+        return (
+            self.active,
+            self.waiting,
+            self.served,
+            time.time() if (self.active or self.waiting) else self.last_active,
+        )
 
 
 class _Replica(_ReplicaBase):
@@ -193,5 +212,5 @@ def _ctl(cls: type) -> type:
 
 
 # Bound under other names than the classes, so the classes still pickle by reference.
-RemoteReplica = ray.remote(concurrency_groups={"ctl": 2})(_ctl(_Replica))
-RemoteAsyncReplica = ray.remote(concurrency_groups={"ctl": 2})(_ctl(_AsyncReplica))
+RemoteReplica = ray.remote(concurrency_groups={"ctl": 2})(_ctl(_Replica))  # type: ignore[call-overload]
+RemoteAsyncReplica = ray.remote(concurrency_groups={"ctl": 2})(_ctl(_AsyncReplica))  # type: ignore[call-overload]

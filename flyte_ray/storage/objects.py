@@ -132,6 +132,20 @@ def _remaining(deadline: float | None) -> float | None:
     return None if deadline is None else max(deadline - time.monotonic(), 0.0)
 
 
+def _write_beside(path: str, data: bytes) -> str:
+    """``data`` in a new temporary file next to ``path`` (same file system, so it can be renamed
+    or hard-linked onto it in one step); its name. Nothing is left behind if writing fails."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+    except BaseException:
+        _silent_unlink(tmp)
+        raise
+    return tmp
+
+
 def _silent_unlink(path: str) -> None:
     try:
         os.unlink(path)
@@ -272,7 +286,7 @@ class ObjectStore:
     def _key_of(self, path: str) -> str:
         path = str(path).rstrip("/")
         root = self.root
-        return path[len(root) + 1:] if path.startswith(root + "/") else path.rsplit("/", 1)[-1]
+        return path[len(root) + 1 :] if path.startswith(root + "/") else path.rsplit("/", 1)[-1]
 
     # ---- running a call under a time limit ------------------------------------------------
 
@@ -315,11 +329,8 @@ class ObjectStore:
         object, never a mix (S3: one PUT)."""
         path = self.path(key)
         if self._local:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+            tmp = _write_beside(path, data)
             try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
                 os.replace(tmp, path)
             except BaseException:
                 _silent_unlink(tmp)
@@ -334,11 +345,8 @@ class ObjectStore:
         """
         path = self.path(key)
         if self._local:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+            tmp = _write_beside(path, data)
             try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
                 os.link(tmp, path)  # fails if the key exists; it appears with its full content
                 return True
             except FileExistsError:
@@ -388,7 +396,7 @@ class ObjectStore:
 
             async def bulk() -> None:
                 # Not fs._rm: it expands glob characters ("[", "*", "?") that keys may contain.
-                await asyncio.gather(*(fs._bulk_delete(paths[i:i + 1000]) for i in range(0, len(paths), 1000)))
+                await asyncio.gather(*(fs._bulk_delete(paths[i : i + 1000]) for i in range(0, len(paths), 1000)))
 
             self._run("delete_many", keys[0], timeout, bulk)
             return
@@ -398,7 +406,7 @@ class ObjectStore:
             async def each() -> None:
                 async def one(path: str) -> None:
                     try:
-                        await fs._rm_file(path)  # type: ignore[attr-defined]
+                        await fs._rm_file(path)
                     except FileNotFoundError:
                         pass
 
@@ -443,9 +451,7 @@ class ObjectStore:
         return self._entries(raw) if detail else [self._key_of(p) for p in raw]
 
     def _entries(self, raw: builtins.list[Any]) -> builtins.list[Entry]:
-        return [
-            Entry(self._key_of(e["name"]), e.get("size"), e.get("type") == "directory") for e in raw
-        ]
+        return [Entry(self._key_of(e["name"]), e.get("size"), e.get("type") == "directory") for e in raw]
 
     def find(self, prefix: str = "", *, timeout: float | None = None) -> builtins.list[str]:
         """Keys of every object under ``prefix``, recursively, sorted ([] when there is none)."""
@@ -459,8 +465,9 @@ class ObjectStore:
 
     # ---- files ----------------------------------------------------------------------------
 
-    def get_file(self, key: str, lpath: str | os.PathLike[str], *, size: int | None = None,
-                 timeout: float | None = None) -> None:
+    def get_file(
+        self, key: str, lpath: str | os.PathLike[str], *, size: int | None = None, timeout: float | None = None
+    ) -> None:
         """Download ``key`` to the local file ``lpath`` (FileNotFoundError when absent).
 
         ``size``: the object's size when the caller knows it; on S3 an object up to
