@@ -16,6 +16,7 @@ from ._duration import seconds
 __all__ = ["Timeout", "TimeoutType", "as_timeout"]
 
 Seconds = Union[int, float, timedelta]
+_Limits = tuple[Optional[float], Optional[float], Optional[float]]
 
 
 def _seconds(value: Optional[Seconds], field_name: str) -> Optional[float]:
@@ -44,13 +45,10 @@ class Timeout:
         for name in ("max_runtime", "max_queued_time", "deadline"):
             object.__setattr__(self, name, _seconds(getattr(self, name), f"Timeout.{name}"))
 
-    def limits(self) -> tuple[Optional[float], Optional[float], Optional[float]]:
+    def limits(self) -> _Limits:
         """``(max_runtime, max_queued_time, deadline)`` in seconds (None: no limit)."""
         # __post_init__ stored seconds (or None) in every field, whatever form was given.
-        return cast(
-            tuple[Optional[float], Optional[float], Optional[float]],
-            (self.max_runtime, self.max_queued_time, self.deadline),
-        )
+        return cast(_Limits, (self.max_runtime, self.max_queued_time, self.deadline))
 
     @property
     def is_set(self) -> bool:
