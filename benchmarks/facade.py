@@ -44,7 +44,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--repeat", type=int, default=3)
     a = ap.parse_args()
-    flyte.init(num_cpus=2)
+    # 4 logical CPUs: the warm replica and the raw actor hold one each while the tasks run
+    flyte.init(num_cpus=4)
     import overhead_tasks as ot
     import tasks_reuse as tr
 

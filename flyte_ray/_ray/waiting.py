@@ -100,16 +100,20 @@ class Waits:
             self.inflight.discard(ref)
 
 
+# A part lives as long as the process (its reset empties it), so one reference serves every call.
+_WAITS = PROCESS.part(Waits)
+
+
 def _waits() -> Waits:
-    return PROCESS.part(Waits)
+    return _WAITS
 
 
 def is_worker() -> bool:
     """``in_worker()``, cached: a process never changes role."""
-    w = _waits()
-    if w.worker is None:
-        w.worker = in_worker()
-    return w.worker
+    w = _WAITS.worker
+    if w is None:
+        w = _WAITS.worker = in_worker()
+    return w
 
 
 def needs_registration() -> bool:

@@ -66,15 +66,19 @@ class WorkerState:
 _MISSING = object()
 
 
+# A part lives as long as the process (its reset empties it), so one reference serves every call.
+_STATE = PROCESS.part(WorkerState)
+
+
 def _state() -> WorkerState:
-    return PROCESS.part(WorkerState)
+    return _STATE
 
 
 def current_node() -> str:
-    s = _state()
-    if s.node_id is None:  # a worker process never changes node
-        s.node_id = ray.get_runtime_context().get_node_id()
-    return s.node_id
+    node = _STATE.node_id
+    if node is None:  # a worker process never changes node
+        node = _STATE.node_id = ray.get_runtime_context().get_node_id()
+    return node
 
 
 def portable(exc: BaseException) -> BaseException:

@@ -35,7 +35,7 @@ from .._core.process import PROCESS, memo_get, memo_put
 from .._core.records import AttemptRequest
 from .._ray import waiting
 from .._ray.executors import pickled_once
-from .._ray.placement import MARKER, MarkerPlacement, cluster_view
+from .._ray.placement import MARKER, ClusterView, MarkerPlacement, cluster_view
 from .._ray.port import Port, WaitTimeout
 from .._ray.wire import VERSION, WarmStatic
 from .manager import RemoteManager
@@ -192,9 +192,17 @@ class PoolClient:
                 best = s
         return best
 
-    async def pick(self, port: Port) -> Slot:
+    def ready_slot(self) -> Optional[Slot]:
+        """A replica to use now, without asking the manager (None: the list is stale or empty)."""
         if not self.slots or time.monotonic() - self.fresh_at > REFRESH_S:
-            await self.refresh(port)
+            return None
+        return self._choose()
+
+    async def pick(self, port: Port) -> Slot:
+        s = self.ready_slot()
+        if s is not None:
+            return s
+        await self.refresh(port)
         s = self._choose()
         while s is None:  # the manager always lists at least one (possibly starting) replica
             await self.refresh(port, force=True)
@@ -223,11 +231,11 @@ class PoolClient:
 # ================================================================================ routes
 
 
-def route(call: "Call", req: AttemptRequest) -> tuple[PoolClient, WarmStatic]:
+def route(call: "Call", req: AttemptRequest, view: ClusterView) -> tuple[PoolClient, WarmStatic]:
     """The pool for this attempt and the call's static part, kept on the spec. The pool depends
     on the spec, the market and queue, and on which markers the cluster declares; the static part
     on the task and settings too."""
-    names = cluster_view().resource_names()
+    names = view.resource_names()
     key = ("pool", req.market, req.queue, names)
     hit = memo_get(call.spec.memo, key)
     if hit is not None and hit[0] is call.settings and hit[1] is call.task:

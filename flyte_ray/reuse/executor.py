@@ -24,6 +24,7 @@ import ray.exceptions as rex
 from .._core.records import AttemptRequest, Kind, Outcome
 from .._ray.executors import pickled_once, result_outcome
 from .._ray.observe import outcome_of
+from .._ray.placement import cluster_view
 from .._ray.port import INTERRUPTS, Port, WaitTimeout
 from .._ray.wire import SCALARS, VERSION, Declined, WarmCall, WarmStatic, WarmValue, decode, encode, msgpack_safe
 from ..errors import RuntimeSystemError, TaskTimeoutError
@@ -94,9 +95,12 @@ def _for_slot(payload: list, static: WarmStatic, slot: Slot) -> list:
 class ReplicaExecutor:
     """Runs attempts of reusable tasks on their pool's warm replicas."""
 
+    def __init__(self) -> None:
+        self.view = cluster_view()
+
     async def run(self, call: "Call", req: AttemptRequest, port: Port) -> Outcome:
         try:
-            client, static = route(call, req)
+            client, static = route(call, req, self.view)
         except Exception as e:  # noqa: BLE001
             return _unavailable(e)
         payload = _payload(call, req, static.digest)
@@ -107,7 +111,7 @@ class ReplicaExecutor:
         for _ in range(MAX_REPICKS):
             if again is None:
                 try:
-                    slot = await client.pick(port)
+                    slot = client.ready_slot() or await client.pick(port)
                 except PoolUnavailable as e:
                     return _unavailable(e)
                 wire = _for_slot(payload, static, slot)
