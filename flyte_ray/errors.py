@@ -83,13 +83,15 @@ class RetriesExhaustedError(RuntimeUserError):
     """A retry budget (user ``retries`` or the ``system_retries`` setting) is used up.
 
     ``history`` holds every attempt (:class:`flyte_ray.AttemptRecord`); ``budget`` is ``"user"``
-    or ``"system"``; ``__cause__`` is the last attempt's error.
+    or ``"system"``; ``__cause__`` is the last attempt's error. ``kind`` is the budget's kind:
+    ``"system"`` when the platform kept failing (preemptions, node losses), else ``"user"``.
     """
 
     def __init__(self, message: str = "", history: list | None = None, budget: str = "user") -> None:
         super().__init__("RetriesExhausted", message)
         self.history = list(history or [])
         self.budget = budget
+        self.kind = "system" if budget == "system" else "user"
 
     def __reduce__(self):  # keep history across pickling (Ray hops)
         return (type(self), (str(self), self.history, self.budget))
@@ -225,6 +227,8 @@ def exhausted(last: Optional[BaseException], history: list, budget: str, message
                         "__module__": __name__,
                         "__flyte_ray_origin__": base,
                         "__reduce__": lambda self: (RetriesExhaustedError, (str(self), self.history, self.budget)),
+                        # the budget's message, not the last error's (a Ray error's __str__ is its own)
+                        "__str__": lambda self: Exception.__str__(self),
                     },
                 )
             except TypeError:  # incompatible layouts (e.g. OSError): plain error
@@ -236,6 +240,7 @@ def exhausted(last: Optional[BaseException], history: list, budget: str, message
             err.code = "RetriesExhausted"
             err.history = list(history)
             err.budget = budget
+            err.kind = "system" if budget == "system" else "user"
             err.__cause__ = last
             return err
     err = RetriesExhaustedError(message, history, budget)

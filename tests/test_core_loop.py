@@ -232,10 +232,11 @@ def test_backoff_rejects_bad_values_naming_the_field(kwargs, field):
         Backoff(**kwargs)
 
 
-def test_system_failures_do_not_back_off():
+def test_system_failures_back_off_after_the_first_and_ignore_the_user_backoff():
     clock = Clock()
-    run(make_call(retries=RetryStrategy(2, Backoff(5))), Script(system(), system(), ok()), clock)
-    assert clock.slept == []
+    run(make_call(retries=RetryStrategy(2, Backoff(5)), system_retries=-1), Script(*[system()] * 9, ok()), clock)
+    # the first system retry starts at once (a preempted attempt restarts elsewhere); then doubling to the cap
+    assert clock.slept == [0.5, 1, 2, 4, 8, 16, 30, 30]
 
 
 def test_deadline_spans_attempts_and_is_handed_down():
@@ -391,3 +392,36 @@ def test_drive_refuses_a_coroutine_that_suspends():
         return 3
 
     assert drive(done()) == 3
+
+
+def test_a_crashed_worker_is_a_user_failure_unless_its_node_died():
+    err = RuntimeError("The worker died unexpectedly while executing this task.")
+    out = classify(_obs(Seen.WORKER_DIED, error=err))
+    assert out.kind is Kind.CRASH and "worker process died" in str(out.error)
+    assert isinstance(out.error, RuntimeUserError)
+    alive = classify(_obs(Seen.WORKER_DIED, error=err, node_id="n1"), NodeFacts(found=True, alive=True))
+    assert alive.kind is Kind.CRASH
+    dead = classify(_obs(Seen.WORKER_DIED, error=err, node_id="n1"), NodeFacts(found=True, alive=False, death_reason=3))
+    assert dead.kind is Kind.SYSTEM and dead.system_reason == "preemption"
+    assert needs_node_facts(_obs(Seen.WORKER_DIED, node_id="n1")) and not needs_node_facts(_obs(Seen.WORKER_DIED))
+
+
+def test_crashes_use_the_user_budget_and_are_recorded_as_worker_crash():
+    crash = Outcome(Kind.CRASH, error=RuntimeUserError("WorkerCrash", "died"))
+    call = make_call(retries=1, system_retries=-1)
+    with pytest.raises(RetriesExhaustedError) as ei:
+        run(call, Script(crash, crash, ok()))
+    assert ei.value.budget == "user" and ei.value.kind == "user"
+    assert [(h.outcome, h.failure_kind) for h in call.state.history] == [("worker_crash", "user")] * 2
+    assert call.state.system_failures == 0
+
+
+def test_system_exhaustion_says_the_budget_and_is_of_the_system_kind():
+    class Lost(Exception):
+        def __str__(self):
+            return "The worker died unexpectedly"
+
+    s = Script(Outcome(Kind.SYSTEM, error=Lost(), system_reason="node_failure"))
+    with pytest.raises(RetriesExhaustedError, match="exceed system_retries=0") as ei:
+        run(make_call(retries=3, system_retries=0), s)
+    assert ei.value.kind == "system" and isinstance(ei.value.__cause__, Lost)

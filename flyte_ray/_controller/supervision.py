@@ -50,6 +50,7 @@ from .._core.records import AttemptRecord, AttemptRequest, Outcome
 from .._core.spec import resolve
 from .._ray import waiting
 from .._ray.executors import client_mode
+from .._ray.placement import cluster_view
 from .._ray.port import Port, WaitTimeout
 from .._ray.wire import VERSION, Recorded, SupervisedCall, SupervisedResult, decode, encode
 from .._ray.worker import portable
@@ -317,6 +318,7 @@ class Supervision:
 
     def __init__(self) -> None:
         self.history = PROCESS.part(RuntimeHistory)
+        self.view = cluster_view()
         self.lock = threading.Lock()
         self._handle: Any = None
         self.owned: Any = None  # the driver's handle (keeps the actor alive)
@@ -331,9 +333,13 @@ class Supervision:
     # ---------------------------------------------------------------- where
     def where(self, call: Call) -> Host:
         """Calls made from an attempt on spot capacity (its node may vanish) go to the actor,
-        unless they are short (see the module docstring)."""
+        unless they are short (see the module docstring). A cluster without markets has no spot
+        capacity and no supervising actor (the driver creates it only where markets exist): the
+        caller supervises."""
         parent = ctx()
         if parent is None or parent.market != "spot" or call.settings.supervisor != "auto" or not waiting.is_worker():
+            return Host.HERE
+        if not self.view.has_markets():
             return Host.HERE
         limit = call.settings.inline_under
         if limit > 0 and parent.attempt == 0 and self.history.all_under(call.spec.fqn, limit):

@@ -9,6 +9,11 @@ case, looks the node up (:class:`NodeFacts`). :func:`classify` is the rule, with
 * user code raised where Ray saw it (outside flyte-ray's wrapper) → ``user``; a task module that
   cannot be imported on the worker → ``user`` with a ``NonRecoverableError`` saying how to ship
   the code (every retry would fail the same way);
+* the worker process died while the user's code ran (a segfault, ``os._exit``, a kill) and its
+  node did not → ``crash``, a *user* failure (``worker_crash`` in the history): Ray reports a lost
+  node as ``NodeDiedError`` (or an actor whose *node* died), never as a crashed worker, so a
+  crashed worker is the task's own doing, and retrying it on the system budget (without backoff,
+  without end under ``system_retries=-1``) would hide a crash loop;
 * anything else is the platform failing → ``system``, recorded as ``preemption`` when an actor's
   node was drained for preemption, when the attempt ran on spot on a cluster with markets, when
   the node declares ``spot``, or when the node died drained for preemption
@@ -20,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from ..errors import NonRecoverableError, OOMError
+from ..errors import NonRecoverableError, OOMError, RuntimeUserError
 from .records import Kind, Market, Outcome, _StrEnum
 
 __all__ = ["Seen", "Observation", "NodeFacts", "needs_node_facts", "classify", "DRAIN_PREEMPTED"]
@@ -35,8 +40,9 @@ class Seen(_StrEnum):
     CANCELLED = "cancelled"
     USER_RAISED = "user_raised"  # a RayTaskError carrying the user's exception
     IMPORT_FAILED = "import_failed"  # the task's module failed to import on the worker
-    ACTOR_DIED = "actor_died"
-    LOST = "lost"  # node died, worker crashed, object lost, raylet died, other platform errors
+    WORKER_DIED = "worker_died"  # the worker process died (a task's worker, or a replica actor's)
+    ACTOR_DIED = "actor_died"  # an actor died with its node, or for a reason Ray did not say
+    LOST = "lost"  # node died, object lost, raylet died, other platform errors
 
 
 @dataclass(frozen=True)
@@ -64,8 +70,10 @@ class NodeFacts:
 
 
 def needs_node_facts(obs: Observation) -> bool:
-    """True when :func:`classify` needs the node looked up (a system failure not decided by the
+    """True when :func:`classify` needs the node looked up (a failure not decided by the
     observation itself). The lookup may take a moment (a lost node is marked dead late)."""
+    if obs.seen is Seen.WORKER_DIED:
+        return bool(obs.node_id)
     if obs.seen is not Seen.LOST and obs.seen is not Seen.ACTOR_DIED:
         return False
     if obs.seen is Seen.ACTOR_DIED and obs.preempted:
@@ -96,6 +104,17 @@ def classify(obs: Observation, node: Optional[NodeFacts] = None) -> Outcome:
         )
     if seen is Seen.USER_RAISED:
         return Outcome(Kind.USER, error=obs.error, traceback=obs.traceback)
+    if seen is Seen.WORKER_DIED and not (node is not None and node.found and not node.alive):
+        first = str(obs.error).strip().splitlines()[0] if str(obs.error).strip() else type(obs.error).__name__
+        return Outcome(
+            Kind.CRASH,
+            node_id=obs.node_id,
+            error=RuntimeUserError(
+                "WorkerCrash",
+                "the worker process died while the task ran, and its node did not (a crash: a "
+                f"segfault, os._exit, a kill by a signal). Ray said: {first}",
+            ),
+        )
     return Outcome(Kind.SYSTEM, error=obs.error, node_id=obs.node_id, system_reason=_system_reason(obs, node))
 
 

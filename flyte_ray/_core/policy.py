@@ -19,8 +19,12 @@
   - a spot attempt that could not start in time → retry at once on on-demand, no budget used
     (the attempt never ran); an on-demand one → fail with ``PlacementError`` naming what is
     missing;
-  - system failure (node lost) → one of ``system_retries`` (-1: unlimited); never a user retry;
-  - user error, OOM, timeout → one of ``retries``; ``NonRecoverableError`` fails at once; the
+  - system failure (node lost) → one of ``system_retries`` (-1: unlimited); never a user retry.
+    The first one retries at once (a preempted attempt restarts on another node without delay);
+    each further one waits twice as long as the last, from :data:`SYSTEM_BACKOFF_BASE` up to
+    :data:`SYSTEM_BACKOFF_CAP` seconds, so a node that keeps failing is not hammered; with
+    unlimited system retries a warning is logged every :data:`SYSTEM_WARN_EVERY` failures;
+  - user error, OOM, worker crash, timeout → one of ``retries``; ``NonRecoverableError`` fails at once; the
     retry waits ``Backoff`` (retries counted from 0, as flyte-sdk does);
   - exhausting a budget raises ``RetriesExhaustedError`` naming it, with the history and the
     last error as its cause (with ``retries=0`` the user's error itself is raised).
@@ -32,6 +36,7 @@ updates (they are the budget). It holds no clock and does no waiting: the loop d
 
 from __future__ import annotations
 
+import logging
 from enum import Enum
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
@@ -42,7 +47,20 @@ if TYPE_CHECKING:
     from ..retry import RetryStrategy
     from .call import CallState
 
-__all__ = ["AttemptPolicy", "Decision", "Action"]
+__all__ = ["AttemptPolicy", "Decision", "Action", "system_delay"]
+
+logger = logging.getLogger("flyte_ray")
+
+SYSTEM_BACKOFF_BASE = 0.5  # seconds before the second system retry
+SYSTEM_BACKOFF_CAP = 30.0
+SYSTEM_WARN_EVERY = 10
+
+
+def system_delay(failures: int) -> float:
+    """Seconds before the retry that follows the ``failures``-th system failure of a call."""
+    if failures <= 1:
+        return 0.0
+    return min(SYSTEM_BACKOFF_BASE * 2.0 ** min(failures - 2, 32), SYSTEM_BACKOFF_CAP)
 
 
 class Action(Enum):
@@ -134,7 +152,16 @@ class AttemptPolicy:
                         f"exceed system_retries={limit}",
                     ),
                 )
-            return Decision(Action.RETRY)
+            n = state.system_failures
+            if limit < 0 and n % SYSTEM_WARN_EVERY == 0:
+                logger.warning(
+                    "%s: %d system failures (preemptions / node losses) so far, retrying "
+                    "(system_retries=-1 never gives up); last: %s",
+                    self.name,
+                    n,
+                    out.error,
+                )
+            return Decision(Action.RETRY, delay=system_delay(n))
         # user, oom, timeout: the user's budget
         err = out.error
         if isinstance(err, NonRecoverableError):

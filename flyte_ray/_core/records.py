@@ -34,10 +34,11 @@ class Kind(_StrEnum):
     """What happened to an attempt."""
 
     OK = "ok"
-    USER = "user"  # the user's code raised (or the worker died under it; see classify)
+    USER = "user"  # the user's code raised
     OOM = "oom"
+    CRASH = "crash"  # the worker died while the user's code ran on a live node (segfault, os._exit, kill)
     TIMEOUT = "timeout"  # max_runtime, or the call's deadline, passed
-    SYSTEM = "system"  # the node or worker was lost
+    SYSTEM = "system"  # the node was lost (preempted, drained, failed)
     QUEUED_TIMEOUT = "queued_timeout"  # the attempt could not start within max_queued_time
     CANCELLED = "cancelled"  # the caller cancelled
 
@@ -47,6 +48,7 @@ OUTCOME_NAMES = {
     Kind.OK: "succeeded",
     Kind.USER: "failed",
     Kind.OOM: "oom",
+    Kind.CRASH: "worker_crash",
     Kind.TIMEOUT: "timeout",
     Kind.QUEUED_TIMEOUT: "queued_timeout",
     Kind.CANCELLED: "cancelled",
@@ -96,9 +98,8 @@ class AttemptRecord:
     submitted: float = 0.0
     started: Optional[float] = None
     ended: Optional[float] = None
-    outcome: str = (
-        "running"  # succeeded | failed | preemption | node_failure | oom | timeout | queued_timeout | cancelled
-    )
+    # succeeded | failed | worker_crash | oom | timeout | preemption | node_failure | queued_timeout | cancelled
+    outcome: str = "running"
     failure_kind: Optional[str] = None  # user | system | None
     error: str = ""
     runtime: Optional[float] = None  # seconds the user's code ran, measured on the worker

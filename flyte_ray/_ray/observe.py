@@ -27,6 +27,10 @@ __all__ = ["observe", "node_facts", "outcome_of", "NODE_WAIT_S"]
 
 NODE_WAIT_S = 2.0
 _NODE_RE = re.compile(r"node ID:?\s*([0-9a-f]{16,})", re.I)
+# How Ray 2.60's ActorDiedError says why the actor died (measured: a segfault / os._exit in an
+# actor method gives the first; a removed node the second).
+_WORKER_DIED = "its worker process has died"
+_NODE_DIED = "its node has died"
 
 
 def observe(exc: BaseException, market: Market) -> Observation:
@@ -40,8 +44,17 @@ def observe(exc: BaseException, market: Market) -> Observation:
         if "failed to import on the worker" in str(cause):
             return Observation(Seen.IMPORT_FAILED, cause, market, message=str(cause), traceback=str(exc))
         return Observation(Seen.USER_RAISED, cause, market, traceback=str(exc))
-    m = _NODE_RE.search(str(exc))
+    text = str(exc)
+    m = _NODE_RE.search(text)
     has_markets = market == Market.SPOT and cluster_view().has_markets()
+    if isinstance(exc, rex.WorkerCrashedError) or (
+        isinstance(exc, rex.ActorDiedError) and _WORKER_DIED in text and _NODE_DIED not in text
+    ):
+        # The worker process died; a lost node is reported otherwise (NodeDiedError, or an actor
+        # whose node died): see flyte_ray._core.classify.
+        return Observation(
+            Seen.WORKER_DIED, exc, market, node_id=m.group(1) if m else "", cluster_has_markets=has_markets
+        )
     if isinstance(exc, rex.ActorDiedError):
         return Observation(
             Seen.ACTOR_DIED,

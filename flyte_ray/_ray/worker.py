@@ -19,12 +19,11 @@ import time
 from typing import Any, Optional
 
 import ray
-import ray.exceptions as rex
 
 from .._core.drive import drive
 from .._core.process import PROCESS
 from ..context import TaskContext, reset_context, set_context
-from ..errors import RuntimeUserError, format_exception
+from ..errors import RuntimeSystemError, RuntimeUserError, format_exception
 from . import waiting
 from .wire import VERSION, AttemptPayload, AttemptResult, Started, decode, encode
 
@@ -93,10 +92,21 @@ def portable(exc: BaseException) -> BaseException:
 
 
 def failed(exc: BaseException, node: str, runtime: Optional[float]) -> AttemptResult:
-    # A Ray platform error escaping user code (a lost object or node under a dying worker) is the
-    # platform failing, not the user's code: report it as a system failure.
-    system = isinstance(exc, rex.RayError) and not isinstance(exc, (rex.RayTaskError, rex.TaskCancelledError))
+    # Whatever the user's code raises is the user's failure, Ray errors included (a GetTimeoutError
+    # from its own ray.get): they go on the user budget with their own type. The exception is a
+    # flyte-ray RuntimeSystemError (a nested call that lost its supervisor, say): the platform failed
+    # under the user's code, so it is this attempt's system failure too.
+    system = isinstance(exc, RuntimeSystemError)
     return AttemptResult(VERSION, False, portable(exc), format_exception(exc), node, system, runtime)
+
+
+def _cancelled_by_ray() -> bool:
+    """True when Ray cancelled the running task (``ray.cancel``), which it does by raising
+    ``KeyboardInterrupt`` in the worker's main thread; False when the user's code raised it."""
+    try:
+        return bool(ray.get_runtime_context().is_canceled())
+    except Exception:  # noqa: BLE001 - not answerable here (an actor): take it as Ray's cancel
+        return True
 
 
 def context_for(
@@ -146,8 +156,15 @@ async def run_user_code(
             value = await task.func(*args, **kwargs)
         else:
             value = waiting.run_coroutine_in_worker(task.func(*args, **kwargs))
-    except (KeyboardInterrupt, SystemExit):
-        raise  # ray.cancel: let Ray report TaskCancelledError
+    except KeyboardInterrupt as e:
+        if _cancelled_by_ray():
+            raise  # ray.cancel: let Ray report TaskCancelledError
+        err = RuntimeUserError("KeyboardInterrupt", f"the task raised KeyboardInterrupt({e})")
+        return failed(err, node, time.perf_counter() - t0)
+    except SystemExit as e:
+        # Not re-raised: the worker would exit, and SystemExit reaching the caller would end it.
+        err = RuntimeUserError("SystemExit", f"the task called sys.exit({e.code!r})")
+        return failed(err, node, time.perf_counter() - t0)
     except asyncio.CancelledError as e:
         if on_loop:
             raise
