@@ -21,9 +21,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return doctor.main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "demo":
-        import os
-
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         from . import demo
 
         return demo.main()

@@ -1,7 +1,8 @@
 """Connecting to Ray: ``init``, ``init_from_config``, ``shutdown`` and the settings they hold.
 
 ``init()`` with no address starts an *embedded* local Ray (its own temp dir, no dashboard, quiet
-logs, token auth off); ``"auto"``, a GCS address ``host:port`` or ``"ray://host:port"`` connects
+logs, Ray token auth on with a token made for this process: see :mod:`flyte_ray._ray.auth`);
+``"auto"``, a GCS address ``host:port`` or ``"ray://host:port"`` connects
 to an existing cluster. Calling a task before any ``init`` starts the embedded cluster, as Ray
 does on first use, with one log line.
 """
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ._controller.controller import ensure_supervisor
 from ._core.process import PROCESS
 from ._core.settings import DriverSettings, Settings
+from ._ray.auth import ensure_token_auth
 from ._ray.placement import cluster_view
 from .checkpoint import Storage
 from .context import current_settings
@@ -228,10 +230,10 @@ def _connect(
     kwargs: dict[str, Any] = {"namespace": namespace, "runtime_env": runtime_env, "logging_level": log_level}
     if address is None:
         # Embedded: a private temp dir (Ray's default one is shared by every cluster on the
-        # machine), no dashboard unless asked (it costs ~1 GiB), and token auth off unless the
-        # user chose a mode: a local cluster has no remote clients to authenticate, and Ray's
-        # default token mode makes later `ray start` / client connections disagree (see README).
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # machine), no dashboard unless asked (it costs ~1 GiB), and token auth on with a token
+        # made for this process unless the user chose a mode (Ray listens on every interface:
+        # see flyte_ray._ray.auth).
+        ensure_token_auth()
         temp_dir = tempfile.mkdtemp(prefix="flyte-ray-")
         ctx = ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard, _temp_dir=temp_dir, **kwargs)
         session.embedded, session.temp_dir = True, temp_dir

@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Optional, Sequence, Union
 
+from ._ray.auth import ensure_token_auth
 from .resources import GPU
 
 __all__ = ["NodeSpec", "LocalCluster", "local_cluster", "DEFAULT_NODES"]
@@ -122,9 +123,9 @@ class LocalCluster:
         """Start the head and the nodes, and (by default) connect flyte-ray to it."""
         from ray.cluster_utils import Cluster
 
-        # Token auth would make every later client (ray://, ray job submit) need the token; a
-        # test cluster on loopback does not need it. Respect an explicit choice.
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # Ray listens on every interface: token auth on with this process's token unless the user
+        # chose a mode; clients get it from flyte_ray._ray.auth.client_env().
+        ensure_token_auth()
         # Ray records the newest cluster's address in its *default* temp dir even when the
         # cluster uses another one, and fails if that dir does not exist yet.
         from ray._common.utils import get_ray_address_file
