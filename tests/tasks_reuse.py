@@ -164,3 +164,24 @@ def wire_parent(n: int) -> dict:
     """Calls a warm child from a warm replica: the nested call's context and settings."""
     kids = [wire_child(i) for i in range(n)]
     return {"ctx": _ctx_facts(), "kids": kids}
+
+
+timeouts = flyte.TaskEnvironment(name="reuse_timeouts", resources=small,
+                                 reusable=flyte.ReusePolicy(replicas=1, idle_ttl=60))
+
+
+@timeouts.task(timeout=1)
+async def awaits_too_long(secs: float) -> str:
+    await asyncio.sleep(secs)  # cancellable
+    return "done"
+
+
+@timeouts.task(timeout=1)
+async def blocks_its_loop(secs: float) -> str:
+    time.sleep(secs)  # blocks the replica's event loop: a cancel cannot reach it
+    return "done"
+
+
+@timeouts.task
+async def replica_pid() -> int:
+    return os.getpid()

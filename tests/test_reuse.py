@@ -277,3 +277,17 @@ def test_a_pool_whose_manager_died_is_recreated_and_the_call_retried(fleet):
     assert run.user_failures == 0 and [h.failure_kind for h in run.history][-1] is None
     assert all(h.failure_kind in ("system", None) for h in run.history)
     assert _wait_stats("reuse_wire", lambda s: s and s["ready"] == 1)["created"] == 1  # a fresh pool
+
+
+def test_an_async_warm_call_that_times_out_never_keeps_its_replica_busy(fleet):
+    from flyte_ray.errors import TaskTimeoutError
+
+    pid = asyncio.run(tr.replica_pid.aio())
+    with pytest.raises(TaskTimeoutError):
+        asyncio.run(tr.awaits_too_long.aio(30))
+    assert asyncio.run(tr.replica_pid.aio()) == pid  # cancelled where it awaited: the same replica serves on
+    with pytest.raises(TaskTimeoutError):
+        asyncio.run(tr.blocks_its_loop.aio(30))
+    # it ignored the cancel: its replica was replaced (a call to the blocked one would have waited
+    # for it and come back from the same process)
+    assert asyncio.run(tr.replica_pid.aio()) != pid

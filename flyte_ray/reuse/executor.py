@@ -9,8 +9,10 @@ died: it is re-created by name) for ``POOL_WAIT_S`` is a system failure too.
 
 Timeouts: ``max_runtime`` (and the deadline) is measured from the call to the replica, so waiting
 for a busy replica counts; ``max_queued_time`` is not enforced separately for warm replicas. An
-async call that times out is cancelled on its replica; a sync one cannot be interrupted, so its
-replica is killed and replaced.
+async call that times out is cancelled on its replica; if it has not stopped
+:data:`CANCEL_GRACE_S` later (user code that blocks the replica's loop cannot be cancelled), the
+replica is killed and replaced, as a sync replica's is at once (a sync call cannot be
+interrupted), so a timed-out call never keeps a replica busy.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["ReplicaExecutor", "MAX_REPICKS"]
 
 MAX_REPICKS = 50  # declined picks before an attempt gives up (a system failure)
+CANCEL_GRACE_S = 2.0  # how long a cancelled async call may take to stop before its replica is replaced
 
 
 def _limit(req: AttemptRequest) -> Optional[float]:
@@ -84,6 +87,18 @@ def _with_static(payload: list, static: WarmStatic) -> list:
     return p
 
 
+async def _stops_when_cancelled(ref: object, port: Port) -> bool:
+    """Cancel a call on an async replica; True when it ended within :data:`CANCEL_GRACE_S`."""
+    ray.cancel(ref)
+    try:
+        await port.get(ref, CANCEL_GRACE_S)
+    except WaitTimeout:
+        return False
+    except Exception:  # noqa: BLE001 - TaskCancelledError: it stopped
+        return True
+    return True  # it finished meanwhile
+
+
 def _for_slot(payload: list, static: WarmStatic, slot: Slot) -> list:
     """``payload`` as ``slot`` needs it: with the static part in full the first time."""
     if static.digest in slot.known:
@@ -123,9 +138,9 @@ class ReplicaExecutor:
             try:
                 res = await port.get(ref, None if limit is None else max(limit - (time.monotonic() - t0), 0.0))
             except WaitTimeout:
-                if async_replica:
-                    ray.cancel(ref)
-                else:  # a sync call cannot be interrupted: the replica is killed and replaced
+                if not (async_replica and await _stops_when_cancelled(ref, port)):
+                    # a sync call cannot be interrupted, an async one ignored the cancel: the
+                    # replica is killed and replaced
                     try:
                         ray.kill(slot.handle, no_restart=True)
                     except Exception:  # noqa: BLE001
