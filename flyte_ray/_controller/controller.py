@@ -100,9 +100,13 @@ class RayController:
     # ---------------------------------------------------------------- the steps
     async def _submit(self, call: Call, port: Port) -> Any:
         cache = call.spec.cache
-        if cache is not None and cache.enabled:
-            return await cached_call(call, port, lambda c: self._hosted(c, port))
-        return await self._hosted(call, port)
+        try:
+            if cache is not None and cache.enabled:
+                return await cached_call(call, port, lambda c: self._hosted(c, port))
+            return await self._hosted(call, port)
+        finally:
+            if call.call_id == "root":
+                self.supervision.run_ended(call)
 
     async def _hosted(self, call: Call, port: Port) -> Any:
         where = self.supervision.where(call)

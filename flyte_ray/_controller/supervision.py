@@ -25,6 +25,10 @@ short children it owned (at most ``inline_under`` seconds of work each) and its 
 always goes through the actor, gets the recorded results back and re-runs only the rest. Calls
 of unknown or longer runtime, and every call of a retried parent, go through the actor.
 
+The actor keeps finished results for re-attachment in a :class:`ResultStore`, bounded by count,
+bytes and age, and drops a run's results when the run's driver says the run ended (a driver whose
+run had spot attempts tells the actor, in batches, off the call's path).
+
 Wire records: :class:`~flyte_ray._ray.wire.SupervisedCall` in, :class:`SupervisedResult` out,
 :class:`Recorded` for short calls' results.
 """
@@ -34,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import pickle
 import threading
 import time
 import weakref
@@ -63,7 +68,9 @@ if TYPE_CHECKING:
 __all__ = ["Host", "Supervision", "SupervisorActorBase", "RuntimeHistory", "call_key", "ACTOR_NAME"]
 
 ACTOR_NAME = "flyte-ray-supervisor"
-KEEP_RESULTS = 100_000  # finished calls remembered for re-attachment (LRU)
+KEEP_RESULTS = 100_000  # finished calls remembered for re-attachment (LRU), at most
+KEEP_BYTES = 256 * 2**20  # ... and at most this many bytes of them (pickled)
+KEEP_SECONDS = 24 * 3600.0  # ... and none older than this
 RECOVERY_S = 30.0
 RECENT = 8  # runs of a task remembered per process to judge it short
 BATCH = 64
@@ -94,6 +101,75 @@ def _result_of(call: Call, ok: bool, value: Any, tb: str = "", attached: bool = 
 # ================================================================================ actor side
 
 
+class ResultStore:
+    """Finished calls' results kept for re-attachment, pickled, least recently used first out:
+    at most ``max_count`` of them, ``max_bytes`` bytes, none older than ``max_age`` seconds; a
+    result larger than ``max_bytes`` is not kept (a retried caller then runs that call again).
+    ``forget_run`` drops every result of a run."""
+
+    def __init__(
+        self,
+        max_count: int = KEEP_RESULTS,
+        max_bytes: int = KEEP_BYTES,
+        max_age: float = KEEP_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_count, self.max_bytes, self.max_age, self.clock = max_count, max_bytes, max_age, clock
+        self.items: OrderedDict[str, tuple[bytes, str, float]] = OrderedDict()  # key -> (blob, run, kept at)
+        self.runs: dict[str, set] = {}
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def put(self, key: str, result: SupervisedResult) -> None:
+        try:
+            blob = ray.cloudpickle.dumps(encode(result))
+        except Exception:  # noqa: BLE001 - not kept: a retried caller runs the call again
+            return
+        self._drop(key)
+        if len(blob) > self.max_bytes:
+            return
+        run = key.split("|", 1)[0]
+        self.items[key] = (blob, run, self.clock())
+        self.runs.setdefault(run, set()).add(key)
+        self.bytes += len(blob)
+        self._evict()
+
+    def get(self, key: str) -> Optional[SupervisedResult]:
+        hit = self.items.get(key)
+        if hit is None:
+            return None
+        if self.clock() - hit[2] > self.max_age:
+            self._drop(key)
+            return None
+        self.items.move_to_end(key)
+        return decode(SupervisedResult, pickle.loads(hit[0]))
+
+    def forget_run(self, run: str) -> None:
+        for key in list(self.runs.get(run, ())):
+            self._drop(key)
+
+    def _evict(self) -> None:
+        now = self.clock()
+        while self.items:
+            key, (blob, _, at) = next(iter(self.items.items()))
+            if len(self.items) <= self.max_count and self.bytes <= self.max_bytes and now - at <= self.max_age:
+                break
+            self._drop(key)
+
+    def _drop(self, key: str) -> None:
+        hit = self.items.pop(key, None)
+        if hit is None:
+            return
+        self.bytes -= len(hit[0])
+        keys = self.runs.get(hit[1])
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self.runs[hit[1]]
+
+
 class SupervisorActorBase:
     """Async actor (0 CPU, on-demand) that owns the attempt loops of delegated calls.
 
@@ -102,7 +178,7 @@ class SupervisorActorBase:
 
     def __init__(self) -> None:
         self.running: dict[str, asyncio.Future] = {}
-        self.finished: OrderedDict[str, SupervisedResult] = OrderedDict()
+        self.finished = ResultStore()
         self.hosted = 0  # calls whose attempt loop ran here
         self.recorded = 0  # short calls' results sent by the callers that supervised them
 
@@ -158,16 +234,19 @@ class SupervisorActorBase:
         return out
 
     def _keep(self, key: str, out: SupervisedResult) -> None:
-        self.finished[key] = out
-        while len(self.finished) > KEEP_RESULTS:
-            self.finished.popitem(last=False)
+        self.finished.put(key, out)
+
+    async def forget_runs(self, runs: list) -> None:
+        """Runs that ended: nobody re-attaches to their calls any more."""
+        for run in runs:
+            self.finished.forget_run(run)
 
     async def record_many(self, items: list) -> None:
         """Results of short calls that their (spot) callers supervised themselves, kept for a
         retried caller to re-attach to."""
         for wire in items:
             rec = decode(Recorded, wire)
-            if rec.key not in self.running and rec.key not in self.finished:
+            if rec.key not in self.running and self.finished.get(rec.key) is None:
                 self._keep(rec.key, decode(SupervisedResult, rec.result))
                 self.recorded += 1
 
@@ -177,6 +256,7 @@ class SupervisorActorBase:
             "pid": os.getpid(),
             "running": len(self.running),
             "finished": len(self.finished),
+            "finished_bytes": self.finished.bytes,
             "hosted": self.hosted,
             "recorded": self.recorded,
         }
@@ -220,38 +300,54 @@ class RuntimeHistory:
 
 
 class _Recorder:
-    """Sends the results of short calls to the actor in batches, from a daemon thread, so
-    recording costs the call's path one list append. A result finished less than
-    :data:`FLUSH_S` before its caller is lost is not recorded: the retried caller re-runs it."""
+    """Sends the results of short calls, and the names of runs that ended, to the actor in
+    batches, from a daemon thread, so each costs the call's path one list append. A result
+    finished less than :data:`FLUSH_S` before its caller is lost is not recorded: the retried
+    caller re-runs it. An ended run not told (the driver exited first) ages out of the store."""
 
     FLUSH_S = 0.02
 
     def __init__(self, supervision: "Supervision") -> None:
         self.supervision = supervision
         self.items: list = []
+        self.ended: list = []
         self.lock = threading.Lock()
         self.thread: Optional[threading.Thread] = None
 
     def add(self, call: Call, value: Any) -> None:
         with self.lock:
             self.items.append((call, value))
-            if self.thread is None:
-                self.thread = threading.Thread(target=self._run, name="flyte-ray-recorder", daemon=True)
-                self.thread.start()
+            self._start()
+
+    def run_ended(self, run_name: str) -> None:
+        with self.lock:
+            self.ended.append(run_name)
+            self._start()
+
+    def _start(self) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="flyte-ray-recorder", daemon=True)
+            self.thread.start()
 
     def _run(self) -> None:
         while True:
             time.sleep(self.FLUSH_S)
             with self.lock:
                 batch, self.items = self.items, []
-            if batch:
-                self.flush(batch)
+                ended, self.ended = self.ended, []
+            if batch or ended:
+                self.flush(batch, ended)
 
-    def flush(self, batch: list) -> None:
+    def flush(self, batch: list, ended: list) -> None:
+        # best effort: an unrecorded short call re-runs; an untold run ages out of the store
         try:
-            items = [encode(Recorded(VERSION, call_key(c), encode(_result_of(c, True, v)))) for c, v in batch]
-            self.supervision.handle().record_many.remote(items)  # fire and forget
-        except Exception:  # noqa: BLE001 - best effort: an unrecorded short call re-runs
+            handle = self.supervision.handle()
+            if batch:
+                items = [encode(Recorded(VERSION, call_key(c), encode(_result_of(c, True, v)))) for c, v in batch]
+                handle.record_many.remote(items)  # fire and forget
+            if ended:
+                handle.forget_runs.remote(sorted(set(ended)))
+        except Exception:  # noqa: BLE001
             pass
 
 
@@ -361,6 +457,12 @@ class Supervision:
                     except ValueError as e:  # not created (yet) or being restarted
                         raise _NotFound(str(e)) from e
         return self._handle
+
+    def run_ended(self, call: Call) -> None:
+        """A root call ended: if its run may have handed calls to the actor (an attempt ran on
+        spot) and this process knows the actor, the actor can drop the run's results."""
+        if (self.owned is not None or self._handle is not None) and any(r.market == "spot" for r in call.state.history):
+            self.recorder.run_ended(call.run_name)
 
     # ---------------------------------------------------------------- hosting
     async def in_caller(self, call: Call, supervise: Supervise) -> Any:
