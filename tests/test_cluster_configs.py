@@ -17,6 +17,14 @@ Two kinds of checks, both without any cloud or Kubernetes API call:
    market markers, queues, GPU types, spot settings agreeing with the
    marker, and RAY_AUTH_MODE being the same everywhere.
 
+3. Closed by default (README, "Security: what is exposed"): token auth in
+   every Ray process with the token reaching every node (``~/.ray/auth_token``
+   file mount; KubeRay: RAY_AUTH_TOKEN from one Secret), the dashboard on
+   loopback, AWS nodes in one given security group, GCP nodes tagged on a
+   subnet of their own with an external IP on the head only, and a
+   NetworkPolicy (``kuberay-networkpolicy.yaml``) that admits only the
+   RayCluster's own pods and, on the client ports, labelled client pods.
+
 Each convention check is a function returning a list of problems, so the
 tests at the end can also prove that broken configs are caught.
 """
@@ -919,7 +927,7 @@ def test_kuberay_uses_token_auth_from_one_secret(name):
     problems = kuberay_token_problems(cr) + kuberay_dashboard_problems(cr)
     assert not problems, "\n".join(problems)
     text = (CONFIG_DIR / name).read_text()
-    assert "0.0.0.0" not in "\n".join(l for l in text.splitlines() if not l.lstrip().startswith("#"))
+    assert "0.0.0.0" not in "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
 
 
 @pytest.mark.parametrize("name", _kuberay_names())
@@ -983,9 +991,15 @@ def test_closed_by_default_checks_catch_mistakes():
         k: v for k, v in nts(c)["etl-pool"]["node_config"].items() if k != "tags"}))
     assert gcp(lambda c: nts(c)["etl-pool"]["node_config"].update(tags={"items": ["other"]}))
     # the default network, another region
-    for where in ("global/networks/default", "regions/europe-west4/subnetworks/flyte-ray"):
-        assert gcp(lambda c: [nt["node_config"].update(networkInterfaces=[
-            {**nt["node_config"]["networkInterfaces"][0], "subnetwork": where}]) for nt in nts(c).values()])
+    def move_all(where):
+        def mutate(c):
+            for nt in nts(c).values():
+                nt["node_config"]["networkInterfaces"] = [
+                    {**nt["node_config"]["networkInterfaces"][0], "subnetwork": where}]
+        return mutate
+
+    assert gcp(move_all("global/networks/default"))
+    assert gcp(move_all("regions/europe-west4/subnetworks/flyte-ray"))
     # head without an external IP and without use_internal_ips
     assert gcp(lambda c: nts(c)["head"]["node_config"].update(
         networkInterfaces=[{"subnetwork": "regions/us-central1/subnetworks/flyte-ray"}]))
