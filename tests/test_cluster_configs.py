@@ -17,6 +17,14 @@ Two kinds of checks, both without any cloud or Kubernetes API call:
    market markers, queues, GPU types, spot settings agreeing with the
    marker, and RAY_AUTH_MODE being the same everywhere.
 
+3. Closed by default (README, "Security: what is exposed"): token auth in
+   every Ray process with the token reaching every node (``~/.ray/auth_token``
+   file mount; KubeRay: RAY_AUTH_TOKEN from one Secret), the dashboard on
+   loopback, AWS nodes in one given security group, GCP nodes tagged on a
+   subnet of their own with an external IP on the head only, and a
+   NetworkPolicy (``kuberay-networkpolicy.yaml``) that admits only the
+   RayCluster's own pods and, on the client ports, labelled client pods.
+
 Each convention check is a function returning a list of problems, so the
 tests at the end can also prove that broken configs are caught.
 """
@@ -106,10 +114,27 @@ EKS_CAPACITY_LABEL = "eks.amazonaws.com/capacityType"
 GKE_ACCEL_LABEL = "cloud.google.com/gke-accelerator"
 SPOT_LABELS = {GKE_SPOT_LABEL: "true", EKS_CAPACITY_LABEL: "SPOT"}
 
+# ------------------------------------------------------- closed by default ---
+# Ray 2.60 reads the token from RAY_AUTH_TOKEN, else the file named by
+# RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token
+# (ray/_private/authentication/authentication_token_setup.py and the loader in
+# _raylet.so); RAY_AUTH_MODE=token turns the checks on.
+TOKEN_FILE = "~/.ray/auth_token"
+TOKEN_ENV_RE = re.compile(r"\bRAY_AUTH_TOKEN(_PATH)?\b")
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+DASHBOARD_HOST_RE = re.compile(r"--dashboard-host[= ]+['\"]?([^\s'\";]+)")
+# Labels KubeRay puts on every pod of a RayCluster.
+KUBERAY_CLUSTER_LABEL = "ray.io/cluster"
+NETWORK_POLICY_KIND = "NetworkPolicy"
+# What a Ray client outside the cluster may reach: GCS, Ray Client, dashboard.
+CLIENT_PORTS = {6379, 10001, 8265}
+
 
 # --------------------------------------------------------------- loading ---
 def _load_all() -> Tuple[Dict[str, dict], Dict[str, dict], List[str]]:
-    """Split cluster-configs/*.yaml into ray-up configs and RayClusters."""
+    """Split cluster-configs/*.yaml into ray-up configs and RayClusters
+    (NetworkPolicy manifests, which go with a RayCluster, are neither and
+    are not unknown either: see _network_policies)."""
     ray_up, kuberay, unknown = {}, {}, []
     for path in sorted(CONFIG_DIR.glob("*.y*ml")):
         with open(path) as f:
@@ -118,6 +143,8 @@ def _load_all() -> Tuple[Dict[str, dict], Dict[str, dict], List[str]]:
             kuberay[path.name] = doc
         elif isinstance(doc, dict) and "provider" in doc:
             ray_up[path.name] = doc
+        elif isinstance(doc, dict) and doc.get("kind") == NETWORK_POLICY_KIND:
+            continue
         else:
             unknown.append(path.name)
     return ray_up, kuberay, unknown
@@ -128,7 +155,23 @@ def _ray_up_names() -> List[str]:
 
 
 def _kuberay_names() -> List[str]:
-    return sorted(p.name for p in CONFIG_DIR.glob("*.y*ml") if "kuberay" in p.name)
+    """KubeRay RayCluster manifests (not the NetworkPolicy beside them)."""
+    return sorted(
+        p.name for p in CONFIG_DIR.glob("*.y*ml")
+        if "kuberay" in p.name and _load(p.name).get("kind") == "RayCluster"
+    )
+
+
+def _network_policies() -> Dict[str, dict]:
+    """NetworkPolicy manifests in cluster-configs/ (one object per file: every
+    file there is read as a single YAML document, by these tests and by
+    `flyte-ray doctor --cluster-config`)."""
+    found = {}
+    for path in sorted(CONFIG_DIR.glob("*.y*ml")):
+        doc = _load(path.name)
+        if isinstance(doc, dict) and doc.get("kind") == NETWORK_POLICY_KIND:
+            found[path.name] = doc
+    return found
 
 
 def _load(name: str) -> dict:
@@ -380,6 +423,129 @@ def ray_up_auth_problems(config: dict) -> List[str]:
     return p
 
 
+def _start_commands(config: dict) -> Iterable[Tuple[str, str]]:
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        for cmd in config.get(key, []):
+            yield key, cmd
+
+
+def ray_up_token_problems(config: dict) -> List[str]:
+    """Token auth in every Ray process of a (prepared) ray-up config, with the
+    token shipped to every node as the file Ray reads by default."""
+    p: List[str] = []
+    for key, cmd in _start_commands(config):
+        if "ray start" in cmd and AUTH_RE.findall(cmd) != ["token"]:
+            p.append(f"{key}: `ray start` must run with RAY_AUTH_MODE=token, has {AUTH_RE.findall(cmd)}")
+    docker = config.get("docker") or {}
+    if docker:
+        modes = [m for opt in docker.get("run_options", []) for m in AUTH_RE.findall(opt)]
+        if modes != ["token"]:
+            p.append(f"docker.run_options must pass -e RAY_AUTH_MODE=token to the container, has {modes}")
+        extra = [docker.get("head_run_options", []), docker.get("worker_run_options", [])] + [
+            (nt.get("docker") or {}).get("worker_run_options", [])
+            for nt in config["available_node_types"].values()
+        ]
+        for opts in extra:
+            for opt in opts:
+                if set(AUTH_RE.findall(opt)) - {"token"}:
+                    p.append(f"docker run options override RAY_AUTH_MODE: {opt!r}")
+    mounts = config.get("file_mounts") or {}
+    if TOKEN_FILE not in mounts:
+        p.append(f"file_mounts must copy the token to every node as {TOKEN_FILE!r} (the file Ray reads)")
+    elif not str(mounts[TOKEN_FILE]).strip():
+        p.append(f"file_mounts[{TOKEN_FILE!r}] has no local source")
+    # RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH take precedence over the mounted
+    # file; in a ray-up YAML the former would also be a secret in the config.
+    text = yaml.safe_dump(config)
+    if TOKEN_ENV_RE.search(text):
+        p.append("RAY_AUTH_TOKEN(_PATH) set in the config: it would override the mounted token file "
+                 "(and a token value does not belong in a committed config)")
+    return p
+
+
+def dashboard_host_problems(config: dict) -> List[str]:
+    """The dashboard (and its Jobs API) listens on loopback only."""
+    p: List[str] = []
+    for key, cmd in _start_commands(config):
+        for host in DASHBOARD_HOST_RE.findall(cmd):
+            if host not in LOOPBACK_HOSTS:
+                p.append(f"{key}: --dashboard-host={host} exposes the dashboard beyond the head's loopback")
+    text = yaml.safe_dump(config)
+    if re.search(r"dashboard-host[= ]+['\"]?(0\.0\.0\.0|::|\[::\])", text):
+        p.append("dashboard-host 0.0.0.0/:: appears in the config")
+    return p
+
+
+def aws_network_problems(config: dict) -> List[str]:
+    """Every node in one security group that the user created (Ray 2.60's
+    auto-created group always opens SSH to 0.0.0.0/0)."""
+    p: List[str] = []
+    groups: Set[Tuple[str, ...]] = set()
+    for name, nt in config["available_node_types"].items():
+        node_config = nt.get("node_config", {})
+        if "NetworkInterfaces" in node_config:
+            p.append(f"{name}: NetworkInterfaces bypass the cluster's SecurityGroupIds; use SecurityGroupIds")
+        sg = node_config.get("SecurityGroupIds")
+        if not sg:
+            p.append(f"{name}: no SecurityGroupIds: Ray would put it in a group with SSH open to 0.0.0.0/0")
+            continue
+        groups.add(tuple(sg))
+        if len(sg) != 1 or not str(sg[0]).startswith("sg-"):
+            p.append(f"{name}: SecurityGroupIds must be one group id (sg-...), got {sg!r}")
+    if len(groups) > 1:
+        p.append(f"node types use different security groups {sorted(groups)}: "
+                 "'all traffic within the group' must cover every node")
+    return p
+
+
+def _gcp_location(interface: dict) -> str:
+    return str(interface.get("subnetwork") or interface.get("network") or "")
+
+
+def gcp_network_problems(config: dict) -> List[str]:
+    """Nodes on a subnet of their own network, tagged for its firewall rules;
+    only the head (which `ray up` reaches over SSH) has an external IP."""
+    p: List[str] = []
+    region = config["provider"].get("region")
+    head = config["head_node_type"]
+    use_internal = config["provider"].get("use_internal_ips", False)
+    tag_sets: List[Set[str]] = []
+    locations: Set[str] = set()
+    for name, nt in config["available_node_types"].items():
+        node_config = nt.get("node_config", {})
+        tags = set((node_config.get("tags") or {}).get("items") or [])
+        if not tags:
+            p.append(f"{name}: no network tag (tags.items): the firewall rules cannot target it")
+        tag_sets.append(tags)
+        interfaces = node_config.get("networkInterfaces")
+        if not interfaces:
+            p.append(f"{name}: no networkInterfaces: Ray would attach the project's first subnet with an external IP")
+            continue
+        for interface in interfaces:
+            location = _gcp_location(interface)
+            locations.add(location)
+            if not location:
+                p.append(f"{name}: a network interface names no subnetwork/network")
+            if location.rstrip("/").split("/")[-1] == "default" and "networks/" in location:
+                p.append(f"{name}: the default network has default-allow-* firewall rules; use a network of its own")
+            m = re.search(r"regions/([^/]+)/subnetworks/", location)
+            if m and m.group(1) != region:
+                p.append(f"{name}: subnetwork region {m.group(1)!r} is not provider.region {region!r}")
+        external = [i for i in interfaces if i.get("accessConfigs")]
+        if name != head and external:
+            p.append(f"{name}: workers must have no external IP (accessConfigs); they egress through Cloud NAT")
+        if name == head and not external and not use_internal:
+            p.append(f"{name}: the head needs an external IP (or provider.use_internal_ips) for `ray up` to reach it")
+    if tag_sets and not set.intersection(*tag_sets):
+        p.append("no network tag is common to every node type: one firewall rule cannot cover the cluster")
+    if len(locations) > 1:
+        p.append(f"node types are on different subnetworks/networks {sorted(locations)}")
+    return p
+
+
+NETWORK_PROBLEMS = {"aws": aws_network_problems, "gcp": gcp_network_problems}
+
+
 def prepared(name: str) -> dict:
     """Ray's own preparation + validation (what `ray up` does offline)."""
     config = prepare_config(copy.deepcopy(_load(name)))
@@ -580,6 +746,143 @@ def kuberay_problems(cr: dict) -> List[str]:
     return p
 
 
+def _kuberay_env_lists(cr: dict) -> List[Tuple[str, List[dict]]]:
+    """(where, env list) of every Ray container, init container and of the
+    autoscaler sidecar (autoscalerOptions.env)."""
+    spec = cr["spec"]
+    out: List[Tuple[str, List[dict]]] = []
+    if spec.get("enableInTreeAutoscaling"):
+        out.append(("autoscalerOptions", (spec.get("autoscalerOptions") or {}).get("env") or []))
+    groups = [("head", spec["headGroupSpec"])] + [(g["groupName"], g) for g in spec["workerGroupSpecs"]]
+    for name, group in groups:
+        pod = group["template"]["spec"]
+        for c in (pod.get("initContainers") or []) + pod["containers"]:
+            out.append((f"{name}/{c['name']}", c.get("env") or []))
+    return out
+
+
+def kuberay_token_problems(cr: dict) -> List[str]:
+    """RAY_AUTH_MODE=token and RAY_AUTH_TOKEN from one Secret in every
+    container (and the autoscaler); no token value in the manifest."""
+    p: List[str] = []
+    refs: Set[Tuple[str, str]] = set()
+    for where, env in _kuberay_env_lists(cr):
+        by_name = {e.get("name"): e for e in env}
+        if (by_name.get("RAY_AUTH_MODE") or {}).get("value") != "token":
+            p.append(f"{where}: RAY_AUTH_MODE must be token")
+        token = by_name.get("RAY_AUTH_TOKEN")
+        ref = ((token or {}).get("valueFrom") or {}).get("secretKeyRef") or {}
+        if not token:
+            p.append(f"{where}: no RAY_AUTH_TOKEN")
+        elif "value" in token or not (ref.get("name") and ref.get("key")):
+            p.append(f"{where}: RAY_AUTH_TOKEN must come from a Secret (valueFrom.secretKeyRef), not a value")
+        else:
+            refs.add((ref["name"], ref["key"]))
+        if "RAY_AUTH_TOKEN_PATH" in by_name:
+            p.append(f"{where}: RAY_AUTH_TOKEN_PATH is ignored while RAY_AUTH_TOKEN is set; drop it")
+    if len(refs) > 1:
+        p.append(f"containers read different Secrets {sorted(refs)}: one shared token is needed")
+    return p
+
+
+def kuberay_dashboard_problems(cr: dict) -> List[str]:
+    """KubeRay sets dashboard-host 0.0.0.0 on the head unless the manifest
+    says otherwise, so loopback must be explicit."""
+    spec = cr["spec"]
+    p: List[str] = []
+    host = (spec["headGroupSpec"].get("rayStartParams") or {}).get("dashboard-host")
+    if host not in LOOPBACK_HOSTS:
+        p.append(f"head: rayStartParams dashboard-host must be loopback (KubeRay's default is 0.0.0.0), got {host!r}")
+    for g in spec["workerGroupSpecs"]:
+        h = (g.get("rayStartParams") or {}).get("dashboard-host")
+        if h is not None and h not in LOOPBACK_HOSTS:
+            p.append(f"{g['groupName']}: dashboard-host {h!r}")
+    return p
+
+
+def _selects_cluster(selector: Optional[dict], cluster: str) -> bool:
+    """Whether a pod selector selects (at least) all pods of the RayCluster."""
+    if selector is None:
+        return False
+    if selector.get("matchExpressions"):
+        return False
+    labels = selector.get("matchLabels") or {}
+    return all(k == KUBERAY_CLUSTER_LABEL and v == cluster for k, v in labels.items())
+
+
+def _is_cluster_peer(peer: dict, cluster: str) -> bool:
+    """A `from` peer that is exactly the pods of this RayCluster."""
+    sel = peer.get("podSelector")
+    return (
+        set(peer) == {"podSelector"}
+        and (sel or {}).get("matchLabels", {}).get(KUBERAY_CLUSTER_LABEL) == cluster
+    )
+
+
+def _open_peer(peer: dict) -> Optional[str]:
+    """Why a `from` peer admits (nearly) anyone, or None."""
+    if not peer:
+        return "an empty peer {}"
+    block = peer.get("ipBlock")
+    if block is not None:
+        if block.get("cidr") in ("0.0.0.0/0", "::/0"):
+            return f"ipBlock {block.get('cidr')}"
+        return None
+    ns, pods = peer.get("namespaceSelector"), peer.get("podSelector")
+    if ns is not None and not ns and not pods:
+        return "namespaceSelector {} (every pod of every namespace)"
+    if ns is None and pods is not None and not pods:
+        return "podSelector {} (every pod of the namespace)"
+    return None
+
+
+def network_policy_problems(cluster: str, policies: Dict[str, dict]) -> List[str]:
+    """Ingress to the RayCluster's pods only from its own pods and, on the
+    client ports, from labelled client pods; no allow-all rule."""
+    p: List[str] = []
+    applying = {
+        n: np for n, np in policies.items()
+        if _selects_cluster((np.get("spec") or {}).get("podSelector"), cluster)
+    }
+    if not applying:
+        return [f"no NetworkPolicy selects the pods of RayCluster {cluster!r} ({KUBERAY_CLUSTER_LABEL}: {cluster})"]
+    isolates = False
+    cluster_rule = client_rule = False
+    for n, np in applying.items():
+        spec = np["spec"]
+        types = spec.get("policyTypes") or ["Ingress"]
+        if "Ingress" in types:
+            isolates = True
+        for i, rule in enumerate(spec.get("ingress") or []):
+            where = f"{n}: ingress[{i}]"
+            peers = rule.get("from")
+            ports = rule.get("ports")
+            if not peers:
+                p.append(f"{where} has no `from`: it admits every source")
+                continue
+            for peer in peers:
+                why = _open_peer(peer)
+                if why:
+                    p.append(f"{where} admits {why}")
+            if all(_is_cluster_peer(peer, cluster) for peer in peers):
+                cluster_rule = cluster_rule or not ports
+                continue
+            numbers = {pt.get("port") for pt in ports or []}
+            if not ports or not numbers <= CLIENT_PORTS:
+                p.append(f"{where} admits pods outside the RayCluster on ports {sorted(numbers, key=str) or 'all'}; "
+                         f"only {sorted(CLIENT_PORTS)} are for clients")
+            if any(pt.get("protocol", "TCP") != "TCP" for pt in ports or []):
+                p.append(f"{where}: client ports are TCP")
+            client_rule = client_rule or 10001 in numbers
+    if not isolates:
+        p.append("no policy selecting the RayCluster's pods has policyType Ingress")
+    if not cluster_rule:
+        p.append("no rule admits the RayCluster's own pods on all ports (Ray's nodes could not talk)")
+    if not client_rule:
+        p.append("no rule admits clients to the Ray Client port 10001")
+    return p
+
+
 @pytest.mark.parametrize("name", _kuberay_names())
 def test_kuberay_passes_ray_parsing_and_validation(name):
     config = _kuberay_autoscaling_config(name)
@@ -595,6 +898,166 @@ def test_kuberay_follows_convention(name):
         problems += resource_problems(n, resources, n == head)
     problems += fallback_problems(node_types, head)
     assert not problems, "\n".join(problems)
+
+
+# ----------------------------------------------------- closed by default ---
+@pytest.mark.parametrize("name", _ray_up_names())
+def test_ray_up_uses_token_auth_on_every_node(name):
+    problems = ray_up_token_problems(prepared(name))
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("name", _ray_up_names())
+def test_ray_up_dashboard_is_not_public(name):
+    problems = dashboard_host_problems(prepared(name))
+    assert not problems, "\n".join(problems)
+    assert "dashboard-host=0.0.0.0" not in (CONFIG_DIR / name).read_text()
+
+
+@pytest.mark.parametrize("name", _ray_up_names())
+def test_ray_up_restricts_the_network(name):
+    config = prepared(name)
+    problems = NETWORK_PROBLEMS[config["provider"]["type"]](config)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("name", _kuberay_names())
+def test_kuberay_uses_token_auth_from_one_secret(name):
+    cr = _load(name)
+    problems = kuberay_token_problems(cr) + kuberay_dashboard_problems(cr)
+    assert not problems, "\n".join(problems)
+    text = (CONFIG_DIR / name).read_text()
+    assert "0.0.0.0" not in "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+
+
+@pytest.mark.parametrize("name", _kuberay_names())
+def test_kuberay_has_a_network_policy(name):
+    cr = _load(name)
+    policies = _network_policies()
+    problems = network_policy_problems(cr["metadata"]["name"], policies)
+    assert not problems, "\n".join(problems)
+    namespace = cr["metadata"].get("namespace")
+    for np in policies.values():
+        # A policy only applies to pods of its own namespace.
+        assert np["metadata"].get("namespace") == namespace
+
+
+def test_closed_by_default_checks_catch_mistakes():
+    def ray_up(name, mutate, check):
+        config = _load(name)
+        mutate(config)
+        return check(prepare_config(config))
+
+    nts = lambda c: c["available_node_types"]  # noqa: E731
+    for name in _ray_up_names():
+        assert ray_up(name, lambda c: None, ray_up_token_problems) == []
+        assert ray_up(name, lambda c: None, dashboard_host_problems) == []
+        # a start command without token mode
+        assert ray_up(name, lambda c: c.update(worker_start_ray_commands=[
+            x.replace("RAY_AUTH_MODE=token", "RAY_AUTH_MODE=disabled") for x in c["worker_start_ray_commands"]
+        ]), ray_up_token_problems)
+        # the container without token mode
+        assert ray_up(name, lambda c: c["docker"].update(run_options=["--ulimit nofile=65536:65536"]),
+                      ray_up_token_problems)
+        # the token not shipped
+        assert ray_up(name, lambda c: c.update(file_mounts={}), ray_up_token_problems)
+        # a token (or another token file) in the config
+        assert ray_up(name, lambda c: c["docker"]["run_options"].append("-e RAY_AUTH_TOKEN=abc"),
+                      ray_up_token_problems)
+        # a public dashboard
+        assert ray_up(name, lambda c: c["head_start_ray_commands"].append(
+            "ray start --head --dashboard-host=0.0.0.0"), dashboard_host_problems)
+        assert ray_up(name, lambda c: c["head_start_ray_commands"].append(
+            "ray start --head --dashboard-host 0.0.0.0"), dashboard_host_problems)
+
+    aws = lambda m: ray_up("aws-spot.yaml", m, aws_network_problems)  # noqa: E731
+    assert aws(lambda c: None) == []
+    assert aws(lambda c: nts(c)["cpu-spot"]["node_config"].pop("SecurityGroupIds"))
+    assert aws(lambda c: nts(c)["cpu-spot"]["node_config"].update(SecurityGroupIds=["sg-other"]))
+    assert aws(lambda c: nts(c)["head"]["node_config"].update(SecurityGroupIds=["sg-a", "sg-b"]))
+
+    gcp = lambda m: ray_up("gcp-spot.yaml", m, gcp_network_problems)  # noqa: E731
+    assert gcp(lambda c: None) == []
+    # a worker with an external IP
+    assert gcp(lambda c: nts(c).update({"cpu-spot": {**nts(c)["cpu-spot"], "node_config": {
+        **nts(c)["cpu-spot"]["node_config"],
+        "networkInterfaces": [{"subnetwork": "regions/us-central1/subnetworks/flyte-ray",
+                               "accessConfigs": [{"type": "ONE_TO_ONE_NAT"}]}]}}}))
+    # no networkInterfaces: Ray's default (first subnet, external IP)
+    assert gcp(lambda c: nts(c)["cpu-spot"].update(node_config={
+        k: v for k, v in nts(c)["cpu-spot"]["node_config"].items() if k != "networkInterfaces"}))
+    # no tag / no common tag
+    assert gcp(lambda c: nts(c)["etl-pool"].update(node_config={
+        k: v for k, v in nts(c)["etl-pool"]["node_config"].items() if k != "tags"}))
+    assert gcp(lambda c: nts(c)["etl-pool"]["node_config"].update(tags={"items": ["other"]}))
+    # the default network, another region
+    def move_all(where):
+        def mutate(c):
+            for nt in nts(c).values():
+                nt["node_config"]["networkInterfaces"] = [
+                    {**nt["node_config"]["networkInterfaces"][0], "subnetwork": where}]
+        return mutate
+
+    assert gcp(move_all("global/networks/default"))
+    assert gcp(move_all("regions/europe-west4/subnetworks/flyte-ray"))
+    # head without an external IP and without use_internal_ips
+    assert gcp(lambda c: nts(c)["head"]["node_config"].update(
+        networkInterfaces=[{"subnetwork": "regions/us-central1/subnetworks/flyte-ray"}]))
+
+
+def test_kuberay_closed_by_default_checks_catch_mistakes():
+    name = _kuberay_names()[0]
+    assert kuberay_token_problems(_load(name)) == []
+    assert kuberay_dashboard_problems(_load(name)) == []
+
+    def worker_env(cr):
+        return cr["spec"]["workerGroupSpecs"][-1]["template"]["spec"]["containers"][0]["env"]
+
+    cr = _load(name)
+    worker_env(cr)[:] = [e for e in worker_env(cr) if e["name"] != "RAY_AUTH_TOKEN"]
+    assert kuberay_token_problems(cr)
+    cr = _load(name)
+    worker_env(cr)[:] = [e for e in worker_env(cr) if e["name"] != "RAY_AUTH_TOKEN"] + [
+        {"name": "RAY_AUTH_TOKEN", "value": "abc"}]
+    assert kuberay_token_problems(cr)
+    cr = _load(name)
+    for e in worker_env(cr):
+        if e["name"] == "RAY_AUTH_TOKEN":
+            e["valueFrom"] = {"secretKeyRef": {"name": "another-secret", "key": "auth_token"}}
+    assert kuberay_token_problems(cr)
+    cr = _load(name)
+    cr["spec"]["autoscalerOptions"]["env"] = [{"name": "RAY_AUTH_MODE", "value": "token"}]
+    assert kuberay_token_problems(cr)
+    cr = _load(name)
+    worker_env(cr)[0]["value"] = "disabled"
+    assert kuberay_token_problems(cr)
+
+    cr = _load(name)
+    cr["spec"]["headGroupSpec"]["rayStartParams"].pop("dashboard-host")
+    assert kuberay_dashboard_problems(cr)  # KubeRay would bind 0.0.0.0
+    cr["spec"]["headGroupSpec"]["rayStartParams"]["dashboard-host"] = "0.0.0.0"
+    assert kuberay_dashboard_problems(cr)
+
+    cluster = _load(name)["metadata"]["name"]
+    policies = _network_policies()
+    assert network_policy_problems(cluster, policies) == []
+
+    def mutated(mutate):
+        ps = copy.deepcopy(policies)
+        mutate(next(iter(ps.values()))["spec"])
+        return network_policy_problems(cluster, ps)
+
+    assert mutated(lambda s: s["ingress"].append({}))                                  # allow all
+    assert mutated(lambda s: s["ingress"].append({"from": [{"namespaceSelector": {}}]}))
+    assert mutated(lambda s: s["ingress"].append({"from": [{"podSelector": {}}]}))
+    assert mutated(lambda s: s["ingress"].append({"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}))
+    assert mutated(lambda s: s["ingress"][1].pop("ports"))                             # clients on every port
+    assert mutated(lambda s: s["ingress"][1]["ports"].append({"protocol": "TCP", "port": 8080}))
+    assert mutated(lambda s: s["ingress"].pop(0))                                      # nodes cannot talk
+    assert mutated(lambda s: s["ingress"].pop(1))                                      # no client port
+    assert mutated(lambda s: s.update(podSelector={"matchLabels": {KUBERAY_CLUSTER_LABEL: "other"}}))
+    assert mutated(lambda s: s.update(policyTypes=["Egress"]))
+    assert network_policy_problems(cluster, {})
 
 
 # ------------------------------------- the checks do catch broken configs ---
@@ -681,7 +1144,7 @@ def test_convention_checks_catch_mistakes():
     # auth modes that disagree
     config = _aws()
     config["worker_start_ray_commands"] = [
-        c.replace("RAY_AUTH_MODE=disabled", "RAY_AUTH_MODE=token")
+        c.replace("RAY_AUTH_MODE=token", "RAY_AUTH_MODE=disabled")
         for c in config["worker_start_ray_commands"]
     ]
     assert ray_up_auth_problems(prepare_config(config))
