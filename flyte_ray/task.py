@@ -68,7 +68,13 @@ class TaskTemplate:
         self.func = func
         self.name = f"{env.name}.{func.__name__}"
         self.short_name = short_name or func.__name__
-        normalize("short_name", self.short_name, self.name)
+        if self.short_name != func.__name__:  # an explicit short name
+            normalize("short_name", self.short_name, self.name)
+        elif not (func.__name__.isidentifier() or func.__name__ == "<lambda>"):
+            raise ValueError(
+                f"{self.name}: the function's name {func.__name__!r} cannot be part of a call id; "
+                "pass short_name=... (ASCII letters, digits, '_', '-', '.')"
+            )
         self.report = report
         self.docs = docs or inspect.getdoc(func)
         self.is_async = inspect.iscoroutinefunction(func)

@@ -1,21 +1,189 @@
 """Checks for the settings every level (environment, decorator, override, run) may set.
 
 One function, so each field is validated the same way wherever it is given, and the error
-names the field, where it was given, and the accepted forms.
+names the field, where it was given, and the accepted forms: ``TypeError`` for a wrong type,
+``ValueError`` for a wrong value.
+
+Rules:
+
+* Names that end up in Ray resource names, call ids (``<parent>/<short name>-<n>``) or storage
+  keys (queue names, short names, run names) use ASCII letters, digits, ``_``, ``-`` and ``.``
+  only, checked with ``fullmatch`` (a pattern ending in ``$`` would let a trailing newline in).
+* ``env_vars`` become a Ray ``runtime_env``, i.e. the environment of a worker process: names are
+  ``[A-Za-z_][A-Za-z0-9_]*``, values strings without NUL, each ``NAME=value`` within what the OS
+  accepts. Anything else makes Ray fail to start the worker while the call waits forever.
+* Secret-bearing values (``env_vars`` values, secrets) never appear in an error message or a
+  ``repr``: errors name the variable and the value's type; :func:`masked` is what reprs show.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from typing import Any
+from typing import Any, Mapping, Optional
 
+from .._duration import short_repr
 from ..cache_policy import as_cache
 from ..resources import Resources
 from ..retry import as_retry_strategy
 from ..reuse_policy import ReusePolicy
 from ..timeout import as_timeout
 
-_QUEUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+__all__ = [
+    "ENV_NAME_RE",
+    "MASK",
+    "QUEUE_RE",
+    "SHORT_NAME_RE",
+    "check_env_vars",
+    "check_name",
+    "check_secrets",
+    "masked",
+    "normalize",
+    "secret_repr",
+    "secrets_repr",
+]
+
+#: queue names: nodes serving one declare the Ray resource ``queue:<name>`` (63 characters at most,
+#: so the name also fits a Kubernetes label, should queues move to node labels)
+QUEUE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", re.ASCII)
+#: short names (a part of every call id) and run names: the same characters; a leading ``_`` is
+#: allowed because a function's name may start with one
+SHORT_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", re.ASCII)
+#: environment variable names, as POSIX shells accept them
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
+#: Linux's MAX_ARG_STRLEN: the longest single ``NAME=value`` string a process environment holds
+MAX_ENV_ENTRY = 128 * 1024
+#: what reprs show in place of a secret-bearing value
+MASK = "***"
+
+_NAME_CHARS = "ASCII letters, digits, '_', '-' and '.'"
+
+
+def check_name(value: Any, field: str, pattern: "re.Pattern[str]", what: str) -> str:
+    """``value`` if it is a string that ``pattern`` fully matches, else an error naming ``field``."""
+    if not isinstance(value, str):
+        raise TypeError(f"{field}: expected {what}, got {type(value).__name__} {short_repr(value)}")
+    if not pattern.fullmatch(value):
+        raise ValueError(f"{field}: expected {what}, got {short_repr(value)}")
+    return value
+
+
+def _bad_env_name(name: str) -> str:
+    """What is wrong with an environment variable name, showing only the part before the first
+    bad character (``"TOKEN=abc"`` is often a value pasted into a name)."""
+    if not name:
+        return "an empty name"
+    i = next((i for i, ch in enumerate(name) if not ENV_NAME_RE.fullmatch(("_" if i else "") + ch)), len(name))
+    if i == 0:
+        return f"a name starting with {name[0]!r}"
+    return f"the name {name[:i]!r}... has {name[i]!r} at position {i}"
+
+
+def check_env_vars(value: Any, field: str) -> dict[str, str]:
+    """A copy of ``value`` checked as worker environment variables; errors never show a value."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{field}: expected a dict of NAME -> str value, got {type(value).__name__}")
+    out: dict[str, str] = {}
+    for k, v in value.items():
+        if not isinstance(k, str):
+            raise TypeError(f"{field}: variable names must be strings, got a {type(k).__name__} name")
+        if not ENV_NAME_RE.fullmatch(k):
+            raise ValueError(
+                f"{field}: {_bad_env_name(k)}; a variable name is [A-Za-z_][A-Za-z0-9_]* (ASCII letters, "
+                "digits and '_', not starting with a digit)"
+            )
+        where = f"{field}[{k!r}]"
+        if not isinstance(v, str):
+            raise TypeError(f"{where}: expected a str value, got {type(v).__name__} (value not shown)")
+        if "\0" in v:
+            raise ValueError(f"{where}: the value contains a NUL character, which no process environment can hold")
+        try:
+            size = len(k) + 1 + len(v.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise ValueError(f"{where}: the value is not valid text (it holds a lone surrogate)") from None
+        if size > MAX_ENV_ENTRY:
+            raise ValueError(
+                f"{where}: NAME=value is {size} bytes; a process environment holds at most {MAX_ENV_ENTRY} "
+                "bytes per variable (pass large data as a task argument or through storage)"
+            )
+        out[k] = v
+    return out
+
+
+def masked(env_vars: Optional[Mapping[str, Any]]) -> Optional[dict[str, str]]:
+    """``env_vars`` as reprs show them: names only (``{'TOKEN': '***'}``)."""
+    return None if env_vars is None else {str(k): MASK for k in env_vars}
+
+
+def secret_repr(item: Any) -> str:
+    """One secret request as reprs show it: its key and names (a ``Secret`` holds no value, but
+    its ``mount`` may be any object, so only a path is shown)."""
+    if isinstance(item, str):
+        return repr(item)
+    key = getattr(item, "key", None)
+    if not isinstance(key, str):
+        return f"<{type(item).__name__}>"
+    parts = [f"key={key!r}"]
+    for attr in ("group", "as_env_var", "mount"):
+        v = getattr(item, attr, None)
+        if v is None:
+            continue
+        try:
+            shown = repr(os.fspath(v)) if isinstance(v, (str, os.PathLike)) else f"<{type(v).__name__}>"
+        except TypeError:  # a PathLike whose __fspath__ returns bytes or worse
+            shown = f"<{type(v).__name__}>"
+        parts.append(f"{attr}={shown}")
+    return f"{type(item).__name__}({', '.join(parts)})"
+
+
+def secrets_repr(value: Any) -> str:
+    """A secrets argument (a key, a ``Secret``, or a list of them) as reprs show it."""
+    if value is None:
+        return "None"
+    if isinstance(value, (list, tuple)):
+        inner = ", ".join(secret_repr(x) for x in value)
+        return f"[{inner}]" if isinstance(value, list) else f"({inner}{',' if len(value) == 1 else ''})"
+    return secret_repr(value)
+
+
+def _check_secret(item: Any, field: str) -> None:
+    """A secret request: a non-empty key (a name, not a value) or a ``Secret``-like object."""
+    if isinstance(item, str):
+        if not item.strip() or any(ord(ch) < 32 or ord(ch) == 127 for ch in item):
+            raise ValueError(f"{field}: expected a secret key (a non-empty name without control characters)")
+        return
+    key = getattr(item, "key", None)
+    if not isinstance(key, str):
+        raise TypeError(
+            f"{field}: expected a secret key (str) or Secret(key=...), got {type(item).__name__} (not shown)"
+        )
+    _check_secret(key, f"{field}.key")
+    group = getattr(item, "group", None)
+    if group is not None:
+        _check_secret(group, f"{field}.group")
+    env_name = getattr(item, "as_env_var", None)
+    if env_name is not None:
+        if not isinstance(env_name, str):
+            raise TypeError(f"{field}.as_env_var: expected a variable name or None, got {type(env_name).__name__}")
+        if not ENV_NAME_RE.fullmatch(env_name):
+            raise ValueError(
+                f"{field}.as_env_var: {_bad_env_name(env_name)}; a variable name is [A-Za-z_][A-Za-z0-9_]*"
+            )
+
+
+def check_secrets(value: Any, field: str) -> Any:
+    """Flyte's forms of a secrets argument: a key, a ``Secret``, or a list of them (a tuple)."""
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_secret(item, f"{field}[{i}]")
+        return tuple(value)
+    if isinstance(value, Mapping):
+        raise TypeError(
+            f"{field}: expected a secret key (str), Secret(...) or a list of them, got {type(value).__name__} "
+            "(secrets are requested by name; values are never given to flyte-ray)"
+        )
+    _check_secret(value, field)
+    return value
 
 
 def normalize(name: str, value: Any, where: str) -> Any:
@@ -25,37 +193,40 @@ def normalize(name: str, value: Any, where: str) -> Any:
     field = f"{where}.{name}" if where else name
     if name == "resources":
         if not isinstance(value, Resources):
-            raise TypeError(f"{field}: expected flyte_ray.Resources(cpu=..., memory=..., gpu=...), got {value!r}")
+            raise TypeError(
+                f"{field}: expected flyte_ray.Resources(cpu=..., memory=..., gpu=...), "
+                f"got {type(value).__name__} {short_repr(value)}"
+            )
         return value
     if name == "env_vars":
-        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-            raise TypeError(f"{field}: expected a dict of str -> str, got {value!r}")
-        return dict(value)
+        return check_env_vars(value, field)
     if name == "secrets":
-        return value
+        return check_secrets(value, field)
     if name == "cache":
         return as_cache(value, field)
     if name == "reusable":
-        if value == "off" or isinstance(value, ReusePolicy):
+        if isinstance(value, ReusePolicy) or (isinstance(value, str) and value == "off"):
             return value
-        raise TypeError(f"{field}: expected ReusePolicy(...), 'off' or None, got {value!r}")
+        err = ValueError if isinstance(value, str) else TypeError
+        raise err(f"{field}: expected ReusePolicy(...), 'off' or None, got {type(value).__name__} {short_repr(value)}")
     if name == "interruptible":
         if not isinstance(value, bool):
-            raise TypeError(f"{field}: expected True, False or None, got {value!r}")
+            raise TypeError(f"{field}: expected True, False or None, got {type(value).__name__} {short_repr(value)}")
         return value
     if name == "queue":
-        if not isinstance(value, str) or not _QUEUE_RE.match(value):
-            raise ValueError(
-                f"{field}: expected a queue name of letters, digits, '_', '-', '.' (nodes serving it "
-                f"declare the resource 'queue:<name>'), got {value!r}"
-            )
-        return value
+        return check_name(
+            value,
+            field,
+            QUEUE_RE,
+            f"a queue name of {_NAME_CHARS}, starting with a letter or digit, at most 63 characters "
+            "(nodes serving it declare the resource 'queue:<name>')",
+        )
     if name == "retries":
         return as_retry_strategy(value, field)
     if name == "timeout":
         return as_timeout(value, field)
     if name == "short_name":
-        if not isinstance(value, str) or not value:
-            raise TypeError(f"{field}: expected a non-empty string, got {value!r}")
-        return value
+        return check_name(
+            value, field, SHORT_NAME_RE, f"a short name of {_NAME_CHARS} (part of every call id), at most 128"
+        )
     raise TypeError(f"{field}: unknown setting")
