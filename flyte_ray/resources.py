@@ -220,10 +220,12 @@ def parse_cpu(value: CPUValue, field_name: str = "Resources.cpu") -> float:
     )
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise TypeError(f"{field_name}: expected {accepted}, got {type(value).__name__} {short_repr(value)}")
-    if isinstance(value, int):
-        if value > MAX_AMOUNT:  # before float(): an int may be beyond a float's range
+    if isinstance(value, int):  # bounds first: an int may be beyond a float's range
+        if value < 0:
+            raise ValueError(f"{field_name}: must be >= 0, got {short_repr(value)}; accepted: {accepted}")
+        if value > MAX_AMOUNT:
             raise ValueError(f"{field_name}: at most {MAX_AMOUNT} (no node has more), got {short_repr(value)}")
-        return _amount(float(value), field_name, accepted)
+        return float(value)
     if isinstance(value, float):
         if math.isinf(value):
             raise ValueError(f"{field_name}: must be finite, got {value!r}; accepted: {accepted}")

@@ -179,6 +179,8 @@ def check_init_args(
                 "storage: expected an fsspec URL or local path; got an empty or blank string "
                 "(omit storage for the default, $FLYTE_RAY_STORAGE or ~/.flyte-ray/storage)"
             )
+        if url != url.strip():
+            raise ValueError("storage: the URL has leading or trailing whitespace (a quoting mistake?); URL not shown")
         if _has_control_chars(url):
             raise ValueError("storage: the URL contains a control character (a NUL, a newline...); URL not shown")
         storage = url

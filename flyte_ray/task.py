@@ -145,7 +145,9 @@ class TaskTemplate:
                 )
         short_name = merged.pop("short_name", None) or self.short_name
         if reusable is not None and reusable != "off" and reusable.concurrency > 1 and not self.is_async:
-            raise ValueError(f"{where}: ReusePolicy.concurrency={reusable.concurrency} needs an async task")
+            raise ValueError(
+                f"{where}.reusable: ReusePolicy.concurrency={reusable.concurrency} needs an async task (async def)"
+            )
         return TaskTemplate(
             self.env, self.func, short_name, self.report, self.docs, self._decorator, merged, self._origin or self
         )

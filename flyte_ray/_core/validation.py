@@ -86,7 +86,7 @@ def check_env_vars(value: Any, field: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in value.items():
         if not isinstance(k, str):
-            raise TypeError(f"{field}: variable names must be strings, got a {type(k).__name__} name")
+            raise TypeError(f"{field}: variable names must be strings, got a name of type {type(k).__name__}")
         if not ENV_NAME_RE.fullmatch(k):
             raise ValueError(
                 f"{field}: {_bad_env_name(k)}; a variable name is [A-Za-z_][A-Za-z0-9_]* (ASCII letters, "
