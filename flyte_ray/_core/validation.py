@@ -12,29 +12,38 @@ Rules:
 * ``env_vars`` become a Ray ``runtime_env``, i.e. the environment of a worker process: names are
   ``[A-Za-z_][A-Za-z0-9_]*``, values strings without NUL, each ``NAME=value`` within what the OS
   accepts. Anything else makes Ray fail to start the worker while the call waits forever.
-* Secret-bearing values (``env_vars`` values, secrets) never appear in an error message or a
-  ``repr``: errors name the variable and the value's type; :func:`masked` is what reprs show.
+* ``init``'s arguments are checked by :func:`check_init_args`, apart from connecting, so they can
+  be checked (and fuzzed) without Ray.
+* Secret-bearing values (``env_vars`` values, secrets, storage options, runtime_env) never
+  appear in an error message or a ``repr``: errors name the variable or key and the value's
+  type; :func:`masked` and :func:`secrets_repr` are what reprs show.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, NamedTuple, Optional, Union
 
-from .._duration import short_repr
+from .._duration import MAX_COUNT, count, seconds, short_repr
 from ..cache_policy import as_cache
+from ..checkpoint import Storage
 from ..resources import Resources
 from ..retry import as_retry_strategy
 from ..reuse_policy import ReusePolicy
+from ..storage import Storage as BaseStorage
 from ..timeout import as_timeout
+from .settings import Settings
 
 __all__ = [
     "ENV_NAME_RE",
+    "InitArgs",
     "MASK",
     "QUEUE_RE",
     "SHORT_NAME_RE",
     "check_env_vars",
+    "check_init_args",
     "check_name",
     "check_secrets",
     "masked",
@@ -57,6 +66,10 @@ MAX_ENV_ENTRY = 128 * 1024
 MASK = "***"
 
 _NAME_CHARS = "ASCII letters, digits, '_', '-' and '.'"
+
+
+def _has_control_chars(text: str) -> bool:
+    return any(ord(ch) < 32 or ord(ch) == 127 for ch in text)
 
 
 def check_name(value: Any, field: str, pattern: "re.Pattern[str]", what: str) -> str:
@@ -149,7 +162,7 @@ def secrets_repr(value: Any) -> str:
 def _check_secret(item: Any, field: str) -> None:
     """A secret request: a non-empty key (a name, not a value) or a ``Secret``-like object."""
     if isinstance(item, str):
-        if not item.strip() or any(ord(ch) < 32 or ord(ch) == 127 for ch in item):
+        if not item.strip() or _has_control_chars(item):
             raise ValueError(f"{field}: expected a secret key (a non-empty name without control characters)")
         return
     key = getattr(item, "key", None)
@@ -230,3 +243,144 @@ def normalize(name: str, value: Any, where: str) -> Any:
             value, field, SHORT_NAME_RE, f"a short name of {_NAME_CHARS} (part of every call id), at most 128"
         )
     raise TypeError(f"{field}: unknown setting")
+
+
+# ------------------------------------------------------------------------------ init's arguments
+class InitArgs(NamedTuple):
+    """``init``'s arguments, checked and normalised by :func:`check_init_args` (no Ray involved)."""
+
+    settings: Settings
+    address: Optional[str]
+    num_cpus: Optional[int]
+    include_dashboard: bool
+    namespace: Optional[str]
+    runtime_env: Optional[dict[str, Any]]
+    log_level: Union[int, str]
+
+
+# None (embedded), "auto", a GCS address host:port ([v6]:port) or a Ray client address ray://host:port.
+_ADDRESS_RE = re.compile(r"(?:ray://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})", re.ASCII)
+_ADDRESS_FORMS = "None (an embedded local Ray), 'auto', 'host:port' (a GCS address) or 'ray://host:port'"
+
+
+def _check_mapping(value: Any, field: str, what: str) -> dict[str, Any]:
+    """A dict with string keys; errors show keys and types only (values may be secrets)."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{field}: expected {what}, got {type(value).__name__} (value not shown)")
+    for k in value:
+        if not isinstance(k, str):
+            raise TypeError(f"{field}: expected {what}; keys must be strings, got a {type(k).__name__} key")
+    return dict(value)
+
+
+def check_init_args(
+    address: Optional[str] = None,
+    *,
+    storage: Union[str, Storage, None] = None,
+    storage_options: Optional[dict[str, Any]] = None,
+    system_retries: int = 3,
+    interruptible_failure_threshold: Optional[int] = None,
+    checkpoint_keep: int = 2,
+    num_cpus: Optional[float] = None,
+    include_dashboard: bool = False,
+    namespace: Optional[str] = None,
+    runtime_env: Optional[dict[str, Any]] = None,
+    supervisor: str = "auto",
+    inline_under: float = 0.1,
+    log_level: Union[int, str] = logging.WARNING,
+) -> InitArgs:
+    """Check and normalise :func:`init`'s arguments without touching Ray (same signature).
+
+    A wrong type is a ``TypeError``, a wrong value a ``ValueError``; each names the argument and
+    its accepted forms, and none repeats a value that may be secret (``storage`` and its options,
+    ``runtime_env``): those errors name keys and types only.
+    """
+    if address is not None:
+        if not isinstance(address, str):
+            raise TypeError(f"address: expected {_ADDRESS_FORMS}; got {type(address).__name__}")
+        m = _ADDRESS_RE.fullmatch(address)
+        if address != "auto" and (m is None or not 1 <= int(m.group(1)) <= 65535):
+            raise ValueError(f"address: expected {_ADDRESS_FORMS} (port 1-65535); got {short_repr(address)}")
+    if storage is not None and not isinstance(storage, BaseStorage):
+        url = os.fspath(storage) if isinstance(storage, os.PathLike) else storage
+        if not isinstance(url, str):
+            raise TypeError(
+                f"storage: expected an fsspec URL or local path (str), a path or Storage(...); "
+                f"got {type(storage).__name__}"
+            )
+        if not url.strip():
+            raise ValueError(
+                "storage: expected an fsspec URL or local path; got an empty or blank string "
+                "(omit storage for the default, $FLYTE_RAY_STORAGE or ~/.flyte-ray/storage)"
+            )
+        if url != url.strip():
+            raise ValueError("storage: the URL has leading or trailing whitespace (a quoting mistake?); URL not shown")
+        if _has_control_chars(url):
+            raise ValueError("storage: the URL contains a control character (a NUL, a newline...); URL not shown")
+        storage = url
+    if storage_options is not None:
+        storage_options = _check_mapping(storage_options, "storage_options", "a dict of fsspec options")
+        if isinstance(storage, BaseStorage):
+            raise ValueError(
+                "storage_options: cannot apply to a Storage object given as storage; "
+                "pass the options to Storage(url, options) instead"
+            )
+    system_retries = count(
+        system_retries, "system_retries", lo=-1, accepted=f"an int >= 0, or -1 for unlimited (at most {MAX_COUNT})"
+    )
+    if interruptible_failure_threshold is not None:
+        interruptible_failure_threshold = count(
+            interruptible_failure_threshold,
+            "interruptible_failure_threshold",
+            accepted=f"an int >= 0 (at most {MAX_COUNT}) or None",
+        )
+    checkpoint_keep = count(checkpoint_keep, "checkpoint_keep", lo=1)
+    if not isinstance(supervisor, str):
+        raise TypeError(f"supervisor: expected 'auto' or 'inline', got {type(supervisor).__name__}")
+    if supervisor not in ("auto", "inline"):
+        raise ValueError(f"supervisor: expected 'auto' or 'inline', got {short_repr(supervisor)}")
+    inline_s = seconds(inline_under, "inline_under")  # seconds >= 0 (0 = always the actor)
+    cpus: Optional[int] = None
+    if num_cpus is not None:
+        accepted = f"a whole number of CPUs from 0 to {MAX_COUNT}, or None for all of this machine's"
+        if isinstance(num_cpus, bool) or not isinstance(num_cpus, (int, float)):
+            raise TypeError(f"num_cpus: expected {accepted}; got {type(num_cpus).__name__}")
+        if isinstance(num_cpus, float) and not num_cpus.is_integer():  # NaN and inf included
+            raise ValueError(f"num_cpus: expected {accepted}; got {short_repr(num_cpus)}")
+        cpus = count(int(num_cpus), "num_cpus", accepted=accepted)
+    if not isinstance(include_dashboard, bool):
+        raise TypeError(f"include_dashboard: expected True or False, got {type(include_dashboard).__name__}")
+    if namespace is not None:
+        if not isinstance(namespace, str):
+            raise TypeError(f"namespace: expected a non-empty string or None, got {type(namespace).__name__}")
+        if not namespace.strip() or _has_control_chars(namespace):
+            raise ValueError(
+                "namespace: expected a non-empty string without control characters or None, "
+                f"got {short_repr(namespace)}"
+            )
+    if runtime_env is not None:
+        runtime_env = _check_mapping(runtime_env, "runtime_env", "a Ray runtime_env dict")
+        if runtime_env.get("env_vars") is not None:
+            runtime_env["env_vars"] = check_env_vars(runtime_env["env_vars"], "runtime_env['env_vars']")
+    if isinstance(log_level, bool) or not isinstance(log_level, (int, str)):
+        raise TypeError(
+            f"log_level: expected a logging level (an int or a name such as 'INFO'), got {type(log_level).__name__}"
+        )
+    if isinstance(log_level, str) and not isinstance(logging.getLevelName(log_level.upper()), int):
+        raise ValueError(
+            f"log_level: expected a logging level name such as 'DEBUG', 'INFO', 'WARNING'; got {short_repr(log_level)}"
+        )
+    if isinstance(log_level, int) and log_level < 0:
+        raise ValueError(f"log_level: expected a logging level >= 0, got {log_level}")
+    if isinstance(storage, BaseStorage) and not isinstance(storage, Storage):
+        storage = Storage(storage.url, storage.options)
+    store = storage if isinstance(storage, Storage) else Storage(storage, storage_options)
+    settings = Settings(
+        storage=store,
+        system_retries=system_retries,
+        interruptible_failure_threshold=interruptible_failure_threshold,
+        checkpoint_keep=checkpoint_keep,
+        supervisor=supervisor,
+        inline_under=inline_s,
+    )
+    return InitArgs(settings, address, cpus, include_dashboard, namespace, runtime_env, log_level)
