@@ -16,9 +16,10 @@ env = flyte.TaskEnvironment(
 
 
 @env.task(retries=1)
-def token_seen(fail_first: bool) -> bool:
-    """True when the worker got the variable; the first attempt fails (a user error) if asked,
-    so the run's history has a failed attempt too. Never returns or raises the value itself."""
+def token_seen(name: str, fail_first: bool) -> bool:
+    """True when the worker's variable ``name`` holds the sentinel; the first attempt fails (a user
+    error) if asked, so the run's history has a failed attempt too. Never returns or raises the
+    value itself."""
     if fail_first and flyte.ctx().attempt == 0:
         raise RuntimeError("first attempt fails on purpose")
-    return os.environ.get("API_TOKEN") == SENTINEL
+    return os.environ.get(name) == SENTINEL

@@ -726,8 +726,10 @@ def test_init_from_config_passes_storage_options_through_the_same_checks(tmp_pat
 # ------------------------------------------------------------------------------ on Ray (one task)
 
 def test_secret_env_vars_reach_the_worker_but_no_history_or_repr(embedded):
-    run = flyte.with_runcontext(env_vars={"RUN_TOKEN": SENTINEL}).run(tv.token_seen, True)
-    assert run.outputs() is True  # the worker saw the value
+    assert tv.token_seen("API_TOKEN", False) is True  # the environment's variable reached the worker
+    # run-level env_vars take precedence over the environment's (they replace them, as any setting)
+    run = flyte.with_runcontext(env_vars={"RUN_TOKEN": SENTINEL}).run(tv.token_seen, "RUN_TOKEN", True)
+    assert run.outputs() is True
     table = run.history_table()
     assert len(run.history) == 2 and "first attempt fails" in table
     _assert_hidden(table, repr(run), run._repr_html_(), *(repr(r) for r in run.history))
