@@ -99,7 +99,7 @@ class TaskEnvironment:
             raise TypeError(
                 f"TaskEnvironment.interruptible: expected True or False, got {type(self.interruptible).__name__}"
             )
-        if self.reusable == "off":
+        if isinstance(self.reusable, str) and self.reusable == "off":
             raise ValueError(
                 "TaskEnvironment.reusable: expected ReusePolicy(...) or None ('off' is only for task.override)"
             )

@@ -236,7 +236,7 @@ def test_accepted_forms_are_normalised():
     s = runtime.check_init_args(num_cpus=2.0, storage="/tmp/x", inline_under=timedelta(seconds=1))
     assert s.num_cpus == 2 and type(s.num_cpus) is int and s.settings.inline_under == 1.0
     assert runtime.check_init_args(address="[::1]:6379").address == "[::1]:6379"
-    assert runtime.check_init_args(address="ray://head.svc:10001", log_level="info").log_level == "info"
+    assert runtime.check_init_args(address="ray://head.svc:10001", log_level="info").log_level == "INFO"
 
 
 def test_function_names_that_cannot_be_call_ids_need_a_short_name():

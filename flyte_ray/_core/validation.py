@@ -372,6 +372,8 @@ def check_init_args(
         )
     if isinstance(log_level, int) and log_level < 0:
         raise ValueError(f"log_level: expected a logging level >= 0, got {log_level}")
+    if isinstance(log_level, str):
+        log_level = log_level.upper()  # logging (and so Ray) knows level names in upper case only
     if isinstance(storage, BaseStorage) and not isinstance(storage, Storage):
         storage = Storage(storage.url, storage.options)
     store = storage if isinstance(storage, Storage) else Storage(storage, storage_options)
