@@ -650,6 +650,10 @@ def test_reprs_show_names_not_secret_values():
     rc = flyte.with_runcontext(env_vars={"RUN_TOKEN": SENTINEL})
     _assert_hidden(repr(rc._overrides), repr(rc))
     assert "RUN_TOKEN" in repr(rc._overrides)
+    args = runtime.check_init_args(storage="memory://fz", storage_options={"secret": SENTINEL},
+                                   runtime_env={"env_vars": {"T": SENTINEL}, "pip": [SENTINEL]})
+    _assert_hidden(repr(args), repr(args.settings), repr(args.settings.storage))
+    assert "'T': '***'" in repr(args) and "secret" in repr(args.settings)
     clone = env.clone_with("validation-2", image=flyte.Image.from_debian_base().with_env_vars({"IMG": SENTINEL}))
     _assert_hidden(repr(clone))
 

@@ -15,7 +15,7 @@ from ..resources import Resources
 from ..retry import RetryStrategy
 from ..reuse_policy import ReusePolicy
 from ..timeout import Timeout
-from .validation import MASK, masked, secrets_repr
+from .validation import masked, masked_runtime_env, secrets_repr
 
 if TYPE_CHECKING:
     from ..task import TaskTemplate
@@ -87,13 +87,8 @@ def _rebuild_spec(*values: Any) -> CallSpec:
 def _shown_options(opts: Mapping[str, Any]) -> dict[str, Any]:
     """Ray options as reprs show them: a runtime_env's env_vars by name, its other parts hidden."""
     out = dict(opts)
-    env = out.get("runtime_env")
-    if isinstance(env, Mapping):
-        out["runtime_env"] = {
-            k: masked(v) if k == "env_vars" and isinstance(v, Mapping) else MASK for k, v in env.items()
-        }
-    elif env is not None:
-        out["runtime_env"] = MASK
+    if "runtime_env" in out:
+        out["runtime_env"] = masked_runtime_env(out["runtime_env"])
     return out
 
 

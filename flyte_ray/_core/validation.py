@@ -47,6 +47,7 @@ __all__ = [
     "check_name",
     "check_secrets",
     "masked",
+    "masked_runtime_env",
     "normalize",
     "secret_repr",
     "secrets_repr",
@@ -159,6 +160,15 @@ def secrets_repr(value: Any) -> str:
     return secret_repr(value)
 
 
+def masked_runtime_env(env: Any) -> Any:
+    """A Ray runtime_env as reprs show it: its env_vars by name, its other parts hidden."""
+    if env is None:
+        return None
+    if not isinstance(env, Mapping):
+        return MASK
+    return {k: masked(v) if k == "env_vars" and isinstance(v, Mapping) else MASK for k, v in env.items()}
+
+
 def _check_secret(item: Any, field: str) -> None:
     """A secret request: a non-empty key (a name, not a value) or a ``Secret``-like object."""
     if isinstance(item, str):
@@ -256,6 +266,10 @@ class InitArgs(NamedTuple):
     namespace: Optional[str]
     runtime_env: Optional[dict[str, Any]]
     log_level: Union[int, str]
+
+    def __repr__(self) -> str:  # a runtime_env may carry credentials: names only
+        shown = self._replace(runtime_env=masked_runtime_env(self.runtime_env))
+        return "InitArgs(" + ", ".join(f"{k}={v!r}" for k, v in zip(self._fields, shown)) + ")"
 
 
 # None (embedded), "auto", a GCS address host:port ([v6]:port) or a Ray client address ray://host:port.
