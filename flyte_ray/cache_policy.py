@@ -7,7 +7,9 @@ What the policy means for a call (keys, stored objects, serialisation) is descri
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Optional, Tuple, Union
+from typing import Any, Callable, Iterable, Literal, Mapping, Optional, Tuple, Union
+
+from ._duration import short_repr
 
 __all__ = ["Cache", "CacheRequest", "CacheBehavior", "as_cache"]
 
@@ -38,20 +40,31 @@ class Cache:
     policies: Any = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.behavior, str):
+            raise TypeError(f"Cache.behavior: expected one of {_BEHAVIORS}, got {type(self.behavior).__name__}")
         if self.behavior not in _BEHAVIORS:
-            raise ValueError(f"Cache.behavior: expected one of {_BEHAVIORS}, got {self.behavior!r}")
-        if isinstance(self.ignored_inputs, str):
-            object.__setattr__(self, "ignored_inputs", (self.ignored_inputs,))
-        elif not all(isinstance(x, str) for x in self.ignored_inputs):
-            raise TypeError(f"Cache.ignored_inputs: expected argument names, got {self.ignored_inputs!r}")
-        else:
-            object.__setattr__(self, "ignored_inputs", tuple(self.ignored_inputs))
-        if self.version_override is not None and (
-            not isinstance(self.version_override, str) or not self.version_override
-        ):
-            raise TypeError(f"Cache.version_override: expected a non-empty string, got {self.version_override!r}")
+            raise ValueError(f"Cache.behavior: expected one of {_BEHAVIORS}, got {short_repr(self.behavior)}")
+        names = self.ignored_inputs
+        accepted = "argument names: a string or a sequence of non-empty strings"
+        if isinstance(names, str):
+            names = (names,)
+        elif isinstance(names, (bytes, Mapping)) or not isinstance(names, Iterable):
+            raise TypeError(f"Cache.ignored_inputs: expected {accepted}, got {type(names).__name__}")
+        for x in names:
+            if not isinstance(x, str):
+                raise TypeError(f"Cache.ignored_inputs: expected {accepted}, got an item of type {type(x).__name__}")
+            if not x:
+                raise ValueError(f"Cache.ignored_inputs: expected {accepted}, got an empty name")
+        object.__setattr__(self, "ignored_inputs", tuple(names))
+        v = self.version_override
+        if v is not None and not isinstance(v, str):
+            raise TypeError(f"Cache.version_override: expected a non-empty string or None, got {type(v).__name__}")
+        if v is not None and not v.strip():
+            raise ValueError(f"Cache.version_override: expected a non-empty string or None, got {v!r}")
         if not isinstance(self.salt, str):
-            raise TypeError(f"Cache.salt: expected a string, got {self.salt!r}")
+            raise TypeError(f"Cache.salt: expected a string, got {type(self.salt).__name__}")
+        if not isinstance(self.serialize, bool):
+            raise TypeError(f"Cache.serialize: expected True or False, got {type(self.serialize).__name__}")
         if self.policies is not None:
             ps = (self.policies,) if callable(self.policies) else self.policies
             try:
@@ -61,7 +74,7 @@ class Cache:
             if ps is None or not all(callable(p) for p in ps):
                 raise TypeError(
                     "Cache.policies: expected a callable (task, inputs) -> str or a sequence of them, "
-                    f"got {self.policies!r}"
+                    f"got {short_repr(self.policies)}"
                 )
 
     @property
@@ -84,6 +97,8 @@ def as_cache(value: Union[CacheRequest, bool, None], field_name: str = "cache") 
         return value
     if isinstance(value, bool):
         return Cache("auto" if value else "disable")
-    if isinstance(value, str) and value in _BEHAVIORS:
-        return Cache(value)
-    raise ValueError(f"{field_name}: expected one of {_BEHAVIORS} or Cache(...), got {value!r}")
+    if not isinstance(value, str):
+        raise TypeError(f"{field_name}: expected one of {_BEHAVIORS}, a bool or Cache(...), got {type(value).__name__}")
+    if value not in _BEHAVIORS:
+        raise ValueError(f"{field_name}: expected one of {_BEHAVIORS}, a bool or Cache(...), got {short_repr(value)}")
+    return Cache(value)

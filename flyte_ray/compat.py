@@ -39,6 +39,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, TypeVar, Union
 
+from ._core.validation import secret_repr
 from ._version import __version__
 
 __all__ = [
@@ -213,13 +214,19 @@ class Secret:
     environment variable, no file is created). Give attempts their credentials the way your Ray
     cluster does (node instance roles, env vars in the cluster's image or a runtime_env).
 
-    Attributes mirror Flyte's: ``key``, ``group``, ``mount``, ``as_env_var``.
+    Attributes mirror Flyte's: ``key``, ``group``, ``mount``, ``as_env_var``. A ``Secret`` names
+    a secret and never holds its value; its ``repr`` shows the names (and ``mount`` only when it is
+    a path), never an arbitrary object. Environments check their secrets when defined (a
+    non-empty key, ``as_env_var`` a valid variable name).
     """
 
     key: str
     group: Optional[str] = None
     mount: Any = None
     as_env_var: Optional[str] = None
+
+    def __repr__(self) -> str:
+        return secret_repr(self)
 
 
 #: Flyte's accepted forms of a secrets argument: a key, a ``Secret``, or a list of them.

@@ -5,9 +5,10 @@ from __future__ import annotations
 import inspect
 import re
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Callable, Dict, Optional, Sequence, TypeVar, Union, overload
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, TypeVar, Union, overload
 
-from ._core.validation import normalize
+from ._core.validation import masked, normalize, secrets_repr
+from ._duration import short_repr
 from .cache_policy import CacheRequest
 from .resources import Resources
 from .retry import RetryStrategy
@@ -17,7 +18,16 @@ from .timeout import TimeoutType
 __all__ = ["TaskEnvironment"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-_NAME_RE = re.compile(r"^[a-z0-9]+(?:[_-][a-z0-9]+)*$")
+_NAME_RE = re.compile(r"[a-z0-9]+(?:[_-][a-z0-9]+)*", re.ASCII)
+
+
+def _opaque(value: Any) -> str:
+    """A recorded-only object (image, pod template) as a repr shows it: a string as itself,
+    anything else by its type and name (its own repr may carry env vars)."""
+    if value is None or isinstance(value, str):
+        return repr(value)
+    name = getattr(value, "name", None)
+    return f"<{type(value).__name__}{f' {name!r}' if isinstance(name, str) else ''}>"
 
 
 @dataclass
@@ -71,25 +81,60 @@ class TaskEnvironment:
     _norm: Dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+        if not isinstance(self.name, str):
+            raise TypeError(f"TaskEnvironment.name: expected a string, got {type(self.name).__name__}")
+        if not _NAME_RE.fullmatch(self.name):
             raise ValueError(
                 f"TaskEnvironment.name: expected snake_case or kebab-case (lowercase letters, digits, "
-                f"'_' or '-', e.g. 'my_env' or 'my-env'), got {self.name!r}"
+                f"'_' or '-', e.g. 'my_env' or 'my-env'), got {short_repr(self.name)}"
             )
-        if self.description is not None and (not isinstance(self.description, str) or len(self.description) > 255):
-            raise ValueError("TaskEnvironment.description: expected a string of at most 255 characters")
+        if self.description is not None:
+            if not isinstance(self.description, str):
+                raise TypeError(
+                    f"TaskEnvironment.description: expected a string or None, got {type(self.description).__name__}"
+                )
+            if len(self.description) > 255:
+                raise ValueError("TaskEnvironment.description: expected a string of at most 255 characters")
         if not isinstance(self.interruptible, bool):
-            raise TypeError(f"TaskEnvironment.interruptible: expected True or False, got {self.interruptible!r}")
-        if self.reusable == "off":
+            raise TypeError(
+                f"TaskEnvironment.interruptible: expected True or False, got {type(self.interruptible).__name__}"
+            )
+        if isinstance(self.reusable, str) and self.reusable == "off":
             raise ValueError(
                 "TaskEnvironment.reusable: expected ReusePolicy(...) or None ('off' is only for task.override)"
             )
+        if isinstance(self.depends_on, (str, bytes, Mapping)) or not isinstance(self.depends_on, Iterable):
+            raise TypeError(
+                f"TaskEnvironment.depends_on: expected a sequence of TaskEnvironment objects, "
+                f"got {type(self.depends_on).__name__}"
+            )
+        self.depends_on = tuple(self.depends_on)
         for dep in self.depends_on:
             if not isinstance(dep, TaskEnvironment):
-                raise TypeError(f"TaskEnvironment.depends_on: expected TaskEnvironment objects, got {dep!r}")
-        self.depends_on = tuple(self.depends_on)
+                raise TypeError(
+                    f"TaskEnvironment.depends_on: expected TaskEnvironment objects, got {type(dep).__name__}"
+                )
         for name in ("resources", "env_vars", "secrets", "cache", "reusable", "interruptible", "queue"):
             self._norm[name] = normalize(name, getattr(self, name), "TaskEnvironment")
+
+    def __repr__(self) -> str:
+        # env_vars values, secrets and whatever an image or pod template records may be secret:
+        # names only (see flyte_ray._core.validation).
+        shown = {
+            "name": repr(self.name),
+            "resources": repr(self.resources),
+            "env_vars": repr(masked(self.env_vars)),
+            "secrets": secrets_repr(self.secrets),
+            "cache": repr(self.cache),
+            "reusable": repr(self.reusable),
+            "interruptible": repr(self.interruptible),
+            "queue": repr(self.queue),
+            "image": _opaque(self.image),
+            "depends_on": repr(tuple(d.name for d in self.depends_on)),
+            "description": repr(self.description),
+            "pod_template": _opaque(self.pod_template),
+        }
+        return f"TaskEnvironment({', '.join(f'{k}={v}' for k, v in shown.items())})"
 
     def __getstate__(self) -> Dict[str, Any]:
         # Tasks point back at their environment; pickling the registry too would recurse.
@@ -170,12 +215,22 @@ class TaskEnvironment:
                 f"{self.name}.task: unknown argument(s) {', '.join(sorted(unsupported))}; accepted: "
                 "short_name, cache, retries, timeout, interruptible, queue, report, docs"
             )
+        # Checked now, at definition time, even before the decorator meets its function.
+        where = f"{self.name}.task"
+        if not isinstance(report, bool):
+            raise TypeError(f"{where}.report: expected True or False, got {type(report).__name__}")
+        if docs is not None and not isinstance(docs, str):
+            raise TypeError(f"{where}.docs: expected a string or None, got {type(docs).__name__}")
+        normalize("short_name", short_name, where)
         decorator_values = {
-            "cache": cache,
-            "retries": retries,
-            "timeout": timeout,
-            "interruptible": interruptible,
-            "queue": queue,
+            k: normalize(k, v, where)
+            for k, v in (
+                ("cache", cache),
+                ("retries", retries),
+                ("timeout", timeout),
+                ("interruptible", interruptible),
+                ("queue", queue),
+            )
         }
 
         def wrap(func: F) -> TaskTemplate:

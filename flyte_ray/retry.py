@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Optional, Union
 
-from ._duration import Duration, seconds
+from ._duration import MAX_COUNT, Duration, seconds, short_repr
+from ._duration import count as _count
 
 __all__ = ["RetryStrategy", "Backoff", "as_retry_strategy"]
 
@@ -43,8 +44,15 @@ class Backoff:
     def __post_init__(self) -> None:
         object.__setattr__(self, "base", _duration(self.base, "Backoff.base"))
         f = self.factor
-        if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) or f < 1:
-            raise ValueError(f"Backoff.factor: expected a finite number >= 1 (1: constant delay), got {f!r}")
+        accepted = "a finite number >= 1 (1: constant delay)"
+        if isinstance(f, bool) or not isinstance(f, (int, float)):
+            raise TypeError(f"Backoff.factor: expected {accepted}, got {type(f).__name__} {short_repr(f)}")
+        try:
+            ok = math.isfinite(f) and f >= 1
+        except OverflowError:  # an int beyond a float's range
+            ok = False
+        if not ok:
+            raise ValueError(f"Backoff.factor: expected {accepted}, got {short_repr(f)}")
         if self.cap is not None:
             object.__setattr__(self, "cap", _duration(self.cap, "Backoff.cap"))
         elif f > 1:
@@ -56,6 +64,8 @@ class Backoff:
             raise ValueError(f"retry index n must be >= 0, got {n}")
         base = self.base.total_seconds()  # type: ignore[union-attr]
         cap = self.cap.total_seconds() if self.cap is not None else None  # type: ignore[union-attr]
+        if base == 0:
+            return 0.0  # (0 * an overflowing factor**n would otherwise read as the cap)
         try:
             d = base * (float(self.factor) ** n)
         except OverflowError:
@@ -75,10 +85,11 @@ class RetryStrategy:
     backoff: Optional[Backoff] = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 0:
-            raise ValueError(f"RetryStrategy.count: expected an int >= 0, got {self.count!r}")
+        _count(self.count, "RetryStrategy.count")
         if self.backoff is not None and not isinstance(self.backoff, Backoff):
-            raise TypeError(f"RetryStrategy.backoff: expected Backoff or None, got {self.backoff!r}")
+            raise TypeError(
+                f"RetryStrategy.backoff: expected Backoff(base, factor, cap) or None, got {type(self.backoff).__name__}"
+            )
 
     def delay(self, n: int) -> float:
         """Seconds to wait before retry ``n`` (0-based, as ``Backoff.compute_delay``)."""
@@ -89,8 +100,5 @@ def as_retry_strategy(value: Union[int, RetryStrategy, None], field_name: str = 
     """Normalise ``retries=``: an int means ``RetryStrategy(count)``; ``None`` stays None (inherit)."""
     if value is None or isinstance(value, RetryStrategy):
         return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 0:
-            raise ValueError(f"{field_name}: expected an int >= 0 or RetryStrategy, got {value!r}")
-        return RetryStrategy(value)
-    raise TypeError(f"{field_name}: expected an int >= 0 or RetryStrategy(count, backoff), got {value!r}")
+    n = _count(value, field_name, accepted=f"an int >= 0 (at most {MAX_COUNT}) or RetryStrategy(count, backoff)")
+    return RetryStrategy(n)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Tuple, Union
 
-from ._duration import seconds
+from ._duration import MAX_COUNT, count, seconds, short_repr
 
 __all__ = ["ReusePolicy"]
 
@@ -36,22 +36,18 @@ class ReusePolicy:
 
     def __post_init__(self) -> None:
         r = self.replicas
+        accepted = f"an int >= 1, or (min, max) with 0 <= min <= max, max >= 1 (at most {MAX_COUNT})"
         if isinstance(r, (tuple, list)):
-            if (
-                len(r) != 2
-                or not all(isinstance(x, int) and not isinstance(x, bool) for x in r)
-                or r[0] < 0
-                or r[1] < max(1, r[0])
-            ):
-                raise ValueError(
-                    f"ReusePolicy.replicas: expected an int >= 1 or (min, max) with "
-                    f"0 <= min <= max, max >= 1; got {r!r}"
-                )
-            object.__setattr__(self, "replicas", (int(r[0]), int(r[1])))
-        elif isinstance(r, bool) or not isinstance(r, int) or r < 1:
-            raise ValueError(f"ReusePolicy.replicas: expected an int >= 1 or (min, max), got {r!r}")
-        if isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int) or self.concurrency < 1:
-            raise ValueError(f"ReusePolicy.concurrency: expected an int >= 1, got {self.concurrency!r}")
+            if len(r) != 2:
+                raise ValueError(f"ReusePolicy.replicas: expected {accepted}; got {len(r)} items")
+            lo = count(r[0], "ReusePolicy.replicas (min)", accepted=accepted)
+            hi = count(r[1], "ReusePolicy.replicas (max)", accepted=accepted)
+            if hi < max(1, lo):
+                raise ValueError(f"ReusePolicy.replicas: expected {accepted}; got {short_repr(r)}")
+            object.__setattr__(self, "replicas", (lo, hi))
+        else:
+            count(r, "ReusePolicy.replicas", lo=1, accepted=accepted)
+        count(self.concurrency, "ReusePolicy.concurrency", lo=1)
         object.__setattr__(self, "idle_ttl", _secs(self.idle_ttl, "idle_ttl"))
         object.__setattr__(self, "scaledown_ttl", _secs(self.scaledown_ttl, "scaledown_ttl"))
 

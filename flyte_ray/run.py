@@ -11,7 +11,8 @@ from ._core.call import Call
 from ._core.drive import drive
 from ._core.records import AttemptRecord, format_history
 from ._core.spec import RunOverrides
-from ._core.validation import normalize
+from ._core.validation import SHORT_NAME_RE, check_name, normalize
+from ._duration import short_repr
 from ._ray.port import BLOCKING
 from .runtime import dashboard_url
 from .task import TaskTemplate
@@ -176,8 +177,10 @@ def with_runcontext(
         overwrite_cache: recompute cached tasks and store the new outputs.
         env_vars: extra environment variables for every call in the run.
     """
+    if mode is not None and not isinstance(mode, str):
+        raise TypeError(f"with_runcontext.mode: expected one of {_MODES} or None, got {type(mode).__name__}")
     if mode is not None and mode not in _MODES:
-        raise ValueError(f"with_runcontext.mode: expected one of {_MODES} or None, got {mode!r}")
+        raise ValueError(f"with_runcontext.mode: expected one of {_MODES} or None, got {short_repr(mode)}")
     # flyte-sdk settings with no meaning on Ray are accepted and ignored, so its examples run.
     unknown = sorted(k for k in unsupported if k not in _ACCEPTED_IGNORED)
     if unknown:
@@ -185,8 +188,18 @@ def with_runcontext(
             f"with_runcontext: unknown argument(s) {', '.join(unknown)}; accepted: "
             "mode, name, interruptible, queue, overwrite_cache, env_vars"
         )
-    if name is not None and (not isinstance(name, str) or not name or "/" in name):
-        raise ValueError(f"with_runcontext.name: expected a non-empty string without '/', got {name!r}")
+    if name is not None:
+        # The run's name prefixes its checkpoints and every call's identity: the short-name characters.
+        check_name(
+            name,
+            "with_runcontext.name",
+            SHORT_NAME_RE,
+            "a run name of ASCII letters, digits, '_', '-' and '.', at most 128 characters",
+        )
+    if not isinstance(overwrite_cache, bool):
+        raise TypeError(
+            f"with_runcontext.overwrite_cache: expected True or False, got {type(overwrite_cache).__name__}"
+        )
     o: Dict[str, Any] = {}
     for k, v in (("interruptible", interruptible), ("queue", queue), ("env_vars", env_vars)):
         v = normalize(k, v, "with_runcontext")

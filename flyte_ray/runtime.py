@@ -24,11 +24,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ._controller.controller import ensure_supervisor
 from ._core.process import PROCESS
 from ._core.settings import DriverSettings, Settings
+from ._core.validation import check_init_args
 from ._ray.auth import ensure_token_auth
 from ._ray.placement import cluster_view
 from .checkpoint import Storage
 from .context import current_settings
-from .storage import Storage as BaseStorage
 
 __all__ = ["Settings", "init", "init_from_config", "shutdown", "current_settings", "is_initialized"]
 
@@ -145,37 +145,28 @@ def init(
 
     If Ray is already initialized in this process (by an earlier ``init`` or by the user's own
     ``ray.init``), flyte-ray keeps that connection, applies the new settings and logs that it did;
-    asking for a *different* address then raises ``RuntimeError`` (call ``shutdown()`` first).
+    asking for a *different* address then raises ``RuntimeError`` (call ``shutdown()`` first), and
+    passing ``num_cpus``, ``include_dashboard=True``, ``namespace`` or ``runtime_env``, which only
+    apply when Ray starts, raises ``ValueError``.
+
+    Every argument is checked first, before Ray is touched (:func:`check_init_args`).
     """
-    if isinstance(system_retries, bool) or not isinstance(system_retries, int) or system_retries < -1:
-        raise ValueError(f"system_retries: expected an int >= 0, or -1 for unlimited; got {system_retries!r}")
-    if interruptible_failure_threshold is not None and (
-        not isinstance(interruptible_failure_threshold, int) or interruptible_failure_threshold < 0
-    ):
-        raise ValueError(
-            f"interruptible_failure_threshold: expected an int >= 0 or None; got {interruptible_failure_threshold!r}"
-        )
-    if not isinstance(checkpoint_keep, int) or checkpoint_keep < 1:
-        raise ValueError(f"checkpoint_keep: expected an int >= 1, got {checkpoint_keep!r}")
-    if supervisor not in ("auto", "inline"):
-        raise ValueError(f"supervisor: expected 'auto' or 'inline', got {supervisor!r}")
-    if isinstance(inline_under, bool) or not isinstance(inline_under, (int, float)) or inline_under < 0:
-        raise ValueError(
-            f"inline_under: expected seconds as a number >= 0 (0 = always the actor), got {inline_under!r}"
-        )
-    if address is not None and not isinstance(address, str):
-        raise TypeError(f"address: expected None, 'auto', 'host:port' or 'ray://host:port'; got {address!r}")
-    if isinstance(storage, BaseStorage) and not isinstance(storage, Storage):
-        storage = Storage(storage.url, storage.options)
-    store = storage if isinstance(storage, Storage) else Storage(storage, storage_options)
-    settings = Settings(
-        storage=store,
+    args = check_init_args(
+        address,
+        storage=storage,
+        storage_options=storage_options,
         system_retries=system_retries,
         interruptible_failure_threshold=interruptible_failure_threshold,
         checkpoint_keep=checkpoint_keep,
+        num_cpus=num_cpus,
+        include_dashboard=include_dashboard,
+        namespace=namespace,
+        runtime_env=runtime_env,
         supervisor=supervisor,
-        inline_under=float(inline_under),
+        inline_under=inline_under,
+        log_level=log_level,
     )
+    settings, store = args.settings, args.settings.storage
     session = _session()
     with session.lock:
         if ray.is_initialized():
@@ -184,6 +175,22 @@ def init(
                 raise RuntimeError(
                     f"init(address={address!r}): this process is already connected to Ray at {current!r}; "
                     "call flyte_ray.shutdown() first to connect elsewhere."
+                )
+            fixed = [
+                name
+                for name, given in (
+                    ("num_cpus", args.num_cpus is not None),
+                    ("include_dashboard", args.include_dashboard),
+                    ("namespace", args.namespace is not None),
+                    ("runtime_env", args.runtime_env is not None),
+                )
+                if given
+            ]
+            if fixed:
+                raise ValueError(
+                    f"init: {', '.join(fixed)} cannot apply: Ray is already connected in this process and "
+                    "these are fixed when Ray starts; call flyte_ray.shutdown() first, or leave them out "
+                    "to change only flyte-ray's settings."
                 )
             logger.info(
                 "Ray is already initialized%s; flyte-ray uses that connection with the new settings.",
@@ -195,10 +202,10 @@ def init(
             _connect(
                 session,
                 address,
-                num_cpus=num_cpus,
+                num_cpus=args.num_cpus,
                 include_dashboard=include_dashboard,
                 namespace=namespace,
-                runtime_env=runtime_env,
+                runtime_env=args.runtime_env,
                 log_level=log_level,
             )
         PROCESS.part(DriverSettings).value = settings
@@ -327,5 +334,11 @@ def init_from_config(path: Union[str, os.PathLike, None] = None, **overrides: An
     try:
         cfg = _ConfigFile(**data)
     except ValidationError as e:
-        raise ValueError(f"init_from_config: invalid settings in {p or 'arguments'}:\n{e}") from None
+        # Field names and pydantic's messages only: str(e) would repeat each bad value, and a
+        # value here may be a secret (storage_options, runtime_env).
+        problems = "\n".join(
+            f"  {'.'.join(map(str, err['loc'])) or '(file)'}: {err['msg']}"
+            for err in e.errors(include_input=False, include_url=False, include_context=False)
+        )
+        raise ValueError(f"init_from_config: invalid settings in {p or 'arguments'}:\n{problems}") from None
     return init(**cfg.model_dump())

@@ -68,7 +68,13 @@ class TaskTemplate:
         self.func = func
         self.name = f"{env.name}.{func.__name__}"
         self.short_name = short_name or func.__name__
-        normalize("short_name", self.short_name, self.name)
+        if self.short_name != func.__name__:  # an explicit short name
+            normalize("short_name", self.short_name, self.name)
+        elif not (func.__name__.isidentifier() or func.__name__ == "<lambda>"):
+            raise ValueError(
+                f"{self.name}: the function's name {func.__name__!r} cannot be part of a call id; "
+                "pass short_name=... (ASCII letters, digits, '_', '-', '.')"
+            )
         self.report = report
         self.docs = docs or inspect.getdoc(func)
         self.is_async = inspect.iscoroutinefunction(func)
@@ -139,7 +145,9 @@ class TaskTemplate:
                 )
         short_name = merged.pop("short_name", None) or self.short_name
         if reusable is not None and reusable != "off" and reusable.concurrency > 1 and not self.is_async:
-            raise ValueError(f"{where}: ReusePolicy.concurrency={reusable.concurrency} needs an async task")
+            raise ValueError(
+                f"{where}.reusable: ReusePolicy.concurrency={reusable.concurrency} needs an async task (async def)"
+            )
         return TaskTemplate(
             self.env, self.func, short_name, self.report, self.docs, self._decorator, merged, self._origin or self
         )

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Optional, Union, cast
 
-from ._duration import seconds
+from ._duration import seconds, short_repr
 
 __all__ = ["Timeout", "TimeoutType", "as_timeout"]
 
@@ -64,4 +64,7 @@ def as_timeout(value: Optional[TimeoutType], field_name: str = "timeout") -> Opt
         return value
     if isinstance(value, (int, float, timedelta)) and not isinstance(value, bool):
         return Timeout(max_runtime=_seconds(value, field_name))
-    raise TypeError(f"{field_name}: expected seconds, a timedelta or Timeout(...), got {value!r}")
+    raise TypeError(
+        f"{field_name}: expected seconds (int/float), a timedelta or Timeout(...), "
+        f"got {type(value).__name__} {short_repr(value)}"
+    )

@@ -15,6 +15,7 @@ from ..resources import Resources
 from ..retry import RetryStrategy
 from ..reuse_policy import ReusePolicy
 from ..timeout import Timeout
+from .validation import masked, masked_runtime_env, secrets_repr
 
 if TYPE_CHECKING:
     from ..task import TaskTemplate
@@ -48,6 +49,14 @@ class CallSpec:
     def __reduce__(self) -> Any:  # the memo holds process-local objects: never pickled
         return (_rebuild_spec, tuple(getattr(self, f) for f in _SPEC_FIELDS))
 
+    def __repr__(self) -> str:
+        # env_vars values (also inside ray_options' runtime_env) and secrets: names only.
+        shown = {f: getattr(self, f) for f in _SPEC_FIELDS}
+        shown["env_vars"] = masked(self.env_vars)
+        shown["ray_options"] = _shown_options(self.ray_options)
+        text = ", ".join(f"{k}={v!r}" for k, v in shown.items() if k != "secrets")
+        return f"CallSpec({text}, secrets={secrets_repr(self.secrets)})"
+
     @property
     def uses_streaming(self) -> bool:
         """Attempts report when they start (needed to time runtime and queueing separately)."""
@@ -75,6 +84,14 @@ def _rebuild_spec(*values: Any) -> CallSpec:
     return CallSpec(*values)
 
 
+def _shown_options(opts: Mapping[str, Any]) -> dict[str, Any]:
+    """Ray options as reprs show them: a runtime_env's env_vars by name, its other parts hidden."""
+    out = dict(opts)
+    if "runtime_env" in out:
+        out["runtime_env"] = masked_runtime_env(out["runtime_env"])
+    return out
+
+
 class RunOverrides(Mapping[str, Any]):
     """Run-level settings (``with_runcontext``): validated, immutable, inherited by every call of
     the run. Its pickled form is made once (``blob``) and travels with each attempt."""
@@ -95,7 +112,8 @@ class RunOverrides(Mapping[str, Any]):
         return len(self._d)
 
     def __repr__(self) -> str:
-        return f"RunOverrides({self._d!r})"
+        shown = {k: masked(v) if k == "env_vars" else v for k, v in self._d.items()}
+        return f"RunOverrides({shown!r})"
 
     def __reduce__(self) -> Any:
         return (RunOverrides, (self._d,))
