@@ -61,6 +61,8 @@ class Versions:
         self.vids: dict[str, tuple[str, int] | None] | None = None
         # Versions whose marker was found invalid (warned about once).
         self.rejected: set[str] = set()
+        # Whether this object's first save has been made (it sweeps stale multipart uploads).
+        self.saved = False
 
     def vurl(self, vid: str) -> str:
         return f"{self.url}/{vid}"
