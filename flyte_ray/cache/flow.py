@@ -128,6 +128,8 @@ def _share(shared: tuple) -> Any:
 async def cached_call(call: "Call", port: Port, inner: Callable[["Call"], Awaitable[Any]]) -> Any:
     """Run ``call`` through the cache: a hit returns the stored output, a miss runs ``inner``."""
     e = Entry(call)
+    if e.secret is None:  # no cache key for this storage (warned once): run uncached
+        return await inner(call)
     if not e.overwrite:
         got = await io(e, port, lookup, e)
         if got is not None:

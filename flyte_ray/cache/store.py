@@ -1,11 +1,16 @@
 """Stored outputs and serialisation leases, on the storage layer (:mod:`flyte_ray.storage`).
 
-Stored objects: one object per key: a magic line, one line of JSON metadata (fqn, version, key,
-writer id, time, payload size) and the output pickled with Ray's cloudpickle, written with
-:meth:`~flyte_ray.storage.ObjectStore.put_atomic` (one PUT on object stores; a temporary file and a
-rename locally). Readers check the magic and the recorded size, so a half-written output is never
-read. A lookup is one GET; an output that cannot be read back (a truncated object, a class that no
-longer unpickles) counts as a miss, and the call runs again.
+Stored objects: one object per key: a magic line (format 2), one line of JSON metadata (fqn,
+version, key, writer id, time, payload size), the output pickled with Ray's cloudpickle, and a
+32-byte HMAC-SHA256 tag over everything before it, made with the cache key
+(:mod:`.auth`), written with :meth:`~flyte_ray.storage.ObjectStore.put_atomic` (one PUT on object
+stores; a temporary file and a rename locally). A lookup is one GET. Readers check, in this
+order, the magic, the tag (before parsing anything else: bytes without a valid tag are never
+parsed, let alone unpickled), then the recorded size and that the entry was stored for this
+fqn/version/key (where recorded), so an entry copied to another key does not hit. Anything that
+fails -- a truncated object, format 1, a bad or missing tag, an output that no longer unpickles --
+is a miss with a warning, and the call runs again (and stores a good entry). Without a cache key
+(:func:`~.auth.secret_for`) nothing is read or written.
 
 Leases (``Cache(serialize=True)`` across processes): a lease object ``<key>.lease`` (owner id,
 expiry) elects one runner. It is created with
@@ -28,9 +33,10 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Tuple, Union
 
 from ..storage import ObjectStore
+from .auth import TAG_SIZE, secret_for, sign, verify
 from .keys import cache_key, cache_url
 
 __all__ = [
@@ -38,6 +44,7 @@ __all__ = [
     "MAGIC",
     "LEASE_TTL",
     "pack",
+    "check",
     "unpack",
     "lookup",
     "loads",
@@ -53,7 +60,8 @@ __all__ = [
 
 logger = logging.getLogger("flyte_ray")
 
-MAGIC = b"FLYTE-RAY-CACHE 1\n"
+MAGIC = b"FLYTE-RAY-CACHE 2\n"
+_MAGIC_PREFIX = b"FLYTE-RAY-CACHE "
 #: seconds a lease stays valid without renewal; the runner renews it every LEASE_TTL / 3
 LEASE_TTL = float(os.environ.get("FLYTE_RAY_CACHE_LEASE_TTL", "60"))
 
@@ -66,7 +74,7 @@ def lease_ttl() -> float:
 class Entry:
     """One cached call's key, where it is stored, and its mode."""
 
-    __slots__ = ("fqn", "version", "key", "store", "url", "obj", "lease", "overwrite", "serialize")
+    __slots__ = ("fqn", "version", "key", "store", "url", "obj", "lease", "overwrite", "serialize", "secret")
 
     def __init__(self, call: Any) -> None:
         policy = call.spec.cache
@@ -80,10 +88,20 @@ class Entry:
         ro = call.run_overrides
         self.overwrite = policy.behavior == "override" or bool(ro and ro.get("_overwrite_cache"))
         self.serialize = policy.serialize
+        #: the cache key for this storage, or None: then the cache neither reads nor writes
+        self.secret: Optional[bytes] = secret_for(self.store)
+
+
+def _secret(e: Any) -> bytes:
+    secret = getattr(e, "secret", None) or secret_for(getattr(e, "store", None))
+    if secret is None:
+        raise ValueError(f"cache {getattr(e, 'fqn', '?')}: no cache key (see flyte_ray.cache.auth)")
+    return secret
 
 
 def pack(e: Any, payload: bytes, owner: str) -> bytes:
-    """The stored object for ``payload`` (``e``: anything with ``fqn``, ``version``, ``key``)."""
+    """The stored object for ``payload`` (``e``: anything with ``fqn``, ``version``, ``key``, and
+    ``secret`` or ``store`` for the cache key; without either, a local folder's key)."""
     meta = {
         "fqn": e.fqn,
         "version": e.version,
@@ -92,28 +110,48 @@ def pack(e: Any, payload: bytes, owner: str) -> bytes:
         "created": time.time(),
         "size": len(payload),
     }
-    return MAGIC + json.dumps(meta, separators=(",", ":")).encode() + b"\n" + payload
+    body = MAGIC + json.dumps(meta, separators=(",", ":")).encode() + b"\n" + payload
+    return body + sign(_secret(e), body)
 
 
-def unpack(blob: bytes) -> Optional[Tuple[dict, bytes]]:
-    """``(meta, payload)`` of a well-formed stored object, else None."""
+def check(blob: bytes, secret: bytes, e: Any = None) -> Union[Tuple[dict, bytes], str]:
+    """``(meta, payload)`` of an authentic stored object (stored for ``e``'s fqn/version/key where
+    recorded, when ``e`` is given), else why not. The tag is checked before anything is parsed."""
     if not blob.startswith(MAGIC):
-        return None
-    nl = blob.find(b"\n", len(MAGIC))
+        return "written by another flyte-ray version" if blob.startswith(_MAGIC_PREFIX) else "not a cache entry"
+    if len(blob) < len(MAGIC) + TAG_SIZE:
+        return "truncated"
+    view = memoryview(blob)
+    if not verify(secret, view[-TAG_SIZE:], view[:-TAG_SIZE]):
+        return "its authentication tag does not match (not written with this cache key, or altered)"
+    nl = blob.find(b"\n", len(MAGIC), len(blob) - TAG_SIZE)
     if nl < 0:
-        return None
+        return "no header"
     try:
-        meta = json.loads(blob[len(MAGIC) : nl])
+        meta = json.loads(view[len(MAGIC) : nl].tobytes())
     except ValueError:
-        return None
-    payload = blob[nl + 1 :]
+        return "unreadable header"
+    payload = blob[nl + 1 : len(blob) - TAG_SIZE]
     if not isinstance(meta, dict) or meta.get("size") != len(payload):
-        return None
+        return "size does not match"
+    if e is not None:
+        for field in ("fqn", "version", "key"):
+            recorded = meta.get(field)
+            if recorded and recorded != getattr(e, field):
+                return f"stored for another {field}"
     return meta, payload
 
 
+def unpack(blob: bytes, secret: bytes) -> Optional[Tuple[dict, bytes]]:
+    """``(meta, payload)`` of an authentic stored object, else None (:func:`check`)."""
+    got = check(blob, secret)
+    return None if isinstance(got, str) else got
+
+
 def lookup(e: Entry) -> Optional[Tuple[dict, bytes]]:
-    """One GET: ``(meta, payload)`` of a readable stored output, or None."""
+    """One GET: ``(meta, payload)`` of an authentic stored output, or None (a miss)."""
+    if e.secret is None:
+        return None
     try:
         blob = e.store.get(e.obj)
     except Exception as exc:  # noqa: BLE001 - a storage hiccup is a miss, not a failure
@@ -121,14 +159,16 @@ def lookup(e: Entry) -> Optional[Tuple[dict, bytes]]:
         return None
     if blob is None:
         return None
-    got = unpack(blob)
-    if got is None:
-        logger.warning("cache %s: unreadable object at %s; running the task", e.fqn, e.url)
+    got = check(blob, e.secret, e)
+    if isinstance(got, str):
+        logger.warning("cache %s: ignoring the object at %s: %s; running the task", e.fqn, e.url, got)
+        return None
     return got
 
 
 def loads(e: Entry, payload: bytes) -> Tuple[bool, Any]:
-    """``(True, output)``, or ``(False, None)`` when the stored output no longer loads."""
+    """``(True, output)``, or ``(False, None)`` when the stored output no longer loads. Only for
+    payloads :func:`lookup` authenticated (or this process pickled)."""
     from ray import cloudpickle
 
     try:
@@ -141,7 +181,8 @@ def loads(e: Entry, payload: bytes) -> Tuple[bool, Any]:
 
 
 def store_output(e: Entry, value: Any, owner: str) -> Optional[bytes]:
-    """Pickle and store ``value``; returns the payload (None if it cannot be pickled)."""
+    """Pickle and store ``value`` (not without a cache key); returns the payload (None if it
+    cannot be pickled)."""
     from ray import cloudpickle
 
     try:
@@ -149,6 +190,8 @@ def store_output(e: Entry, value: Any, owner: str) -> Optional[bytes]:
     except Exception as exc:  # noqa: BLE001
         logger.warning("cache %s: output not stored, it cannot be pickled (%s)", e.fqn, exc)
         return None
+    if e.secret is None:
+        return payload
     try:
         e.store.put_atomic(e.obj, pack(e, payload, owner))
     except Exception as exc:  # noqa: BLE001
