@@ -26,6 +26,7 @@ unless the storage is a local folder (:func:`flyte_ray.cache.flow.io`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -52,10 +53,19 @@ __all__ = [
     "new_owner",
     "lease_doc",
     "lease_ttl",
+    "lease_limit",
+    "max_failures",
     "parse_lease",
+    "lease_failures",
+    "read_lease",
     "create_lease",
+    "take_over",
     "release",
+    "fail_lease",
+    "summary",
     "Renewer",
+    "CacheRunFailed",
+    "MAX_FAILURES",
 ]
 
 logger = logging.getLogger("flyte_ray")
@@ -64,6 +74,12 @@ MAGIC = b"FLYTE-RAY-CACHE 2\n"
 _MAGIC_PREFIX = b"FLYTE-RAY-CACHE "
 #: seconds a lease stays valid without renewal; the runner renews it every LEASE_TTL / 3
 LEASE_TTL = float(os.environ.get("FLYTE_RAY_CACHE_LEASE_TTL", "60"))
+#: with ``serialize=True``: after this many failed runs of one key in a row within LEASE_TTL,
+#: callers that were waiting for a runner fail with the last error instead of running it again
+MAX_FAILURES = int(os.environ.get("FLYTE_RAY_CACHE_MAX_FAILURES", "2"))
+# Longest error summary a lease records; rounds of takeover tokens tried before giving up a poll.
+_ERROR_CHARS = 300
+_TAKEOVER_ROUNDS = 8
 
 
 def lease_ttl() -> float:
@@ -202,12 +218,42 @@ def store_output(e: Entry, value: Any, owner: str) -> Optional[bytes]:
 # ---------------------------------------------------------------------------------- leases
 
 
+class CacheRunFailed(RuntimeError):
+    """A serialized call failed ``failures`` times in a row in other callers within the lease TTL;
+    this waiter does not run it again (``error``: the last failure's summary)."""
+
+    def __init__(self, fqn: str, failures: int, ttl: float, error: str):
+        super().__init__(
+            f"cache {fqn}: the call failed {failures} times in a row within {ttl:g} s in the callers this one "
+            f"waited for (last: {error}); not running it again here"
+        )
+        self.fqn, self.failures, self.ttl, self.error = fqn, failures, ttl, error
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.fqn, self.failures, self.ttl, self.error))
+
+
+def max_failures() -> int:
+    """:data:`MAX_FAILURES`, read when asked (tests change it)."""
+    return MAX_FAILURES
+
+
+def lease_limit() -> float:
+    """Time limit of one lease request: a renewal must land well before the lease expires."""
+    return max(LEASE_TTL / 3, 1.0)
+
+
 def new_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
-def lease_doc(owner: str, beat: int) -> bytes:
-    return json.dumps({"owner": owner, "expires": time.time() + LEASE_TTL, "ttl": LEASE_TTL, "beat": beat}).encode()
+def lease_doc(owner: str, beat: int, failed: int = 0, error: str = "") -> bytes:
+    """A lease: its owner, expiry by the writer's clock, heartbeat; and after a failed run, how
+    many runs of the key failed in a row (``failed``) and the last one's error summary."""
+    doc: dict[str, Any] = {"owner": owner, "expires": time.time() + LEASE_TTL, "ttl": LEASE_TTL, "beat": beat}
+    if failed:
+        doc["failed"], doc["error"] = failed, error[:_ERROR_CHARS]
+    return json.dumps(doc).encode()
 
 
 def parse_lease(raw: Optional[bytes]) -> Optional[dict]:
@@ -216,25 +262,99 @@ def parse_lease(raw: Optional[bytes]) -> Optional[dict]:
     try:
         d = json.loads(raw)
         return d if isinstance(d, dict) else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}  # being written (non-atomic backends): held, owner unknown
+
+
+def lease_failures(lease: dict) -> Tuple[int, str]:
+    """``(failed runs in a row, last error summary)`` recorded in a lease (untrusted: checked)."""
+    n, error = lease.get("failed"), lease.get("error")
+    if type(n) is not int or n < 0:
+        return 0, ""
+    return n, (error if isinstance(error, str) else "?")[:_ERROR_CHARS]
+
+
+def summary(exc: BaseException) -> str:
+    """What a lease records of a failed run: the error's type and the start of its message."""
+    return f"{type(exc).__name__}: {exc}"[:_ERROR_CHARS]
+
+
+def shown(value: Any) -> str:
+    """An untrusted value from a lease, safe to log (short)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def read_lease(e: Entry) -> Optional[bytes]:
+    return e.store.get(e.lease, timeout=lease_limit())
 
 
 def create_lease(store: ObjectStore, key: str, data: bytes) -> bool:
     """Create the lease ``key`` if nobody holds it; True when this caller holds it now. ``data``
-    names the owner (unique per caller), and ``verify`` reads it back (also on S3, for S3-compatible servers that may
-    ignore the conditional PUT), so a backend without a conditional create cannot fool two callers
-    into running."""
-    return store.create_if_absent(key, data, verify=True)
+    names the owner (unique per caller), and ``verify`` reads it back (also on S3, for
+    S3-compatible servers that may ignore the conditional PUT), so a backend without a conditional
+    create cannot fool two callers into running."""
+    return store.create_if_absent(key, data, verify=True, timeout=lease_limit())
+
+
+def take_over(store: ObjectStore, key: str, raw: bytes, data: bytes) -> bool:
+    """Replace the lease ``key``, last read as ``raw`` (expired, or left by a failed run), with
+    ``data``; True for at most one caller per ``raw`` (where create-if-absent is exclusive).
+
+    The right to replace it is a token ``<lease>.takeover.<digest of raw>.<round>`` made with
+    create-if-absent: only its creator re-reads the lease and, if it is still ``raw``, overwrites
+    it (there is no moment without a lease for a newcomer to slip in), then deletes the token.
+    A token whose taker died before finishing expires after ``LEASE_TTL``; the next round's token
+    is then made the same way. Token names are derived from the raw bytes, never from their
+    (untrusted) content.
+    """
+    base = f"{key}.takeover.{hashlib.sha256(raw).hexdigest()[:32]}"
+    mine = json.dumps({"taker": uuid.uuid4().hex, "expires": time.time() + LEASE_TTL}).encode()
+    limit = lease_limit()
+    for rnd in range(_TAKEOVER_ROUNDS):
+        token = f"{base}.{rnd}"
+        if store.create_if_absent(token, mine, verify=True, timeout=limit):
+            try:
+                if store.get(key, timeout=limit) != raw:
+                    return False  # released, or taken over in an earlier round: look again
+                store.put_atomic(key, data, timeout=limit)
+                return True
+            finally:
+                # Best-effort: a token left behind only delays the next takeover of this same
+                # lease instance by LEASE_TTL.
+                try:
+                    store.delete_many([f"{base}.{r}" for r in range(rnd + 1)], timeout=limit)
+                except Exception as exc:  # noqa: BLE001
+                    logger.debug("cache: could not delete takeover token %s: %s", token, exc)
+        held = parse_lease(store.get(token, timeout=limit))
+        if held is None:
+            return False  # the taker finished: the lease changed
+        expires: Any = held.get("expires")
+        if not (type(expires) in (int, float) and expires < time.time()):
+            return False  # another caller is taking it over
+    return False
 
 
 def release(e: Entry, owner: str) -> None:
+    """Delete the lease if this caller still owns it (never raises: it expires anyway)."""
     try:
-        lease = parse_lease(e.store.get(e.lease))
+        lease = parse_lease(read_lease(e))
         if lease and lease.get("owner") == owner:
-            e.store.delete(e.lease)
-    except Exception as exc:  # noqa: BLE001 - it expires anyway
+            e.store.delete(e.lease, timeout=lease_limit())
+    except Exception as exc:  # noqa: BLE001
         logger.debug("cache %s: releasing lease failed: %s", e.fqn, exc)
+
+
+def fail_lease(e: Entry, owner: str, failed: int, error: str) -> None:
+    """The run of the lease's owner failed: leave the lease as a record of ``failed`` runs in a
+    row (expiring after ``LEASE_TTL``) instead of deleting it, so that waiters elsewhere can stop
+    after :data:`MAX_FAILURES` (never raises)."""
+    try:
+        lease = parse_lease(read_lease(e))
+        if lease and lease.get("owner") == owner:
+            e.store.put_atomic(e.lease, lease_doc(owner, -1, failed, error), timeout=lease_limit())
+    except Exception as exc:  # noqa: BLE001
+        logger.debug("cache %s: recording the failed run failed: %s", e.fqn, exc)
 
 
 class Renewer:
@@ -251,13 +371,19 @@ class Renewer:
         while not self.stop.wait(LEASE_TTL / 3):
             beat += 1
             try:
-                lease = parse_lease(self.e.store.get(self.e.lease))
+                lease = parse_lease(read_lease(self.e))
                 if not lease or lease.get("owner") != self.owner:
                     logger.warning("cache %s: lost the lease while running; another caller may run it too", self.e.fqn)
                     return
-                self.e.store.put_atomic(self.e.lease, lease_doc(self.owner, beat))
+                if self.stop.is_set():
+                    return
+                self.e.store.put_atomic(self.e.lease, lease_doc(self.owner, beat), timeout=lease_limit())
             except Exception as exc:  # noqa: BLE001
                 logger.debug("cache %s: lease renewal failed: %s", self.e.fqn, exc)
 
     def close(self) -> None:
+        """Stop renewing, and wait for a renewal in flight (bounded by its time limit), so that
+        nothing renews the lease after its owner released it or recorded a failure."""
         self.stop.set()
+        if self.thread is not threading.current_thread():
+            self.thread.join(2 * lease_limit() + 1)
