@@ -43,7 +43,7 @@ from ..cache_policy import Cache, CacheBehavior, CacheRequest, as_cache
 from .auth import ENV_CACHE_KEY
 from .flow import cached_call
 from .keys import cache_key, cache_url, cache_version, stable_hash
-from .store import LEASE_TTL, MAGIC
+from .store import LEASE_TTL, MAGIC, MAX_FAILURES, CacheRunFailed
 
 __all__ = [
     "Cache",
@@ -58,4 +58,6 @@ __all__ = [
     "LEASE_TTL",
     "MAGIC",
     "ENV_CACHE_KEY",
+    "MAX_FAILURES",
+    "CacheRunFailed",
 ]

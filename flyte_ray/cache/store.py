@@ -17,8 +17,14 @@ expiry) elects one runner. It is created with
 :meth:`~flyte_ray.storage.ObjectStore.create_if_absent` (a hard link locally, ``If-None-Match: *``
 on S3, elsewhere write-then-read-back), and read back to confirm the owner. The runner renews it
 every ``LEASE_TTL / 3`` seconds while it runs (:class:`Renewer`), writes the output, then deletes
-the lease. A lease whose expiry has passed (by its writer's clock) or that did not change for
-``LEASE_TTL`` seconds (by the waiter's clock) is taken over: the runner died.
+the lease; if the run fails it leaves the lease as a record instead (``failed``: runs in a row
+that failed, ``error``: the last one's summary; it expires after ``LEASE_TTL``). A lease whose
+expiry has passed (by its writer's clock), that did not change for ``LEASE_TTL`` seconds (by the
+waiter's clock), or that records a failed run is taken over with :func:`take_over`, a conditional
+operation that at most one of the callers who read the same lease wins. Lease content is
+untrusted data: only ``owner`` (compared, logged shortened), ``expires`` and ``failed`` (checked
+numbers) and ``error`` (a shortened string) are read; object names never come from it. Every
+lease request runs under :func:`lease_limit`.
 
 Every function here blocks on storage: async callers run them through their port's ``offload``
 unless the storage is a local folder (:func:`flyte_ray.cache.flow.io`).

@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import _s3
+from ._s3 import abort_upload, list_uploads
 from .limits import redact_url
 from .values import StorageTimeoutError
 
@@ -65,7 +65,7 @@ def abort(store: ObjectStore, prefix: str, *, exact: bool = False, older_than: f
     listed = key if exact or not key else key.rstrip("/") + "/"
     limit = min(store.limit() or CLEANUP_S, CLEANUP_S)
     try:
-        uploads = store._run("list_uploads", prefix, limit, lambda: _s3.list_uploads(fs, bucket, listed))
+        uploads = store._run("list_uploads", prefix, limit, lambda: list_uploads(fs, bucket, listed))
     except Exception as e:  # noqa: BLE001 -- best-effort
         logger.warning("could not list multipart uploads under %s: %s", redact_url(store.url_of(prefix)), e)
         return 0
@@ -79,7 +79,7 @@ def abort(store: ObjectStore, prefix: str, *, exact: bool = False, older_than: f
         if age < older_than:
             continue
         try:
-            one = functools.partial(_s3.abort_upload, fs, u["Bucket"], u["Key"], u["UploadId"])
+            one = functools.partial(abort_upload, fs, u["Bucket"], u["Key"], u["UploadId"])
             store._run("abort_upload", prefix, limit, one)
             done += 1
         except Exception as e:  # noqa: BLE001 -- best-effort

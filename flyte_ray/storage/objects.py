@@ -52,30 +52,18 @@ S3 requests, per operation (s3fs adds none of its own HEADs or parent listings o
 
 Time limits
 -----------
-Every operation runs under a limit (:mod:`.limits`). Operations take ``timeout`` (seconds); None
-means the store's default: ``op_timeout`` (``$FLYTE_RAY_STORAGE_TIMEOUT``, else 60 s) plus the
-time to move the operation's bytes at ``min_rate`` (1 MiB/s) where it knows how many it moves
-(puts, uploads, sized downloads); ``math.inf`` means no limit. On async fsspec backends (s3fs,
-gcsfs) the operation runs on fsspec's event loop under ``asyncio.wait_for``; when the limit
-passes, the request is cancelled and :class:`StorageTimeoutError` (a ``TimeoutError``) names the
-operation, the key and the URL (never credentials or options); a storage client's own timeout
-raises it too. Where the default cannot know the size:
-
-* ``get`` on S3 bounds each wait (the response, then each read of up to 4 MiB) by ``op_timeout``
-  instead of the whole transfer, so a large object that keeps arriving is not cut off;
-* ``get_file`` without ``size`` beyond the single-GET path and ``get_files`` without ``size``
-  have no total by default: the client's read/connect timeouts and bounded retries
-  (:func:`~.limits.with_client_defaults`) bound their stalls.
-
-On S3, :meth:`ObjectStore.open_writer` returns an :class:`~._s3.S3Writer`: one PUT, or a
-multipart upload whose requests (each part included) each run under a limit, aborted on failure.
-A multipart upload killed with its process is left behind (invisible); :meth:`ObjectStore.
-abort_stale_uploads` removes those under a prefix, and an S3 lifecycle rule
-(``AbortIncompleteMultipartUpload``) is the backstop. Sync backends (a local folder,
-``memory://``) do not enforce limits: their calls cannot be interrupted from outside, and a local
-disk does not stall like a network peer; their :class:`Writer` streams through a file object.
-GCS is served through gcsfs's own calls and file objects (limits on its async calls; its writer
-has none).
+Every operation runs under a limit (:mod:`.limits`): ``timeout`` seconds, or by default (None)
+the store's ``op_timeout`` plus the time to move the bytes at ``min_rate`` where the operation
+knows them (``math.inf``: no limit). On async backends (s3fs, gcsfs) the operation runs on
+fsspec's loop under ``asyncio.wait_for``; when the limit (or the client's own timeout) passes,
+:class:`StorageTimeoutError` names the operation, the key and the URL, never credentials. By
+default ``get`` on S3 limits each wait (the response, each 4 MiB read) rather than the transfer;
+``get_file``/``get_files`` of unknown size beyond the single-GET path rely on the client's
+timeouts and bounded retries. On S3, :meth:`~ObjectStore.open_writer` returns an
+:class:`~._s3.S3Writer` (each request limited, its multipart upload aborted on failure);
+uploads a killed process left are removed by :meth:`~ObjectStore.abort_stale_uploads`. Sync
+backends (a local folder, ``memory://``) enforce no limit: their calls cannot be interrupted, and
+a local disk does not stall like a network peer.
 
 Threads and event loops: the methods block. An async caller runs them off its event loop unless
 :attr:`ObjectStore.is_local` (a local folder answers in microseconds); never call them on
@@ -98,16 +86,19 @@ import fsspec
 import fsspec.asyn
 from fsspec.spec import AbstractFileSystem
 
-from . import _s3, _uploads
 from ._helpers import Future as _Future
 from ._helpers import gather_bounded as _gather_bounded
 from ._helpers import left as _left
 from ._helpers import silent_unlink as _silent_unlink
 from ._helpers import write_beside as _write_beside
+from ._s3 import S3Writer
 from ._s3 import cat as _s3_cat
 from ._s3 import fetch_while_listing as _s3_fetch_while_listing
 from ._s3 import get_file as _s3_get_file
 from ._s3 import lsdir as _s3_lsdir
+from ._uploads import abort as _abort_uploads
+from ._uploads import aborted_on_timeout as _aborted_on_timeout
+from ._uploads import multipart_from as _multipart_from
 from .keys import is_local_url, load_env_options, normalize_url
 from .limits import DEFAULT_MIN_RATE, Expired, env_op_timeout, is_client_timeout, limited, redact_url, remaining
 from .limits import with_client_defaults as _with_client_defaults
@@ -348,7 +339,7 @@ class ObjectStore:
                 _silent_unlink(tmp)
                 raise
             return
-        with _uploads.aborted_on_timeout(self, [key], len(data)):
+        with _aborted_on_timeout(self, [key], len(data)):
             self._call("put_atomic", key, self.limit(timeout, len(data)), "pipe_file", path, data)
 
     def create_if_absent(self, key: str, data: bytes, *, verify: bool = False, timeout: float | None = None) -> bool:
@@ -512,7 +503,7 @@ class ObjectStore:
         if self._local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
         size = os.path.getsize(lpath)
-        with _uploads.aborted_on_timeout(self, [key], size):
+        with _aborted_on_timeout(self, [key], size):
             self._call("put_file", key, self.limit(timeout, size), "put_file", os.fspath(lpath), path)
 
     def get_files(
@@ -535,8 +526,8 @@ class ObjectStore:
             for d in sorted({os.path.dirname(p) for p in paths}):
                 os.makedirs(d, exist_ok=True)
         sizes = [os.path.getsize(lp) for lp in lpaths]
-        big = [k for k, n in zip(keys, sizes) if n >= _uploads.multipart_from(self)]
-        with _uploads.aborted_on_timeout(self, big, max(sizes, default=0)):
+        big = [k for k, n in zip(keys, sizes) if n >= _multipart_from(self)]
+        with _aborted_on_timeout(self, big, max(sizes, default=0)):
             self._transfer("put_files", keys[0], self.limit(timeout, sum(sizes)), "put", list(lpaths), paths)
 
     def _transfer(
@@ -563,7 +554,7 @@ class ObjectStore:
             def run(op: str, timeout: float | None, make: Callable[[], Awaitable[Any]]) -> Any:
                 return self._run(op, key, timeout, make)
 
-            return _s3.S3Writer(self.fs, path, run, lambda n: self.limit(None, n), self.single_get_max)
+            return S3Writer(self.fs, path, run, lambda n: self.limit(None, n), self.single_get_max)
         return Writer(self.fs.open(path, "wb"))
 
     # ---- multipart uploads left behind (S3) -----------------------------------------------
@@ -572,7 +563,7 @@ class ObjectStore:
         """Abort the multipart uploads under ``prefix`` started more than ``older_than`` seconds
         ago (by the server's clock against ours) -- what killed writers left behind; returns how
         many. Best-effort: failures are logged. S3 only; elsewhere 0 (nothing is left behind)."""
-        return _uploads.abort(self, prefix, older_than=older_than) if self.is_s3 else 0
+        return _abort_uploads(self, prefix, older_than=older_than) if self.is_s3 else 0
 
     # ---- a GET that overlaps a LIST -------------------------------------------------------
 
