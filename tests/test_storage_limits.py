@@ -51,6 +51,10 @@ def test_client_defaults_never_override_what_the_user_set() -> None:
     assert gcs.total is None and gcs.sock_read == limits.GCS_SOCK_READ and gcs.sock_connect == limits.GCS_SOCK_CONNECT
     assert limits.with_client_defaults("gs", {"requests_timeout": 5}) == {"requests_timeout": 5}
     assert limits.with_client_defaults("memory", {"x": 1}) == {"x": 1}
+    # gcsfs takes them (constructing it sends no request)
+    gs = ObjectStore("gs://some-bucket/p", {"token": "anon"})
+    assert gs.fs.requests_timeout.sock_read == limits.GCS_SOCK_READ  # type: ignore[attr-defined]
+    assert gs.options == {"token": "anon"}
     assert limits.with_client_defaults("file", {}) == {}
 
 
@@ -85,6 +89,27 @@ def test_default_limits(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path)
     assert clone.op_timeout == 3 and clone.min_rate == 5
     cp = pickle.loads(pickle.dumps(Checkpoint(tmp_path / "cp", op_timeout=4)))
     assert cp._store.op_timeout == 4
+
+
+def test_client_timeouts_are_recognised() -> None:
+    try:
+        from botocore.exceptions import ReadTimeoutError
+    except ImportError:  # pragma: no cover
+        pytest.skip("botocore not installed")
+    read = ReadTimeoutError(endpoint_url="http://x")
+    assert limits.is_client_timeout(read) and limits.is_client_timeout(TimeoutError())
+    try:
+        raise OSError("wrapped") from read
+    except OSError as e:
+        assert limits.is_client_timeout(e)
+    try:  # only an explicit cause counts, never an error met while handling another
+        try:
+            raise read
+        except ReadTimeoutError:
+            raise FileNotFoundError("k") from None
+    except FileNotFoundError as e:
+        assert not limits.is_client_timeout(e)
+    assert not limits.is_client_timeout(ValueError("x"))
 
 
 def test_redact_url() -> None:

@@ -160,14 +160,11 @@ def _warn_once(what: str, msg: str, *args: Any) -> None:
     logger.warning(msg, *args)
 
 
-def sign(secret: bytes, *parts: bytes) -> bytes:
-    """HMAC-SHA256 of the concatenated ``parts`` under ``secret``."""
-    mac = hmac.new(secret, digestmod=hashlib.sha256)
-    for p in parts:
-        mac.update(p)
-    return mac.digest()
+def sign(secret: bytes, data: "bytes | memoryview") -> bytes:
+    """HMAC-SHA256 of ``data`` under ``secret``."""
+    return hmac.digest(secret, data, "sha256")
 
 
-def verify(secret: bytes, tag: "bytes | memoryview", *parts: Any) -> bool:
-    """True when ``tag`` is the HMAC of ``parts`` (bytes or memoryviews), compared in constant time."""
-    return hmac.compare_digest(sign(secret, *parts), tag)
+def verify(secret: bytes, tag: bytes, data: "bytes | memoryview") -> bool:
+    """True when ``tag`` is the HMAC of ``data``, compared in constant time."""
+    return hmac.compare_digest(hmac.digest(secret, data, "sha256"), tag)

@@ -141,19 +141,19 @@ def check(blob: bytes, secret: bytes, e: Any = None) -> Union[Tuple[dict, bytes]
     recorded, when ``e`` is given), else why not. The tag is checked before anything is parsed."""
     if not blob.startswith(MAGIC):
         return "written by another flyte-ray version" if blob.startswith(_MAGIC_PREFIX) else "not a cache entry"
-    if len(blob) < len(MAGIC) + TAG_SIZE:
+    end = len(blob) - TAG_SIZE
+    if end < len(MAGIC):
         return "truncated"
-    view = memoryview(blob)
-    if not verify(secret, view[-TAG_SIZE:], view[:-TAG_SIZE]):
+    if not verify(secret, blob[end:], memoryview(blob)[:end]):
         return "its authentication tag does not match (not written with this cache key, or altered)"
-    nl = blob.find(b"\n", len(MAGIC), len(blob) - TAG_SIZE)
+    nl = blob.find(b"\n", len(MAGIC), end)
     if nl < 0:
         return "no header"
     try:
-        meta = json.loads(view[len(MAGIC) : nl].tobytes())
+        meta = json.loads(blob[len(MAGIC) : nl])
     except ValueError:
         return "unreadable header"
-    payload = blob[nl + 1 : len(blob) - TAG_SIZE]
+    payload = blob[nl + 1 : end]
     if not isinstance(meta, dict) or meta.get("size") != len(payload):
         return "size does not match"
     if e is not None:

@@ -115,14 +115,17 @@ def redact_url(url: str) -> str:
 
 
 def is_client_timeout(exc: BaseException) -> bool:
-    """True when ``exc`` (or what it was raised from) is a storage client's own timeout."""
+    """True when ``exc`` is a storage client's own timeout (or was raised ``from`` one). An
+    error that says what happened to the object (absent, forbidden) is never one."""
+    if isinstance(exc, (FileNotFoundError, PermissionError)):
+        return False
     seen: set[int] = set()
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         if isinstance(e, asyncio.TimeoutError) or type(e).__name__ in _CLIENT_TIMEOUTS:
             return True
-        e = e.__cause__ or e.__context__
+        e = e.__cause__
     return False
 
 
