@@ -286,6 +286,25 @@ def test_in_process_waiters_get_the_runners_error(storage: Storage) -> None:
     assert len(last) == 4 and all(o is last[0] for o in last)
 
 
+def test_with_max_failures_1_waiters_never_run_again(storage: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``FLYTE_RAY_CACHE_MAX_FAILURES=1``: the waiters get the first runner's error, as it was
+    raised (its cause kept), and nobody runs the call again."""
+    monkeypatch.setattr(cache_store, "MAX_FAILURES", 1)
+
+    def body(n: int) -> Any:
+        time.sleep(0.5)
+        try:
+            raise KeyError("root cause")
+        except KeyError as cause:
+            raise ValueError(f"boom {n}") from cause
+
+    calls = Serialized(storage, body)
+    out = calls.at_once(9, 4)
+    assert calls.runs == 1
+    assert all(o is out[0] for o in out) and isinstance(out[0], ValueError)
+    assert isinstance(out[0].__cause__, KeyError)
+
+
 def test_in_process_one_waiter_runs_again_after_a_failure(storage: Storage) -> None:
     calls = Serialized(storage, _failing(succeed_from=2))
     out = calls.at_once(5, 4)

@@ -198,9 +198,12 @@ async def cached_call(call: "Call", port: Port, inner: Callable[["Call"], Awaita
             try:
                 return _share(await port.wait_future(fut))
             except _LeaderFailed as failed:
-                if failed.error is not None and failed.failures >= max_failures():
-                    raise failed.error from None  # the runner's own error, once per waiter
+                error = failed.error if failed.failures >= max_failures() else None
+            if error is None:
                 continue  # try again (maybe as the runner)
+            # The runner's own exception, raised once in each waiter (outside the except block,
+            # so that nothing is chained onto the object the runner raised too).
+            raise error
         try:
             value, shared = await _lead(e, call, port, inner, waited)
         except Exception as exc:
@@ -250,7 +253,7 @@ async def _lead(
         failure = summary(exc)
         raise
     finally:
-        renewer.close()  # waits for a renewal in flight: nothing renews the lease after this
+        await io(e, port, renewer.close)  # waits for a renewal in flight: none lands after this
         if failure is None:
             await io(e, port, release, e, res.owner)  # done, or cancelled: the lease goes
         else:

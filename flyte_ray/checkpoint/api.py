@@ -277,7 +277,12 @@ class Checkpoint:
                 out[1].unlink(missing_ok=True)
 
         self._wait_background()
-        got = resolve_and(self._versions, self._fresh_vids, fetch, discard, lambda m: warm_download(store, m, dest))
+        try:
+            got = resolve_and(self._versions, self._fresh_vids, fetch, discard, lambda m: warm_download(store, m, dest))
+        except BaseException:
+            if created:  # e.g. a storage time limit: leave no empty temporary folder behind
+                shutil.rmtree(dest, ignore_errors=True)
+            raise
         if got is None:
             if created:
                 shutil.rmtree(dest, ignore_errors=True)
