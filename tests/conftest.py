@@ -7,6 +7,10 @@ import tempfile
 import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# The cache authenticates stored outputs with a key kept outside the storage; S3-backed cache tests
+# need one in the environment (Ray workers inherit it), and the suite must not create a key file
+# in the real home folder.
+os.environ.setdefault("FLYTE_RAY_CACHE_KEY", "flyte-ray-tests")
 # Workers import task modules from here (tasks travel by reference when importable).
 _here = os.path.dirname(os.path.abspath(__file__))
 if _here not in sys.path:

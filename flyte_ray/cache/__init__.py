@@ -11,14 +11,39 @@ for a bare ``ray.get(f.remote())``).
 * :mod:`.store` -- stored objects and serialisation leases on the storage layer;
 * :mod:`.flow` -- the cached call, start to end (the controller's cache step).
 
-Stored outputs are pickles written by flyte-ray callers: whoever can write the cache prefix can
-make a later hit run code in the reader. Give the storage the same trust as the cluster.
+* :mod:`.auth` -- the cache key and the HMAC that authenticates stored outputs.
+
+Trust boundary
+--------------
+Stored outputs are pickles, and unpickling runs code. The storage is **not** trusted: anyone who
+can write the cache prefix (a shared bucket, a misconfigured ACL) could otherwise make a later hit
+run their code in the reader. So every stored output carries an HMAC-SHA256 tag made with the
+*cache key*, a secret kept outside the storage (:mod:`.auth`: ``$FLYTE_RAY_CACHE_KEY``, or for a
+local folder the private key file ``~/.flyte-ray/cache.key``). A lookup checks the tag before it
+parses or unpickles anything; an object without a valid tag -- planted, altered, written with
+another key, or in the old format 1 -- is a miss with a warning, and the call runs and stores a
+good entry over it. An entry copied to another key's place is a miss too (the tagged header names
+its fqn, version and key).
+
+What is trusted: whoever holds the cache key -- every process that has it can write entries that
+others will unpickle -- and the Python environment that unpickles them. Give the key the same
+trust as the cluster. What is *not* protected: a storage writer can still delete entries or make
+every lookup miss (the calls then run), and can hold or alter lease objects (``serialize=True``),
+which at worst makes calls run more than once or waiters give up early with an error.
+
+The key must be the same on the driver and on every Ray worker: workers read
+``$FLYTE_RAY_CACHE_KEY`` from their own environment, so set it before the cluster starts or pass
+it with ``flyte_ray.init(runtime_env={"env_vars": {"FLYTE_RAY_CACHE_KEY": ...}})`` (a local
+folder needs nothing: every process of the machine reads the same key file). For a shared storage
+without the variable the cache neither reads nor writes -- calls run uncached, with one warning
+per process -- rather than trusting the storage.
 """
 
 from ..cache_policy import Cache, CacheBehavior, CacheRequest, as_cache
+from .auth import ENV_CACHE_KEY
 from .flow import cached_call
 from .keys import cache_key, cache_url, cache_version, stable_hash
-from .store import LEASE_TTL, MAGIC
+from .store import LEASE_TTL, MAGIC, MAX_FAILURES, CacheRunFailed
 
 __all__ = [
     "Cache",
@@ -32,4 +57,7 @@ __all__ = [
     "cached_call",
     "LEASE_TTL",
     "MAGIC",
+    "ENV_CACHE_KEY",
+    "MAX_FAILURES",
+    "CacheRunFailed",
 ]

@@ -11,6 +11,9 @@ Rules:
   serialised by a lock. Every call first waits for the object's previous save's background
   pruning, so the object's own view of the prefix is settled.
 * Picklable: the store, lock, version knowledge and local workspace are rebuilt on the other side.
+* Every storage request runs under a time limit (the store's ``op_timeout``, plus time for the
+  bytes moved, :mod:`flyte_ray.storage.limits`): a stalled store fails the call with
+  :class:`~flyte_ray.storage.StorageTimeoutError` instead of hanging it.
 * ``save`` / ``load`` block when called and have ``.aio`` for awaiting (:mod:`.syncaio`);
   ``save_sync`` / ``load_sync`` / ``save_async`` / ``load_async`` / ``restore_async`` are the
   explicit forms. ``path`` is a local workspace directory that ``load`` fills.
@@ -47,22 +50,33 @@ class Checkpoint:
             local path for standalone use. ``url`` is not sanitised: it is trusted.
         options: fsspec storage options (default: ``$FLYTE_RAY_STORAGE_OPTIONS`` or ``{}``).
         keep: number of complete versions to retain (>= 1).
+        op_timeout: the time limit of each storage request in seconds, on top of the time to move
+            its bytes at 1 MiB/s (None: ``$FLYTE_RAY_STORAGE_TIMEOUT``, else 60; ``math.inf``:
+            none). A stalled store fails the call with ``StorageTimeoutError``.
 
     Picklable (the filesystem, lock and local workspace are rebuilt on the other side). One
     writer at a time per URL is assumed; saves from several threads of one process are
     serialised by a lock.
     """
 
-    def __init__(self, url: str | os.PathLike[str], *, options: dict[str, Any] | None = None, keep: int = 2):
+    def __init__(
+        self,
+        url: str | os.PathLike[str],
+        *,
+        options: dict[str, Any] | None = None,
+        keep: int = 2,
+        op_timeout: float | None = None,
+    ):
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
         self._url = normalize_url(url)
         self._options: dict[str, Any] = dict(options) if options is not None else load_env_options()
         self._keep = int(keep)
+        self._op_timeout = op_timeout
         self._init_runtime()
 
     def _init_runtime(self) -> None:
-        self._store = ObjectStore(self._url, self._options)
+        self._store = ObjectStore(self._url, self._options, op_timeout=self._op_timeout)
         self._versions = Versions(self._store, self._url)
         self._lock = threading.RLock()
         # The helper thread of the last save (listing + best-effort pruning).
@@ -73,12 +87,13 @@ class Checkpoint:
     # ---- pickling -----------------------------------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"url": self._url, "options": self._options, "keep": self._keep}
+        return {"url": self._url, "options": self._options, "keep": self._keep, "op_timeout": self._op_timeout}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._url = state["url"]
         self._options = state["options"]
         self._keep = state["keep"]
+        self._op_timeout = state.get("op_timeout")
         self._init_runtime()
 
     def __repr__(self) -> str:
@@ -262,7 +277,12 @@ class Checkpoint:
                 out[1].unlink(missing_ok=True)
 
         self._wait_background()
-        got = resolve_and(self._versions, self._fresh_vids, fetch, discard, lambda m: warm_download(store, m, dest))
+        try:
+            got = resolve_and(self._versions, self._fresh_vids, fetch, discard, lambda m: warm_download(store, m, dest))
+        except BaseException:
+            if created:  # e.g. a storage time limit: leave no empty temporary folder behind
+                shutil.rmtree(dest, ignore_errors=True)
+            raise
         if got is None:
             if created:
                 shutil.rmtree(dest, ignore_errors=True)

@@ -11,6 +11,8 @@ Rules:
   compete with it for the same connections, server and CPU), and nothing past the commit point
   if the save failed: no crash can leave zero complete versions. Versions the save itself wants
   gone (an upload superseded or not confirmed) are deleted in either case.
+* The first save of a checkpoint object also aborts incomplete multipart uploads under the prefix
+  older than ``sweep`` seconds (what killed writers left, see :mod:`.save`), after the commit.
 * Best-effort: errors are logged, never raised. The save does not wait for the deletes; the next
   operation on the same checkpoint object does (``Checkpoint.flush``). Pruning interrupted by the
   process exiting is finished by a later save.
@@ -39,8 +41,10 @@ class PruneJob:
         keep: int,
         vid: str,
         known: list[str] | None,
+        sweep: float | None = None,
     ):
         self._versions = versions
+        self._sweep = sweep
         self._list_vids = list_vids
         self._keep = keep
         self._vid = vid
@@ -112,6 +116,8 @@ class PruneJob:
             doomed: list[tuple[str, dict[str, Any] | None]] = [(v, None) for v in incomplete]
             self._delete(doomed + list(complete[keep_old:]))
         self._delete(self._extra)
+        if self._sweep is not None:
+            versions.store.abort_stale_uploads("", older_than=self._sweep)
 
     def _delete(self, doomed: list[tuple[str, dict[str, Any] | None]]) -> None:
         versions = self._versions

@@ -144,7 +144,7 @@ def download(
     if len(keys) != m.get("files", len(keys)):
         return None
     if keys:
-        store.get_files(keys, lpaths)
+        store.get_files(keys, lpaths, size=m["size"])
     if sum(os.path.getsize(p) for p in lpaths) != m["size"]:
         return None
     return dest, None

@@ -13,6 +13,10 @@ Rules:
   be replayed, fails with RuntimeError instead). A single object committed by then is deleted
   again by the helper once the save is over; it is older than what superseded it anyway.
 * If the listing fails, the save fails, and what it uploaded is deleted again (best-effort).
+* A stream that fails is discarded (its multipart upload aborted). A writer killed mid-upload
+  leaves an (invisible) incomplete multipart upload behind on S3: the first save of each
+  checkpoint object aborts those under the prefix older than :data:`STALE_UPLOAD_AGE`, in its
+  helper thread once it has committed (:class:`~.prune.PruneJob`). Warm saves send nothing more.
 """
 
 from __future__ import annotations
@@ -40,6 +44,11 @@ from .prune import PruneJob
 from .versions import Versions
 
 logger = logging.getLogger(__name__)
+
+#: Seconds after which an incomplete multipart upload under a checkpoint prefix counts as left
+#: behind by a killed writer (one writer at a time per URL is assumed; the margin covers a slow
+#: one that is still running).
+STALE_UPLOAD_AGE = 3600.0
 
 #: What an upload step returns: kind, blob name, size, file count, and for a single-object
 #: stream the function that commits (True) or discards (False) it; None where the upload is done.
@@ -149,7 +158,9 @@ def commit(
     # Once this object has listed the prefix, it knows every version (one writer at a time per
     # URL), so later saves need no listing at all.
     known = sorted(versions.vids) if versions.vids is not None else None
-    job = PruneJob(versions, list_vids, keep, vid, known)
+    sweep = STALE_UPLOAD_AGE if store.is_s3 and not versions.saved else None
+    versions.saved = True
+    job = PruneJob(versions, list_vids, keep, vid, known, sweep=sweep)
     start(job)
     committed = False
     try:

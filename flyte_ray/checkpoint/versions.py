@@ -5,6 +5,9 @@ Rules:
 * A version is *complete* when it has a valid marker (:mod:`.layout`); only complete versions are
   ever read. Markers are immutable once written, so they are cached per object; a cached entry is
   dropped when this object deletes its version or finds its payload damaged or gone.
+* Markers are untrusted: one that exists but fails :func:`~.layout.check_marker` is skipped (the
+  version counts as incomplete, so readers fall back to the next older complete one) with one
+  warning per version and object, naming the version and why; it is never followed.
 * Every read lists afresh (one ``ls`` of the prefix): another attempt's saves must be visible.
   Where single-object versions exist (atomic-write backends), the listing's sizes come along and
   their markers are made from it: such a version costs no marker read.
@@ -22,6 +25,7 @@ prune job touches these maps only for versions no reader is about to use.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -29,14 +33,16 @@ from ..storage import Entry, ObjectStore
 from .layout import (
     OBJ_RE,
     VID_RE,
+    check_marker,
     data_key,
     is_safe_name,
     marker_key,
     new_vid,
     object_marker,
-    parse_marker,
     with_location,
 )
+
+logger = logging.getLogger(__name__)
 
 
 class Versions:
@@ -53,6 +59,10 @@ class Versions:
         # a single-object version and to None for a version folder: None until the prefix is
         # first listed, then kept up to date by every listing, save and delete of this object.
         self.vids: dict[str, tuple[str, int] | None] | None = None
+        # Versions whose marker was found invalid (warned about once).
+        self.rejected: set[str] = set()
+        # Whether this object's first save has been made (it sweeps stale multipart uploads).
+        self.saved = False
 
     def vurl(self, vid: str) -> str:
         return f"{self.url}/{vid}"
@@ -113,8 +123,14 @@ class Versions:
             # A single-object version: complete by construction, its marker is its listing.
             m = object_marker(self.url, vid, *obj)
         else:
-            parsed = parse_marker(self.store.get(marker_key(vid)), vid)
-            if parsed is None:
+            raw = self.store.get(marker_key(vid))
+            if raw is None:
+                return None  # not committed (yet): incomplete
+            parsed = check_marker(raw, vid)
+            if isinstance(parsed, str):
+                if vid not in self.rejected:
+                    self.rejected.add(vid)
+                    logger.warning("skipping checkpoint %s: its marker is not valid (%s)", self.vurl(vid), parsed)
                 return None
             m = with_location(self.url, parsed)
         self.markers[vid] = m

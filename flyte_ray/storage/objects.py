@@ -52,13 +52,18 @@ S3 requests, per operation (s3fs adds none of its own HEADs or parent listings o
 
 Time limits
 -----------
-Every operation except :meth:`ObjectStore.open_writer` takes ``timeout`` (seconds, default None:
-no limit). On async fsspec backends (s3fs, gcsfs) the operation runs on fsspec's event loop under
-``asyncio.wait_for``; when the limit passes, the request is cancelled and
-:class:`StorageTimeoutError` (a ``TimeoutError``) names the operation and the key. Sync backends
-(a local folder, ``memory://``) do not enforce it: their calls cannot be interrupted from
-outside, and a local disk does not stall like a network peer. A :class:`Writer` streams through
-s3fs's synchronous file object and has no limit.
+Every operation runs under a limit (:mod:`.limits`): ``timeout`` seconds, or by default (None)
+the store's ``op_timeout`` plus the time to move the bytes at ``min_rate`` where the operation
+knows them (``math.inf``: no limit). On async backends (s3fs, gcsfs) the operation runs on
+fsspec's loop under ``asyncio.wait_for``; when the limit (or the client's own timeout) passes,
+:class:`StorageTimeoutError` names the operation, the key and the URL, never credentials. By
+default ``get`` on S3 limits each wait (the response, each 4 MiB read) rather than the transfer;
+``get_file``/``get_files`` of unknown size beyond the single-GET path rely on the client's
+timeouts and bounded retries. On S3, :meth:`~ObjectStore.open_writer` returns an
+:class:`~._s3.S3Writer` (each request limited, its multipart upload aborted on failure);
+uploads a killed process left are removed by :meth:`~ObjectStore.abort_stale_uploads`. Sync
+backends (a local folder, ``memory://``) enforce no limit: their calls cannot be interrupted, and
+a local disk does not stall like a network peer.
 
 Threads and event loops: the methods block. An async caller runs them off its event loop unless
 :attr:`ObjectStore.is_local` (a local folder answers in microseconds); never call them on
@@ -69,23 +74,34 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import functools
 import logging
+import math
 import os
-import threading
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, Literal, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
 
 import fsspec
 import fsspec.asyn
 from fsspec.spec import AbstractFileSystem
 
+from ._helpers import Future as _Future
+from ._helpers import gather_bounded as _gather_bounded
+from ._helpers import left as _left
+from ._helpers import silent_unlink as _silent_unlink
+from ._helpers import write_beside as _write_beside
+from ._s3 import S3Writer
 from ._s3 import cat as _s3_cat
 from ._s3 import fetch_while_listing as _s3_fetch_while_listing
 from ._s3 import get_file as _s3_get_file
 from ._s3 import lsdir as _s3_lsdir
+from ._uploads import abort as _abort_uploads
+from ._uploads import aborted_on_timeout as _aborted_on_timeout
+from ._uploads import multipart_from as _multipart_from
 from .keys import is_local_url, load_env_options, normalize_url
+from .limits import DEFAULT_MIN_RATE, Expired, env_op_timeout, is_client_timeout, limited, redact_url, remaining
+from .limits import with_client_defaults as _with_client_defaults
 from .values import Entry, StorageTimeoutError, Writer
 
 logger = logging.getLogger(__name__)
@@ -108,91 +124,38 @@ _SETTLE_S = 0.02
 _NO_CONDITION = (ValueError, NotImplementedError, TypeError)
 
 
-class _Expired(Exception):
-    """Our time limit passed (carried out of fsspec's ``sync`` as is: it would turn any
-    ``TimeoutError`` into its own ``FSTimeoutError``, losing the operation and key)."""
-
-
-async def _limited(make: Callable[[], Awaitable[T]], timeout: float | None) -> T:
-    """``await make()``, cancelled after ``timeout`` seconds (None: no limit)."""
-    if timeout is None:
-        return await make()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    try:
-        return await asyncio.wait_for(make(), timeout)
-    except asyncio.TimeoutError:
-        # aiohttp's own timeouts are asyncio.TimeoutError too: only ours is relabelled.
-        if loop.time() >= deadline:
-            raise _Expired from None
-        raise
-
-
-def _remaining(deadline: float | None) -> float | None:
-    return None if deadline is None else max(deadline - time.monotonic(), 0.0)
-
-
-def _write_beside(path: str, data: bytes) -> str:
-    """``data`` in a new temporary file next to ``path`` (same file system, so it can be renamed
-    or hard-linked onto it in one step); its name. Nothing is left behind if writing fails."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-    except BaseException:
-        _silent_unlink(tmp)
-        raise
-    return tmp
-
-
-def _silent_unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-class _Future(Generic[T]):
-    """``fn()`` running in a daemon thread; :meth:`result` joins it and returns or raises."""
-
-    def __init__(self, fn: Callable[[], T], name: str = "flyte-ray-storage"):
-        self._fn = fn
-        self._value: T | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._value = self._fn()
-        except BaseException as e:  # noqa: BLE001 -- handed to the caller
-            self._error = e
-
-    def result(self) -> T:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value  # type: ignore[return-value]
-
-    def wait_quietly(self) -> None:
-        self._thread.join()
-
-
 class ObjectStore:
     """Object I/O under one root URL (see the module docstring for the rules).
 
     Args:
         url: the root: any fsspec URL or local path (local paths are made absolute).
-        options: fsspec storage options (default: ``$FLYTE_RAY_STORAGE_OPTIONS`` or ``{}``).
+        options: fsspec storage options (default: ``$FLYTE_RAY_STORAGE_OPTIONS`` or ``{}``). The
+            filesystem gets client timeouts and retry bounds on top of them where they do not set
+            their own (:func:`~.limits.with_client_defaults`).
+        op_timeout: the default limit of each operation in seconds, on top of moving its bytes at
+            ``min_rate`` (None: ``$FLYTE_RAY_STORAGE_TIMEOUT``, else 60; ``math.inf``: no limit).
+        min_rate: bytes per second a transfer of known size is allowed to slow down to.
 
     Picklable (the filesystem is rebuilt on first use after unpickling). ``repr`` shows the URL
     only: options may hold secrets.
     """
 
-    def __init__(self, url: str | os.PathLike[str], options: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        url: str | os.PathLike[str],
+        options: dict[str, Any] | None = None,
+        *,
+        op_timeout: float | None = None,
+        min_rate: float = DEFAULT_MIN_RATE,
+    ):
         self._url = normalize_url(url)
         self._options: dict[str, Any] = dict(options) if options is not None else load_env_options()
+        self._op_timeout = float(op_timeout) if op_timeout is not None else env_op_timeout()
+        if not self._op_timeout > 0:
+            raise ValueError(f"op_timeout must be positive, got {op_timeout!r}")
+        if not min_rate > 0:
+            raise ValueError(f"min_rate must be positive, got {min_rate!r}")
+        self._min_rate = float(min_rate)
         self._init_runtime()
 
     def _init_runtime(self) -> None:
@@ -210,11 +173,13 @@ class ObjectStore:
         return cls(storage.prefix_url(*parts) if parts else storage.url, storage.options)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"url": self._url, "options": self._options}
+        return {"url": self._url, "options": self._options, "op_timeout": self._op_timeout, "min_rate": self._min_rate}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._url = state["url"]
         self._options = state["options"]
+        self._op_timeout = state.get("op_timeout") or env_op_timeout()
+        self._min_rate = state.get("min_rate") or DEFAULT_MIN_RATE
         self._init_runtime()
 
     def __repr__(self) -> str:
@@ -229,14 +194,24 @@ class ObjectStore:
 
     @property
     def options(self) -> dict[str, Any]:
-        """fsspec storage options (a copy)."""
+        """fsspec storage options as given (a copy; without the client defaults)."""
         return dict(self._options)
+
+    @property
+    def op_timeout(self) -> float:
+        """The default limit of one operation, in seconds (``math.inf``: none)."""
+        return self._op_timeout
+
+    @property
+    def min_rate(self) -> float:
+        return self._min_rate
 
     @property
     def fs(self) -> AbstractFileSystem:
         """The fsspec filesystem (fsspec caches instances: equal URL and options share one)."""
         if self._fs is None:
-            fs, root = fsspec.core.url_to_fs(self._url, **self._options)
+            options = _with_client_defaults(self._protocol, self._options)
+            fs, root = fsspec.core.url_to_fs(self._url, **options)
             self._root = root.rstrip("/")
             self._fs = fs
         return self._fs
@@ -290,16 +265,43 @@ class ObjectStore:
 
     # ---- running a call under a time limit ------------------------------------------------
 
-    def _run(self, op: str, key: str, timeout: float | None, make: Callable[[], Awaitable[T]]) -> T:
-        """Run the coroutine ``make()`` on fsspec's loop under the time limit."""
+    def limit(self, timeout: float | None = None, nbytes: int = 0) -> float | None:
+        """The limit of an operation moving ``nbytes``: ``timeout`` when given (``math.inf``:
+        None, no limit), else the store's default (module docstring)."""
+        if timeout is not None:
+            return None if math.isinf(timeout) else timeout
+        if math.isinf(self._op_timeout):
+            return None
+        return self._op_timeout + max(nbytes, 0) / self._min_rate
+
+    def _stall(self, timeout: float | None) -> tuple[float | None, float | None]:
+        """``(total, per wait)`` limits of a read of unknown size: the caller's ``timeout`` as a
+        total, else the store's ``op_timeout`` on each wait."""
+        if timeout is not None:
+            return self.limit(timeout), None
+        return None, self.limit()
+
+    def _run(
+        self, op: str, key: str, timeout: float | None, make: Callable[[], Awaitable[T]], stall: float | None = None
+    ) -> T:
+        """Run the coroutine ``make()`` on fsspec's loop under ``timeout`` (already resolved by
+        :meth:`limit`; ``stall``: the per-wait limit ``make`` applies itself, for the message).
+        Our limit or the client's own timeout raise StorageTimeoutError."""
         try:
-            return fsspec.asyn.sync(self.fs.loop, _limited, make, timeout)
-        except _Expired:
-            raise StorageTimeoutError(op, key, timeout) from None  # type: ignore[arg-type]
+            return fsspec.asyn.sync(self.fs.loop, limited, make, timeout)
+        except Expired:
+            shown = timeout if timeout is not None else stall
+            raise StorageTimeoutError(op, key, shown, redact_url(self.url_of(key))) from None
+        except StorageTimeoutError:
+            raise
+        except Exception as e:
+            if is_client_timeout(e):
+                raise StorageTimeoutError(op, key, timeout, redact_url(self.url_of(key)), type(e).__name__) from e
+            raise
 
     def _call(self, op: str, key: str, timeout: float | None, method: str, *args: Any, **kwargs: Any) -> Any:
-        """``fs.<method>(*args)``: its coroutine ``fs._<method>`` under the limit on async
-        backends, the plain (unlimited) call on sync ones."""
+        """``fs.<method>(*args)``: its coroutine ``fs._<method>`` under the (resolved) limit on
+        async backends, the plain (unlimited) call on sync ones."""
         fs = self.fs
         if getattr(fs, "async_impl", False):
             coro_fn = getattr(fs, "_" + method)
@@ -320,9 +322,10 @@ class ObjectStore:
         if self._local:
             with open(path, "rb") as f:
                 return f.read()
+        total, stall = self._stall(timeout)
         if self.is_s3:
-            return self._run("get", key, timeout, lambda: _s3_cat(self.fs, path))
-        return self._call("get", key, timeout, "cat_file", path)
+            return self._run("get", key, total, lambda: _s3_cat(self.fs, path, stall=stall), stall)
+        return self._call("get", key, total if stall is None else stall, "cat_file", path)
 
     def put_atomic(self, key: str, data: bytes, *, timeout: float | None = None) -> None:
         """Write ``data`` as the whole of ``key``, replacing it; readers see the old or the new
@@ -336,7 +339,8 @@ class ObjectStore:
                 _silent_unlink(tmp)
                 raise
             return
-        self._call("put_atomic", key, timeout, "pipe_file", path, data)
+        with _aborted_on_timeout(self, [key], len(data)):
+            self._call("put_atomic", key, self.limit(timeout, len(data)), "pipe_file", path, data)
 
     def create_if_absent(self, key: str, data: bytes, *, verify: bool = False, timeout: float | None = None) -> bool:
         """Create ``key`` with ``data`` unless it exists; True when this call created it.
@@ -353,12 +357,13 @@ class ObjectStore:
                 return False
             finally:
                 _silent_unlink(tmp)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        limit = self.limit(timeout, len(data))
+        deadline = None if limit is None else time.monotonic() + limit
         if self.is_s3 and self._conditional:
             fs: Any = self.fs
             try:
                 # put_object with If-None-Match: * (a multipart upload carries it on complete).
-                self._run("create_if_absent", key, timeout, lambda: fs._pipe_file(path, data, mode="create"))
+                self._run("create_if_absent", key, limit, lambda: fs._pipe_file(path, data, mode="create"))
             except FileExistsError:
                 return False
             except Exception as e:
@@ -367,12 +372,12 @@ class ObjectStore:
                 logger.warning("%s: conditional PUT unavailable (%s); create_if_absent reads back instead", self, e)
                 self._conditional = False
             else:
-                return not verify or self.get(key, timeout=_remaining(deadline)) == data
-        if self._call("create_if_absent", key, timeout, "exists", path):
+                return not verify or self.get(key, timeout=_left(deadline)) == data
+        if self._call("create_if_absent", key, limit, "exists", path):
             return False
-        self.put_atomic(key, data, timeout=_remaining(deadline))
+        self.put_atomic(key, data, timeout=_left(deadline))
         time.sleep(_SETTLE_S)  # let a concurrent writer land before reading back
-        return self.get(key, timeout=_remaining(deadline)) == data
+        return self.get(key, timeout=_left(deadline)) == data
 
     def delete(self, key: str, *, timeout: float | None = None) -> None:
         """Delete one object; a missing one is not an error (S3: one DELETE)."""
@@ -381,7 +386,7 @@ class ObjectStore:
             if self._local:
                 os.unlink(path)
             else:
-                self._call("delete", key, timeout, "rm_file", path)
+                self._call("delete", key, self.limit(timeout), "rm_file", path)
         except FileNotFoundError:
             pass
 
@@ -390,6 +395,7 @@ class ObjectStore:
         keys = list(keys)
         if not keys:
             return
+        limit = self.limit(timeout)
         if self.is_s3:
             fs: Any = self.fs
             paths = [self.path(k) for k in keys]
@@ -398,7 +404,7 @@ class ObjectStore:
                 # Not fs._rm: it expands glob characters ("[", "*", "?") that keys may contain.
                 await asyncio.gather(*(fs._bulk_delete(paths[i : i + 1000]) for i in range(0, len(paths), 1000)))
 
-            self._run("delete_many", keys[0], timeout, bulk)
+            self._run("delete_many", keys[0], limit, bulk)
             return
         fs = self.fs
         if not self._local and getattr(fs, "async_impl", False):
@@ -412,7 +418,7 @@ class ObjectStore:
 
                 await asyncio.gather(*(one(self.path(k)) for k in keys))
 
-            self._run("delete_many", keys[0], timeout, each)
+            self._run("delete_many", keys[0], limit, each)
             return
         for k in keys:
             self.delete(k)  # sync backends: no limit to enforce
@@ -420,7 +426,7 @@ class ObjectStore:
     def delete_tree(self, prefix: str, *, timeout: float | None = None) -> None:
         """Delete everything under ``prefix`` (and the folder itself); missing is not an error."""
         try:
-            self._call("delete_tree", prefix, timeout, "rm", self.path(prefix), recursive=True)
+            self._call("delete_tree", prefix, self.limit(timeout), "rm", self.path(prefix), recursive=True)
         except FileNotFoundError:
             pass
 
@@ -439,13 +445,14 @@ class ObjectStore:
         """
         path = self.path(prefix)
         fs = self.fs
+        limit = self.limit(timeout)
         if self.is_s3:
-            raw: builtins.list[Any] = self._run("list", prefix, timeout, lambda: _s3_lsdir(fs, path))
+            raw: builtins.list[Any] = self._run("list", prefix, limit, lambda: _s3_lsdir(fs, path))
             return self._entries(raw) if detail else [self._key_of(e["name"]) for e in raw]
         # Object-store filesystems cache listings; other processes' writes must be visible.
         fs.invalidate_cache(path)
         try:
-            raw = self._call("list", prefix, timeout, "ls", path, detail=detail)
+            raw = self._call("list", prefix, limit, "ls", path, detail=detail)
         except (FileNotFoundError, NotADirectoryError):
             return []
         return self._entries(raw) if detail else [self._key_of(p) for p in raw]
@@ -458,7 +465,7 @@ class ObjectStore:
         path = self.path(prefix)
         self.fs.invalidate_cache(path)
         try:
-            found = self._call("find", prefix, timeout, "find", path, withdirs=False, detail=False)
+            found = self._call("find", prefix, self.limit(timeout), "find", path, withdirs=False, detail=False)
         except (FileNotFoundError, NotADirectoryError):
             return []
         return sorted(self._key_of(p) for p in found)
@@ -470,37 +477,44 @@ class ObjectStore:
     ) -> None:
         """Download ``key`` to the local file ``lpath`` (FileNotFoundError when absent).
 
-        ``size``: the object's size when the caller knows it; on S3 an object up to
-        :attr:`single_get_max` is then fetched with one GET, read up to 4 MiB at a time, and
-        otherwise (or if that GET breaks) with s3fs's ``get_file``. On failure ``lpath`` may hold
-        a partial file.
+        ``size``: the object's size when the caller knows it (it also sizes the default limit);
+        on S3 an object up to :attr:`single_get_max` is then fetched with one GET, read up to
+        4 MiB at a time, and otherwise (or if that GET breaks) with s3fs's ``get_file``. On
+        failure ``lpath`` may hold a partial file.
         """
         path, lpath = self.path(key), os.fspath(lpath)
+        limit = self.limit(timeout, size or 0) if (size is not None or timeout is not None) else None
         if self.is_s3 and size is not None and size <= self.single_get_max:
-            deadline = None if timeout is None else time.monotonic() + timeout
+            deadline = None if limit is None else time.monotonic() + limit
             fs = self.fs
             try:
-                self._run("get_file", key, timeout, lambda: _s3_get_file(fs, path, lpath))
+                self._run("get_file", key, limit, lambda: _s3_get_file(fs, path, lpath))
                 return
             except (FileNotFoundError, StorageTimeoutError):
                 raise
             except Exception as e:  # noqa: BLE001 -- s3fs's get_file resumes broken reads
                 logger.warning("single-GET download of %s failed (%s); retrying with get_file", path, e)
-            timeout = _remaining(deadline)
-        self._call("get_file", key, timeout, "get_file", path, lpath)
+            limit = remaining(deadline)
+        self._call("get_file", key, limit, "get_file", path, lpath)
 
     def put_file(self, lpath: str | os.PathLike[str], key: str, *, timeout: float | None = None) -> None:
         """Upload the local file ``lpath`` as ``key`` (S3: one PUT, or a multipart upload)."""
         path = self.path(key)
         if self._local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-        self._call("put_file", key, timeout, "put_file", os.fspath(lpath), path)
+        size = os.path.getsize(lpath)
+        with _aborted_on_timeout(self, [key], size):
+            self._call("put_file", key, self.limit(timeout, size), "put_file", os.fspath(lpath), path)
 
-    def get_files(self, keys: Sequence[str], lpaths: Sequence[str], *, timeout: float | None = None) -> None:
+    def get_files(
+        self, keys: Sequence[str], lpaths: Sequence[str], *, size: int | None = None, timeout: float | None = None
+    ) -> None:
         """Download each key to the local path at the same position (concurrently on async
-        backends). The local folders must exist."""
+        backends). The local folders must exist. ``size``: their total size when known (it
+        sizes the default limit; without it only the client's timeouts bound a stall)."""
         if keys:
-            self._call("get_files", keys[0], timeout, "get", [self.path(k) for k in keys], list(lpaths))
+            limit = self.limit(timeout, size or 0) if (size is not None or timeout is not None) else None
+            self._transfer("get_files", keys[0], limit, "get", [self.path(k) for k in keys], list(lpaths))
 
     def put_files(self, lpaths: Sequence[str], keys: Sequence[str], *, timeout: float | None = None) -> None:
         """Upload each local file as the key at the same position (concurrently on async
@@ -511,15 +525,45 @@ class ObjectStore:
         if self._local:
             for d in sorted({os.path.dirname(p) for p in paths}):
                 os.makedirs(d, exist_ok=True)
-        # Explicit lists: no glob expansion or trailing-slash rules.
-        self._call("put_files", keys[0], timeout, "put", list(lpaths), paths)
+        sizes = [os.path.getsize(lp) for lp in lpaths]
+        big = [k for k, n in zip(keys, sizes) if n >= _multipart_from(self)]
+        with _aborted_on_timeout(self, big, max(sizes, default=0)):
+            self._transfer("put_files", keys[0], self.limit(timeout, sum(sizes)), "put", list(lpaths), paths)
+
+    def _transfer(
+        self, op: str, key: str, limit: float | None, method: str, src: builtins.list[str], dst: builtins.list[str]
+    ) -> None:
+        """``fs.get``/``fs.put`` of explicit lists (no glob expansion or trailing-slash rules);
+        on async backends one ``_get_file``/``_put_file`` per pair, so that a time limit cancels
+        them all."""
+        fs: Any = self.fs
+        if not getattr(fs, "async_impl", False):
+            getattr(fs, method)(src, dst)
+            return
+        one = getattr(fs, f"_{method}_file")
+        self._run(op, key, limit, lambda: _gather_bounded([functools.partial(one, a, b) for a, b in zip(src, dst)]))
 
     def open_writer(self, key: str) -> Writer:
-        """A :class:`Writer` streaming into ``key`` (no time limit, see the module docstring)."""
+        """A :class:`Writer` streaming into ``key``; on S3 each request runs under the store's
+        limit for its bytes (module docstring)."""
         path = self.path(key)
         if self._local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
+        if self.is_s3:
+
+            def run(op: str, timeout: float | None, make: Callable[[], Awaitable[Any]]) -> Any:
+                return self._run(op, key, timeout, make)
+
+            return S3Writer(self.fs, path, run, lambda n: self.limit(None, n), self.single_get_max)
         return Writer(self.fs.open(path, "wb"))
+
+    # ---- multipart uploads left behind (S3) -----------------------------------------------
+
+    def abort_stale_uploads(self, prefix: str = "", older_than: float = 3600.0) -> int:
+        """Abort the multipart uploads under ``prefix`` started more than ``older_than`` seconds
+        ago (by the server's clock against ours) -- what killed writers left behind; returns how
+        many. Best-effort: failures are logged. S3 only; elsewhere 0 (nothing is left behind)."""
+        return _abort_uploads(self, prefix, older_than=older_than) if self.is_s3 else 0
 
     # ---- a GET that overlaps a LIST -------------------------------------------------------
 
@@ -548,7 +592,10 @@ class ObjectStore:
         if self.is_s3 and size is not None and size <= self.single_get_max:
             fs, path, list_path = self.fs, self.path(key), self.path(prefix)
             got, raw = self._run(
-                "fetch_while_listing", key, timeout, lambda: _s3_fetch_while_listing(fs, path, lp, list_path)
+                "fetch_while_listing",
+                key,
+                self.limit(timeout, size),
+                lambda: _s3_fetch_while_listing(fs, path, lp, list_path),
             )
             return got, (raw if isinstance(raw, BaseException) else self._entries(raw))
         lister = _Future(lambda: self.list(prefix, detail=True, timeout=timeout), name="flyte-ray-storage-list")

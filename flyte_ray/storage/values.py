@@ -3,6 +3,8 @@ streaming uploads, and the error a time limit raises.
 
 Rules: a :class:`Writer` publishes its object only on :meth:`Writer.commit`; a failed stream is
 discarded (its multipart upload aborted where the backend can), never closed into visibility.
+:class:`StorageTimeoutError` names the operation, the key and the URL without credentials, never
+the storage options; it pickles (it may cross process boundaries as a task's error).
 """
 
 from __future__ import annotations
@@ -20,13 +22,29 @@ __all__ = ["Entry", "StorageTimeoutError", "Writer"]
 
 
 class StorageTimeoutError(TimeoutError):
-    """A storage operation did not finish within its time limit."""
+    """A storage operation did not finish within its time limit (``timeout`` seconds), or its
+    storage client gave up waiting (``client`` names the client's error; ``timeout`` is then the
+    limit that was in force, possibly None).
 
-    def __init__(self, op: str, key: str, timeout: float):
-        super().__init__(f"storage {op} of {key!r} did not finish within {timeout:g} s")
+    ``url`` is the object's URL with credentials removed; the message holds the operation, the key
+    and that URL, never storage options.
+    """
+
+    def __init__(self, op: str, key: str, timeout: float | None, url: str | None = None, client: str | None = None):
+        where = f"{key!r}" + (f" at {url}" if url else "")
+        if client is None:
+            why = f"did not finish within {timeout:g} s" if timeout is not None else "did not finish"
+        else:
+            why = f"failed: the storage client timed out ({client})"
+        super().__init__(f"storage {op} of {where} {why}")
         self.op = op
         self.key = key
         self.timeout = timeout
+        self.url = url
+        self.client = client
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.op, self.key, self.timeout, self.url, self.client))
 
 
 class Entry(NamedTuple):
@@ -43,24 +61,28 @@ class Writer:
     or :meth:`discard` drops it. As a context manager: commit on success, discard on error.
 
     Never publish a failed stream by closing it: on an object store that would make the part
-    written so far visible. :meth:`discard` aborts the multipart upload where the backend can
-    (s3fs); elsewhere it closes the file (the caller's commit protocol must cover that).
+    written so far visible. :meth:`discard` aborts the multipart upload where the backend can;
+    elsewhere it closes the file (the caller's commit protocol must cover that).
+
+    This class streams through an fsspec file object (no time limits); on S3 the store hands out
+    :class:`~flyte_ray.storage._s3.S3Writer`, which sends each part under a limit.
     """
 
-    def __init__(self, f: IO[bytes]):
+    def __init__(self, f: IO[bytes] | None = None):
         self._f = f
         self._done = False
 
     def write(self, data: bytes) -> int:
+        assert self._f is not None
         return self._f.write(data)
 
     def commit(self) -> None:
-        """Close the file: the object becomes visible (whole, where writes are atomic)."""
+        """Publish the object (whole, where writes are atomic)."""
         if self._done:
             return
         self._done = True
         try:
-            self._f.close()
+            self._finish()
         except BaseException:
             self._abandon()
             raise
@@ -71,6 +93,10 @@ class Writer:
             return
         self._done = True
         self._abandon()
+
+    def _finish(self) -> None:
+        assert self._f is not None
+        self._f.close()
 
     def _abandon(self) -> None:
         f: Any = self._f
