@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 from typing import Any, Dict, Iterable, Iterator, List, Optional
 
 from ._controller.controller import background_loop, get_controller
@@ -18,6 +19,9 @@ from .runtime import dashboard_url
 from .task import TaskTemplate
 
 __all__ = ["Run", "RunContext", "run", "with_runcontext", "map"]
+
+logger = logging.getLogger("flyte_ray")
+NAME_CHECK_TIMEOUT_S = 30.0  # the one LIST that tells whether a run name was used before
 
 
 def _submit(call: Call) -> concurrent.futures.Future:
@@ -128,16 +132,40 @@ class RunContext:
     """Run-level settings from :func:`with_runcontext`; they apply to every call in the run,
     above task and environment settings (below an explicit ``task.override``)."""
 
-    def __init__(self, overrides: Dict[str, Any], name: Optional[str] = None) -> None:
+    def __init__(self, overrides: Dict[str, Any], name: Optional[str] = None, resume: bool = False) -> None:
         self._overrides = RunOverrides(overrides) if overrides else None
         self._name = name
+        self._resume = resume
 
     def run(self, task: TaskTemplate, *args: Any, **kwargs: Any) -> Run:
         """Start ``task(*args, **kwargs)`` as a run; returns at once with a :class:`Run`."""
         if not isinstance(task, TaskTemplate):
             raise TypeError(f"run: expected a task (made with @env.task), got {task!r}")
         call = task._make_call(args, kwargs, self._overrides, self._name)
+        if self._name is not None and not self._resume and call.call_id == "root":
+            _refuse_a_used_name(call)
         return Run(call, _submit(call))
+
+
+def _refuse_a_used_name(call: Call) -> None:
+    """A run name that already has checkpoints would silently resume that run's calls."""
+    storage = call.settings.storage
+    prefix = storage.key("checkpoints", call.run_name)
+    try:
+        used = bool(storage.store.list(prefix, timeout=NAME_CHECK_TIMEOUT_S))
+    except Exception as e:  # noqa: BLE001 - an unreadable store: the run's own first save will say so
+        logger.warning(
+            "with_runcontext(name=%r): could not check whether the name was used before (%s)",
+            call.run_name,
+            type(e).__name__,
+        )
+        return
+    if used:
+        raise ValueError(
+            f"with_runcontext.name: a run named {call.run_name!r} ran before (its checkpoints are under "
+            f"{storage.prefix_url('checkpoints', call.run_name)}); its calls would resume from them. Pass "
+            f"with_runcontext(name={call.run_name!r}, resume=True) to continue that run, or choose another name."
+        )
 
 
 _MODES = ("remote", "local", "hybrid")
@@ -164,6 +192,7 @@ def with_runcontext(
     queue: Optional[str] = None,
     overwrite_cache: bool = False,
     env_vars: Optional[Dict[str, str]] = None,
+    resume: bool = False,
     **unsupported: Any,
 ) -> RunContext:
     """Settings for one run: ``flyte_ray.with_runcontext(interruptible=False).run(task, x)``.
@@ -176,6 +205,9 @@ def with_runcontext(
         queue: for every call in the run.
         overwrite_cache: recompute cached tasks and store the new outputs.
         env_vars: extra environment variables for every call in the run.
+        resume: with ``name``: continue the run of that name (its calls resume from their
+            checkpoints). Without it, a name whose run left checkpoints is refused
+            (``ValueError``), so reusing a name never resumes another run by accident.
     """
     if mode is not None and not isinstance(mode, str):
         raise TypeError(f"with_runcontext.mode: expected one of {_MODES} or None, got {type(mode).__name__}")
@@ -186,7 +218,7 @@ def with_runcontext(
     if unknown:
         raise TypeError(
             f"with_runcontext: unknown argument(s) {', '.join(unknown)}; accepted: "
-            "mode, name, interruptible, queue, overwrite_cache, env_vars"
+            "mode, name, interruptible, queue, overwrite_cache, env_vars, resume"
         )
     if name is not None:
         # The run's name prefixes its checkpoints and every call's identity: the short-name characters.
@@ -196,6 +228,10 @@ def with_runcontext(
             SHORT_NAME_RE,
             "a run name of ASCII letters, digits, '_', '-' and '.', at most 128 characters",
         )
+    if not isinstance(resume, bool):
+        raise TypeError(f"with_runcontext.resume: expected True or False, got {type(resume).__name__}")
+    if resume and name is None:
+        raise ValueError("with_runcontext.resume: needs name= (the run to continue)")
     if not isinstance(overwrite_cache, bool):
         raise TypeError(
             f"with_runcontext.overwrite_cache: expected True or False, got {type(overwrite_cache).__name__}"
@@ -207,7 +243,7 @@ def with_runcontext(
             o[k] = v
     if overwrite_cache:
         o["_overwrite_cache"] = True
-    return RunContext(o, name or None)
+    return RunContext(o, name or None, resume)
 
 
 def run(task: TaskTemplate, *args: Any, **kwargs: Any) -> Run:
