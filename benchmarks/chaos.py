@@ -4,7 +4,9 @@
 and spot nodes. While they run, a spot node is preempted every ``--every`` seconds, at random
 either gracefully (drained with reason PREEMPTION, ``--notice`` seconds, then removed) or hard
 (removed at once), and replaced by a fresh spot node as an autoscaler would. One task crashes
-its worker (``os._exit``) half-way through its first attempt.
+its worker (``os._exit``) half-way through its first attempt, and one saves a side copy to a
+storage endpoint that accepts connections and never answers (a stalled store), which must fail
+within its time limit (a user failure; the retry finishes).
 
 Reports:
 
@@ -13,8 +15,11 @@ Reports:
 * checkpoints lost: retries that resumed from an earlier step than the last checkpoint an earlier
   attempt of the same call saved (must be 0);
 * system failures (preemptions, node losses) absorbed, preemptions injected;
-* the longest silent wait: the longest time a task made no progress between two of its
-  attempts (last step of one to the resume of the next).
+* the longest wait between two attempts of a task (last step of one to the resume of the next),
+  split into reaction (the attempt's end as the supervisor saw it → the retry submitted: failure
+  detection and backoff) and queueing (submitted → running: waiting for a free slot behind the
+  other tasks, which Ray serves in order);
+* how long the stalled save blocked before it failed, and whether its error named no secret.
 
 Run: ``python benchmarks/chaos.py [--tasks 200] [--steps 8] [--step-s 0.3] [--every 4]``.
 """
@@ -25,18 +30,36 @@ import argparse
 import json
 import os
 import random
+import socket
 import sys
 import tempfile
+import threading
 import time
 
 _here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, _here)
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_here, os.environ.get("PYTHONPATH", "")) if p)
 
+import chaos_tasks as ct  # noqa: E402
+
 import flyte_ray as flyte  # noqa: E402
 from flyte_ray.testing import LocalCluster, NodeSpec  # noqa: E402
 
-import chaos_tasks as ct  # noqa: E402
+
+def _silent_endpoint() -> str:
+    """``http://127.0.0.1:<port>``: accepts every connection, reads nothing, never answers."""
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(64)
+    held = []
+
+    def accept() -> None:
+        while True:
+            conn, _ = srv.accept()
+            held.append(conn)
+
+    threading.Thread(target=accept, daemon=True).start()
+    return f"http://127.0.0.1:{srv.getsockname()[1]}"
 
 
 def main() -> None:
@@ -54,10 +77,15 @@ def main() -> None:
     nodes = [NodeSpec("od-1", market="ondemand", cpus=2), NodeSpec("od-2", market="ondemand", cpus=2)]
     nodes += [NodeSpec(f"spot-{k}", market="spot", cpus=2) for k in range(3)]
     crash_task = a.tasks // 3
+    stall_task = 2 * a.tasks // 3
+    stall_url = _silent_endpoint()
     injected = {"graceful": 0, "hard": 0}
     with LocalCluster(nodes, storage=storage, system_retries=-1) as cluster:
         t0 = time.monotonic()
-        runs = [flyte.run(ct.work, i, a.steps, a.step_s, log_dir, i == crash_task) for i in range(a.tasks)]
+        runs = [
+            flyte.run(ct.work, i, a.steps, a.step_s, log_dir, i == crash_task, stall_url if i == stall_task else "")
+            for i in range(a.tasks)
+        ]
         # The preemptions run on this (the main) thread: Ray's node start-up installs signal
         # handlers, which only the main thread may do.
         while not all(r.done() for r in runs):
@@ -83,20 +111,30 @@ def main() -> None:
     correct = sum(1 for i, r in enumerate(results) if r == ct.expected(i, a.steps))
     user_failures = sum(1 for h in histories for rec in h if rec.failure_kind == "user")
     planted = sum(1 for rec in histories[crash_task] if rec.outcome == "worker_crash")
+    planted += sum(1 for rec in histories[stall_task] if rec.failure_kind == "user")
     system = sum(1 for h in histories for rec in h if rec.failure_kind == "system")
-    lost, longest = 0, 0.0
+    lost, longest, react, queued, stall = 0, (0.0, 0.0, 0.0), 0.0, 0.0, None
     for i in range(a.tasks):
         with open(os.path.join(log_dir, f"task-{i}.jsonl")) as f:
             events = [json.loads(line) for line in f]
+        starts = {e["attempt"]: e["t"] for e in events if "resumed" in e}
+        hist = histories[i]
         saved_before = 0
         last_t = None
         for e in events:
+            if "stalled_for" in e:
+                stall = e
             if "resumed" in e:
                 if e["resumed"] < saved_before:
                     lost += 1
                 if last_t is not None:
-                    longest = max(longest, e["t"] - last_t)
-            else:
+                    k = e["attempt"]
+                    r = hist[k].submitted - hist[k - 1].ended if k >= 1 and hist[k - 1].ended else 0.0
+                    q = starts[k] - hist[k].submitted
+                    react, queued = max(react, r), max(queued, q)
+                    if e["t"] - last_t > longest[0]:
+                        longest = (e["t"] - last_t, r, q)
+            elif "saved" in e:
                 saved_before = max(saved_before, e["saved"])
             last_t = e["t"]
     print(f"chaos: {a.tasks} tasks x {a.steps} steps of {a.step_s}s on 2 on-demand + 3 spot nodes, "
@@ -106,7 +144,13 @@ def main() -> None:
     print(f"  user retries consumed by preemptions   : {user_failures - planted} (planted crash used {planted})")
     print(f"  checkpoints lost                       : {lost}")
     print(f"  system failures absorbed               : {system}")
-    print(f"  longest silent wait between attempts   : {longest:.1f}s")
+    print(f"  longest wait between attempts          : {longest[0]:.1f}s (reaction {longest[1]:.1f}s, "
+          f"queueing {longest[2]:.1f}s)")
+    print(f"  longest reaction / queueing of a retry : {react:.1f}s / {queued:.1f}s")
+    if stall is not None:
+        secret_shown = "s3-secret-never-printed" in stall["error"]
+        print(f"  stalled storage save                   : failed after {stall['stalled_for']:.1f}s "
+              f"({'LEAKED the secret' if secret_shown else 'no secret in the error'}): {stall['error'][:120]}")
     failed = [(i, repr(r)[:200]) for i, r in enumerate(results) if r != ct.expected(i, a.steps)]
     for i, r in failed[:5]:
         print(f"  task {i}: {r}")

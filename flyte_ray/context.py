@@ -62,6 +62,7 @@ class TaskContext:
                 storage.checkpoint_url(self.run_name, self.fqn, self.call_id),
                 options=storage.options,
                 keep=settings.checkpoint_keep,
+                op_timeout=storage.op_timeout,
             )
         return self._checkpoint
 

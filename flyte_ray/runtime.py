@@ -57,6 +57,7 @@ class _ConfigFile(BaseModel):
     runtime_env: Optional[dict[str, Any]] = None
     supervisor: str = "auto"
     inline_under: float = Field(0.1, ge=0)
+    storage_timeout: Optional[float] = Field(None, gt=0)
 
     @field_validator("supervisor")
     @classmethod
@@ -122,6 +123,7 @@ def init(
     supervisor: str = "auto",
     inline_under: float = 0.1,
     log_level: Union[int, str] = logging.WARNING,
+    storage_timeout: Optional[float] = None,
 ) -> Settings:
     """Connect flyte-ray to Ray and set its options.
 
@@ -142,6 +144,11 @@ def init(
         supervisor: ``"auto"`` or ``"inline"`` (see :class:`Settings`).
         inline_under: seconds; short calls from spot attempts stay in their caller (see :class:`Settings`).
         log_level: Ray's own log level for the embedded cluster.
+        storage_timeout: the time limit of each storage operation in seconds (checkpoints, the
+            cache), on top of the time to move its bytes; a stalled store fails the operation with
+            ``StorageTimeoutError`` naming the URL (never its credentials). Default:
+            ``$FLYTE_RAY_STORAGE_TIMEOUT``, else 60. Storage clients also get connect/read
+            timeouts and bounded retries (see :mod:`flyte_ray.storage`).
 
     If Ray is already initialized in this process (by an earlier ``init`` or by the user's own
     ``ray.init``), flyte-ray keeps that connection, applies the new settings and logs that it did;
@@ -165,6 +172,7 @@ def init(
         supervisor=supervisor,
         inline_under=inline_under,
         log_level=log_level,
+        storage_timeout=storage_timeout,
     )
     settings, store = args.settings, args.settings.storage
     session = _session()

@@ -324,6 +324,10 @@ class _Recorder:
             self.ended.append(run_name)
             self._start()
 
+    def clear(self) -> None:
+        with self.lock:
+            self.items, self.ended = [], []
+
     def _start(self) -> None:
         if self.thread is None:
             self.thread = threading.Thread(target=self._run, name="flyte-ray-recorder", daemon=True)
@@ -340,6 +344,8 @@ class _Recorder:
 
     def flush(self, batch: list, ended: list) -> None:
         # best effort: an unrecorded short call re-runs; an untold run ages out of the store
+        if not ray.is_initialized():  # shut down meanwhile: a Ray call here would start Ray again
+            return
         try:
             handle = self.supervision.handle()
             if batch:
@@ -422,6 +428,7 @@ class Supervision:
         self.recorder = _Recorder(self)
 
     def reset(self) -> None:
+        self.recorder.clear()
         self._handle = None
         self.owned = None
         self.batchers = weakref.WeakKeyDictionary()

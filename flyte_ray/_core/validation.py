@@ -302,6 +302,7 @@ def check_init_args(
     supervisor: str = "auto",
     inline_under: float = 0.1,
     log_level: Union[int, str] = logging.WARNING,
+    storage_timeout: Optional[float] = None,
 ) -> InitArgs:
     """Check and normalise :func:`init`'s arguments without touching Ray (same signature).
 
@@ -388,9 +389,17 @@ def check_init_args(
         raise ValueError(f"log_level: expected a logging level >= 0, got {log_level}")
     if isinstance(log_level, str):
         log_level = log_level.upper()  # logging (and so Ray) knows level names in upper case only
-    if isinstance(storage, BaseStorage) and not isinstance(storage, Storage):
-        storage = Storage(storage.url, storage.options)
-    store = storage if isinstance(storage, Storage) else Storage(storage, storage_options)
+    op_timeout: Optional[float] = None
+    if storage_timeout is not None:
+        op_timeout = seconds(storage_timeout, "storage_timeout")
+        if op_timeout <= 0:
+            raise ValueError("storage_timeout: expected seconds > 0 (the time limit of each storage operation)")
+    if isinstance(storage, BaseStorage):
+        if op_timeout is not None or not isinstance(storage, Storage):
+            storage = Storage(
+                storage.url, storage.options, op_timeout if op_timeout is not None else storage.op_timeout
+            )
+    store = storage if isinstance(storage, Storage) else Storage(storage, storage_options, op_timeout)
     settings = Settings(
         storage=store,
         system_retries=system_retries,

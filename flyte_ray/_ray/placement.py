@@ -114,7 +114,8 @@ class ClusterView:
 
     def _refresh_in_background(self) -> None:
         try:
-            self.refresh()
+            if ray.is_initialized():  # after a shutdown, a Ray call here would start Ray again
+                self.refresh()
         except Exception:  # noqa: BLE001 - keep the last view; the next call tries again
             pass
         finally:

@@ -13,6 +13,8 @@ import threading
 import time
 from typing import Any, Optional
 
+import ray
+
 from .._core.process import PROCESS
 from .._core.records import AttemptRequest
 from .placement import cluster_view, describe, request_of
@@ -57,6 +59,8 @@ class PendingWatch:
                 if now - since < WARN_PENDING_AFTER:
                     continue
                 item[3] = float("inf")  # warn once
+                if not ray.is_initialized():  # after a shutdown, a Ray call here would start Ray again
+                    continue
                 try:
                     missing = cluster_view().missing(request_of(opts))
                 except Exception:  # noqa: BLE001

@@ -346,7 +346,12 @@ class Checkpoint:
 def checkpoint_for(storage: _BaseStorage, run_name: str, fqn: str, call_id: str, *, keep: int = 2) -> Checkpoint:
     """The :class:`Checkpoint` of one task call under ``storage`` (at its ``checkpoint_url``,
     with its options). Works with any :class:`flyte_ray.storage.Storage`."""
-    return Checkpoint(storage.checkpoint_url(run_name, fqn, call_id), options=storage.options, keep=keep)
+    return Checkpoint(
+        storage.checkpoint_url(run_name, fqn, call_id),
+        options=storage.options,
+        keep=keep,
+        op_timeout=getattr(storage, "op_timeout", None),
+    )
 
 
 class Storage(_BaseStorage):

@@ -48,18 +48,27 @@ class Storage:
             else ``~/.flyte-ray/storage``. Local paths are made absolute.
         options: fsspec storage options (e.g. ``{"endpoint_url": ..., "key": ..., "secret": ...}``
             for S3). Defaults to the JSON object in ``$FLYTE_RAY_STORAGE_OPTIONS``, else ``{}``.
+        op_timeout: the time limit of each storage operation in seconds, on top of the time to
+            move its bytes (None: ``$FLYTE_RAY_STORAGE_TIMEOUT``, else 60); it travels with the
+            storage to every worker (``flyte_ray.init(storage_timeout=...)``).
 
     Picklable: the filesystem object is not pickled but rebuilt lazily on first use, because
     storage objects travel to Ray workers.
     """
 
-    __slots__ = ("_fs", "_options", "_store", "_url")
+    __slots__ = ("_fs", "_op_timeout", "_options", "_store", "_url")
 
-    def __init__(self, url: str | os.PathLike[str] | None = None, options: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        url: str | os.PathLike[str] | None = None,
+        options: dict[str, Any] | None = None,
+        op_timeout: float | None = None,
+    ):
         if url is None:
             url = os.environ.get(ENV_STORAGE) or DEFAULT_STORAGE_DIR
         self._url = normalize_url(url)
         self._options: dict[str, Any] = dict(options) if options is not None else load_env_options()
+        self._op_timeout = op_timeout
         self._fs: AbstractFileSystem | None = None
         self._store: ObjectStore | None = None
 
@@ -72,6 +81,11 @@ class Storage:
     def options(self) -> dict[str, Any]:
         """fsspec storage options (a copy)."""
         return dict(self._options)
+
+    @property
+    def op_timeout(self) -> float | None:
+        """The per-operation time limit given to this storage (None: the store's default)."""
+        return self._op_timeout
 
     @property
     def is_local(self) -> bool:
@@ -90,7 +104,7 @@ class Storage:
         """The :class:`ObjectStore` rooted at :attr:`url` (cached, rebuilt after unpickling);
         address objects in it with :meth:`key`."""
         if self._store is None:
-            self._store = ObjectStore(self._url, self._options)
+            self._store = ObjectStore(self._url, self._options, op_timeout=self._op_timeout)
         return self._store
 
     def key(self, *parts: str) -> str:
@@ -123,11 +137,12 @@ class Storage:
         )
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"url": self._url, "options": self._options}
+        return {"url": self._url, "options": self._options, "op_timeout": self._op_timeout}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._url = state["url"]
         self._options = state["options"]
+        self._op_timeout = state.get("op_timeout")
         self._fs = None
         self._store = None
 
