@@ -25,7 +25,9 @@ from ._controller.controller import ensure_supervisor
 from ._core.process import PROCESS
 from ._core.settings import DriverSettings, Settings
 from ._core.validation import check_init_args
+from ._ray import ship
 from ._ray.auth import ensure_token_auth
+from ._ray.hosts import local_storage_error
 from ._ray.placement import cluster_view
 from .checkpoint import Storage
 from .context import current_settings
@@ -58,6 +60,8 @@ class _ConfigFile(BaseModel):
     supervisor: str = "auto"
     inline_under: float = Field(0.1, ge=0)
     storage_timeout: Optional[float] = Field(None, gt=0)
+    ship_package: Union[bool, str] = "auto"
+    allow_local_storage: bool = False
 
     @field_validator("supervisor")
     @classmethod
@@ -124,6 +128,8 @@ def init(
     inline_under: float = 0.1,
     log_level: Union[int, str] = logging.WARNING,
     storage_timeout: Optional[float] = None,
+    ship_package: Union[bool, str] = "auto",
+    allow_local_storage: bool = False,
 ) -> Settings:
     """Connect flyte-ray to Ray and set its options.
 
@@ -149,6 +155,15 @@ def init(
             ``StorageTimeoutError`` naming the URL (never its credentials). Default:
             ``$FLYTE_RAY_STORAGE_TIMEOUT``, else 60. Storage clients also get connect/read
             timeouts and bounded retries (see :mod:`flyte_ray.storage`).
+        ship_package: how the cluster's workers get flyte-ray (applies when ``init`` connects).
+            ``"auto"``: this driver's own ``flyte_ray`` package goes to an existing cluster in the
+            job's ``runtime_env`` ``py_modules`` (merged with ``runtime_env``; not when the job
+            already delivers it), so the nodes need only Ray and flyte-ray's dependencies;
+            ``True``: also to the embedded cluster; ``False``: never (the nodes have flyte-ray
+            installed at this version). See :mod:`flyte_ray._ray.ship`.
+        allow_local_storage: a local ``storage`` path on a cluster whose live nodes span more
+            than one host raises ``ValueError`` (the hosts cannot see each other's files);
+            ``True`` says the path is a filesystem mounted on every node.
 
     If Ray is already initialized in this process (by an earlier ``init`` or by the user's own
     ``ray.init``), flyte-ray keeps that connection, applies the new settings and logs that it did;
@@ -158,6 +173,7 @@ def init(
 
     Every argument is checked first, before Ray is touched (:func:`check_init_args`).
     """
+    ship_mode = ship.check_ship_package(ship_package)
     args = check_init_args(
         address,
         storage=storage,
@@ -177,7 +193,8 @@ def init(
     settings, store = args.settings, args.settings.storage
     session = _session()
     with session.lock:
-        if ray.is_initialized():
+        connecting = not ray.is_initialized()
+        if not connecting:
             current = session.address
             if address is not None and current is not None and address != current and address != "auto":
                 raise RuntimeError(
@@ -215,13 +232,14 @@ def init(
                 namespace=namespace,
                 runtime_env=args.runtime_env,
                 log_level=log_level,
+                ship_package=ship_mode,
             )
+        if store.is_local and not session.embedded and not allow_local_storage:
+            _refuse_local_storage(store, disconnect=connecting)
         PROCESS.part(DriverSettings).value = settings
         cluster_view().embedded = session.embedded
         if supervisor == "auto":
             ensure_supervisor()
-        if store.is_local and not session.embedded:
-            _warn_local_storage(store)
         if store.url.startswith("memory://"):
             logger.warning(
                 "storage %r: memory:// lives inside one process, and every attempt runs in its own Ray "
@@ -240,40 +258,53 @@ def _connected_address() -> Optional[str]:
 
 
 def _connect(
-    session: Session, address: Optional[str], *, num_cpus, include_dashboard, namespace, runtime_env, log_level
+    session: Session,
+    address: Optional[str],
+    *,
+    num_cpus,
+    include_dashboard,
+    namespace,
+    runtime_env,
+    log_level,
+    ship_package: ship.ShipMode = "auto",
 ) -> None:
-    kwargs: dict[str, Any] = {"namespace": namespace, "runtime_env": runtime_env, "logging_level": log_level}
-    if address is None:
-        # Embedded: a private temp dir (Ray's default one is shared by every cluster on the
-        # machine), no dashboard unless asked (it costs ~1 GiB), and token auth on with a token
-        # made for this process unless the user chose a mode (Ray listens on every interface:
-        # see flyte_ray._ray.auth).
-        ensure_token_auth()
-        temp_dir = tempfile.mkdtemp(prefix="flyte-ray-")
-        ctx = ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard, _temp_dir=temp_dir, **kwargs)
-        session.embedded, session.temp_dir = True, temp_dir
-        session.address = ctx.address_info.get("gcs_address")  # type: ignore[attr-defined]  # RayContext
-    else:
-        ctx = ray.init(address=address, **kwargs)
-        session.embedded, session.address = False, address
+    kwargs: dict[str, Any] = {"namespace": namespace, "logging_level": log_level}
+    # flyte-ray travels to the cluster's workers in the job's runtime_env (py_modules) unless the
+    # nodes are asked to have it: see flyte_ray._ray.ship.
+    with ship.prepared(ship_package, embedded=address is None, runtime_env=runtime_env) as plan:
+        kwargs["runtime_env"] = plan.runtime_env
+        if address is None:
+            # Embedded: a private temp dir (Ray's default one is shared by every cluster on the
+            # machine), no dashboard unless asked (it costs ~1 GiB), and token auth on with a token
+            # made for this process unless the user chose a mode (Ray listens on every interface:
+            # see flyte_ray._ray.auth).
+            ensure_token_auth()
+            temp_dir = tempfile.mkdtemp(prefix="flyte-ray-")
+            ctx = ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard, _temp_dir=temp_dir, **kwargs)
+            session.embedded, session.temp_dir = True, temp_dir
+            session.address = ctx.address_info.get("gcs_address")  # type: ignore[attr-defined]  # RayContext
+        else:
+            ctx = ray.init(address=address, **kwargs)
+            session.embedded, session.address = False, address
+    if plan.shipped:
+        logger.debug("flyte_ray %s ships to the cluster's workers (runtime_env py_modules)", ship.package_dir())
     url = getattr(ctx, "dashboard_url", None)
     session.dashboard_url = (url if url.startswith("http") else f"http://{url}") if url else None
 
 
-def _warn_local_storage(store: Storage) -> None:
+def _refuse_local_storage(store: Storage, *, disconnect: bool) -> None:
+    """A local folder on a cluster whose live nodes span several hosts raises ``ValueError`` (see
+    :mod:`flyte_ray._ray.hosts`), after disconnecting when this ``init`` call connected, so that
+    calling ``init`` again with shared storage starts afresh."""
     try:
-        alive = [n for n in ray.nodes() if n.get("Alive")]
-    except Exception:
+        nodes = ray.nodes()
+    except Exception:  # the cluster view is best-effort here: Ray reports its own errors later
         return
-    # Nodes on one machine (a local test cluster) share its disk; only warn across machines.
-    if len({n.get("NodeManagerAddress") for n in alive}) > 1:
-        logger.warning(
-            "storage %r is a local path but the cluster has %d nodes: other nodes cannot see it, so "
-            "checkpoints written on one node are lost to retries on another. Use a shared store "
-            "(s3://, gs://, a shared filesystem) with init(storage=...).",
-            store.url,
-            len(alive),
-        )
+    problem = local_storage_error(store.url, nodes)
+    if problem is not None:
+        if disconnect:
+            shutdown()
+        raise ValueError(problem)
 
 
 def ensure_init() -> None:
