@@ -392,7 +392,8 @@ def _check_driver(res: subprocess.CompletedProcess, storage: str) -> None:
     assert _lines(out, "CHECKPOINT") == [["CHECKPOINT", "resumed", "spot,ondemand"]], out
     assert _lines(out, "DONE"), out
     assert list(Path(storage).rglob("_COMPLETE")), f"no checkpoint under {storage}"
-    print("\n[test_ship] " + " | ".join(line for line in out.splitlines() if line.startswith(("CONNECTED", "WHERE", "DONE"))))
+    timings = [line for line in out.splitlines() if line.startswith(("CONNECTED", "WHERE", "DONE"))]
+    print("\n[test_ship] " + " | ".join(timings))
 
 
 def _user_code(tmp_path: Path) -> Path:
