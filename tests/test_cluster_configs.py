@@ -32,6 +32,7 @@ tests at the end can also prove that broken configs are caught.
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
@@ -591,11 +592,13 @@ def test_ray_up_auth_mode_is_explicit_and_consistent(name):
 
 
 @pytest.mark.parametrize("name", _ray_up_names())
-def test_ray_up_installs_flyte_ray_and_pins_ray(name):
+def test_ray_up_installs_ray_and_flyte_rays_dependencies_not_flyte_ray(name):
+    """The install path (README, "Installing flyte-ray"): drivers ship flyte_ray to their job's
+    workers, so the nodes install Ray 2.60 and flyte-ray's own dependencies, and nothing installs
+    flyte-ray (no package index serves it)."""
     config = prepared(name)
-    assert any("pip install" in c and "flyte-ray" in c for c in config["setup_commands"]), (
-        "setup_commands must install flyte-ray on every node"
-    )
+    problems = ray_up_install_problems(config)
+    assert not problems, "\n".join(problems)
     docker = config.get("docker") or {}
     images = [docker.get("image", "")] + [
         (nt.get("docker") or {}).get("worker_image", "")
@@ -1190,3 +1193,350 @@ def test_example_queue_scan(tmp_path, monkeypatch):
     assert queue_coverage_problems(node_types, "head", example_queues()) == [
         "queue 'ml-train' (used in examples/) has no on-demand pool"
     ]
+
+
+# ============================================ install path, node labels, shared storage ===
+# Install: no node installs flyte-ray; every node installs Ray (pinned) and flyte-ray's own
+# dependencies from pyproject.toml (flyte_ray.init(address=...) ships the package itself:
+# flyte_ray/_ray/ship.py). Labels: Ray 2.60 turns RAY_NODE_MARKET_TYPE in the environment of
+# `ray start` into the label ray.io/market-type (ray/_private/resource_and_label_spec.py); the
+# node types also declare it in `labels` (the autoscaler matches label selectors against node
+# types before a node exists), with one flyte-ray.io/queue-<name>: "true" per queue and Ray's own
+# ray.io/accelerator-type on GPU nodes. Storage: FLYTE_RAY_STORAGE (s3:// or gs://) on every node,
+# and every worker with the cloud identity that reaches it.
+from ray._private.label_utils import validate_label_key, validate_label_value  # noqa: E402
+
+MARKET_LABEL = "ray.io/market-type"
+MARKET_VALUES = {"spot": "spot", "ondemand": "on-demand"}   # resource marker -> label value
+ACCEL_LABEL = "ray.io/accelerator-type"
+QUEUE_LABEL_PREFIX = "flyte-ray.io/queue-"
+MARKET_ENV_RE = re.compile(r"\bRAY_NODE_MARKET_TYPE=([A-Za-z0-9_.-]+)")
+STORAGE_ENV_RE = re.compile(r"\bFLYTE_RAY_STORAGE=(\S+)")
+SHARED_SCHEMES = ("s3://", "gs://")
+FLYTE_RAY_INSTALL_RE = re.compile(r"pip[^;&|]*\binstall\b[^;&|]*\bflyte[-_]ray\b", re.I)
+GCS_WRITE_SCOPES = {"https://www.googleapis.com/auth/devstorage.read_write",
+                    "https://www.googleapis.com/auth/devstorage.full_control",
+                    "https://www.googleapis.com/auth/cloud-platform"}
+
+
+def _requirement_name(req: str) -> str:
+    return re.split(r"[\s\[<>=!~;]", req.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def flyte_ray_dependencies() -> List[str]:
+    """flyte-ray's dependencies (pyproject.toml), as requirement names, Ray apart."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        from pip._vendor import tomli as tomllib
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    return [_requirement_name(d) for d in deps if _requirement_name(d) != "ray"]
+
+
+def install_problems(commands: List[str], where: str) -> List[str]:
+    """Commands that run on a node: they install Ray at this version and every dependency of
+    flyte-ray, and never flyte-ray itself."""
+    p: List[str] = []
+    text = "\n".join(commands)
+    for cmd in commands:
+        if FLYTE_RAY_INSTALL_RE.search(cmd):
+            p.append(f"{where}: installs flyte-ray ({cmd!r}); no index serves it: drivers ship it")
+    installs = [c for c in commands if re.search(r"\bpip\b[^;&|]*\binstall\b", c)]
+    words = {_requirement_name(w.strip("'\"")) for c in installs for w in c.split() if not w.startswith("-")}
+    if f"ray[default]=={ray.__version__}" not in text.replace("'", "").replace('"', ""):
+        p.append(f"{where}: no `pip install \"ray[default]=={ray.__version__}\"` (keeps pip from moving Ray)")
+    for dep in flyte_ray_dependencies():
+        if dep not in words:
+            p.append(f"{where}: flyte-ray's dependency {dep!r} is not installed")
+    return p
+
+
+def ray_up_install_problems(config: dict) -> List[str]:
+    node_cmds = list(config.get("setup_commands") or [])
+    p = install_problems(node_cmds, "setup_commands")
+    everything = node_cmds + list(config.get("head_setup_commands") or []) + list(
+        config.get("worker_setup_commands") or []) + list(config.get("initialization_commands") or [])
+    for nt in config["available_node_types"].values():
+        everything += list(nt.get("worker_setup_commands") or []) + list(nt.get("initialization_commands") or [])
+    p += [x for x in install_problems(everything, "commands") if "installs flyte-ray" in x]
+    for target, source in (config.get("file_mounts") or {}).items():
+        if "flyte_ray" in f"{target} {source}" or "dist" in str(source).split("/"):
+            p.append(f"file_mounts {target!r}: flyte-ray reaches the workers from the driver, not from a mount")
+    return p
+
+
+def label_problems(name: str, resources: Dict[str, Any], labels: Dict[str, str],
+                   market_env: List[str]) -> List[str]:
+    """One node type's labels against its resources, and the RAY_NODE_MARKET_TYPE of its ray start."""
+    p: List[str] = []
+    for key, value in labels.items():
+        err = validate_label_key(key)
+        if err:
+            p.append(f"{name}: Ray rejects label key {key!r}: {err}")
+        try:
+            validate_label_value(value)
+        except ValueError as e:
+            p.append(f"{name}: Ray rejects the value of {key!r}: {e}")
+    markers = markers_of(resources)
+    want = MARKET_VALUES[markers[0]] if len(markers) == 1 else None
+    if labels.get(MARKET_LABEL) != want:
+        p.append(f"{name}: label {MARKET_LABEL}={labels.get(MARKET_LABEL)!r}, its marker says {want!r}")
+    if market_env != [want]:
+        p.append(f"{name}: ray start runs with RAY_NODE_MARKET_TYPE={market_env}, its marker says {want!r}")
+    queue_labels = {k[len(QUEUE_LABEL_PREFIX):]: v for k, v in labels.items() if k.startswith(QUEUE_LABEL_PREFIX)}
+    if set(queue_labels) != queues_of(resources):
+        p.append(f"{name}: queue labels {sorted(queue_labels)} differ from queue resources {sorted(queues_of(resources))}")
+    for q, v in queue_labels.items():
+        if v != "true":
+            p.append(f"{name}: {QUEUE_LABEL_PREFIX}{q} must be \"true\", got {v!r}")
+    accels = accelerators_of(resources)
+    if labels.get(ACCEL_LABEL) != (next(iter(accels)) if len(accels) == 1 else None):
+        p.append(f"{name}: label {ACCEL_LABEL}={labels.get(ACCEL_LABEL)!r}, resources declare {sorted(accels)}")
+    return p
+
+
+def _ray_up_run_options(config: dict, name: str) -> List[str]:
+    """The docker run options of one node type's container (global + head or worker + node type)."""
+    docker = config.get("docker") or {}
+    opts = list(docker.get("run_options") or [])
+    if name == config["head_node_type"]:
+        return opts + list(docker.get("head_run_options") or [])
+    return opts + list(docker.get("worker_run_options") or []) + list(
+        (config["available_node_types"][name].get("docker") or {}).get("worker_run_options") or [])
+
+
+def ray_up_label_problems(config: dict) -> List[str]:
+    p: List[str] = []
+    for name, nt in config["available_node_types"].items():
+        env = [m for opt in _ray_up_run_options(config, name) for m in MARKET_ENV_RE.findall(opt)]
+        env += [m for _, cmd in _start_commands(config) for m in MARKET_ENV_RE.findall(cmd)]
+        p += label_problems(name, nt.get("resources", {}), nt.get("labels") or {}, env)
+    return p
+
+
+def storage_problems(values: List[str], where: str) -> List[str]:
+    if len(values) != 1:
+        return [f"{where}: FLYTE_RAY_STORAGE set {len(values)} times, expected once: {values}"]
+    if not values[0].startswith(SHARED_SCHEMES):
+        return [f"{where}: FLYTE_RAY_STORAGE={values[0]!r} is not shared storage ({' or '.join(SHARED_SCHEMES)})"]
+    return []
+
+
+def ray_up_storage_problems(config: dict) -> List[str]:
+    """FLYTE_RAY_STORAGE in every node's container, and each worker with the identity that reaches it."""
+    p: List[str] = []
+    provider = config["provider"]["type"]
+    urls = set()
+    for name in config["available_node_types"]:
+        found = [m for opt in _ray_up_run_options(config, name) for m in STORAGE_ENV_RE.findall(opt)]
+        p += storage_problems(found, name)
+        urls.update(found)
+    if len(urls) > 1:
+        p.append(f"node types use different storage {sorted(urls)}")
+    scheme = {"aws": "s3://", "gcp": "gs://"}[provider]
+    if urls and not all(u.startswith(scheme) for u in urls):
+        p.append(f"{provider}: storage {sorted(urls)} is not {scheme} (the identities below are for it)")
+    identities = set()
+    for name, nt in config["available_node_types"].items():
+        if name == config["head_node_type"]:
+            continue  # ray up gives the head its own identity (ray-autoscaler-v1 / ray-autoscaler-sa-v1)
+        node_config = nt.get("node_config") or {}
+        if provider == "aws":
+            profile = node_config.get("IamInstanceProfile") or {}
+            if not (profile.get("Name") or profile.get("Arn")):
+                p.append(f"{name}: no IamInstanceProfile: Ray gives workers none, so they cannot reach {scheme}")
+            identities.add(json.dumps(profile, sort_keys=True))
+        else:
+            accounts = node_config.get("serviceAccounts") or []
+            scopes = {sc for a in accounts for sc in a.get("scopes") or []}
+            if not accounts or not accounts[0].get("email"):
+                p.append(f"{name}: no serviceAccounts: the default account's scopes cannot write to {scheme}")
+            elif not scopes & GCS_WRITE_SCOPES:
+                p.append(f"{name}: service account scopes {sorted(scopes)} cannot write Cloud Storage")
+            identities.add(json.dumps(accounts, sort_keys=True))
+    if len(identities) > 1:
+        p.append(f"worker node types use different identities {sorted(identities)}")
+    return p
+
+
+def _kuberay_groups(cr: dict) -> List[Tuple[str, dict]]:
+    spec = cr["spec"]
+    return [("head", spec["headGroupSpec"])] + [(g["groupName"], g) for g in spec["workerGroupSpecs"]]
+
+
+def _env_value(container: dict, name: str) -> List[str]:
+    return [e.get("value") for e in container.get("env") or [] if e.get("name") == name]
+
+
+def kuberay_install_problems(cr: dict) -> List[str]:
+    """Ray containers: Ray's image, flyte-ray's dependencies installed, then KubeRay's own ray start."""
+    p: List[str] = []
+    overwrite = (cr.get("metadata", {}).get("annotations") or {}).get("ray.io/overwrite-container-cmd")
+    for name, group in _kuberay_groups(cr):
+        c = group["template"]["spec"]["containers"][0]
+        args = " ".join(c.get("args") or [])
+        if c.get("command") or c.get("args"):
+            if overwrite != "true":
+                p.append(f"{name}: command/args without ray.io/overwrite-container-cmd: \"true\" (KubeRay would ignore them)")
+            if "$KUBERAY_GEN_RAY_START_CMD" not in args:
+                p.append(f"{name}: args do not run KubeRay's generated ray start ($KUBERAY_GEN_RAY_START_CMD)")
+            p += install_problems([args], name)
+        elif not c.get("image", "").startswith(f"rayproject/ray:{RAY_MINOR}"):
+            continue  # an image of your own: it must hold the dependencies (README, "KubeRay")
+        else:
+            p.append(f"{name}: Ray's image without flyte-ray's dependencies (no install before ray start)")
+    return p
+
+
+def kuberay_label_problems(cr: dict) -> List[str]:
+    p: List[str] = []
+    for name, group in _kuberay_groups(cr):
+        raw = (group.get("rayStartParams") or {}).get("resources", "")
+        resources = json.loads(raw.strip('"').replace("\\", "")) if raw else {}
+        container = group["template"]["spec"]["containers"][0]
+        p += label_problems(name, resources, group.get("labels") or {}, _env_value(container, "RAY_NODE_MARKET_TYPE"))
+        if (group.get("rayStartParams") or {}).get("labels"):
+            p.append(f"{name}: rayStartParams.labels is ignored by Ray's autoscaler; use the group's labels")
+    return p
+
+
+def kuberay_storage_problems(cr: dict) -> List[str]:
+    p: List[str] = []
+    urls, accounts = set(), set()
+    for name, group in _kuberay_groups(cr):
+        pod = group["template"]["spec"]
+        found = _env_value(pod["containers"][0], "FLYTE_RAY_STORAGE")
+        p += storage_problems(found, name)
+        urls.update(found)
+        if not pod.get("serviceAccountName"):
+            p.append(f"{name}: no serviceAccountName: the pods have no identity for the storage")
+        accounts.add(pod.get("serviceAccountName"))
+    if len(urls) > 1:
+        p.append(f"groups use different storage {sorted(urls)}")
+    if len(accounts) > 1:
+        p.append(f"groups use different service accounts {sorted(accounts, key=str)}")
+    return p
+
+
+@pytest.mark.parametrize("name", _ray_up_names())
+def test_ray_up_node_labels(name):
+    problems = ray_up_label_problems(prepared(name))
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("name", _ray_up_names())
+def test_ray_up_shared_storage(name):
+    problems = ray_up_storage_problems(prepared(name))
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("name", _kuberay_names())
+def test_kuberay_install_labels_and_storage(name):
+    cr = _load(name)
+    problems = kuberay_install_problems(cr) + kuberay_label_problems(cr) + kuberay_storage_problems(cr)
+    assert not problems, "\n".join(problems)
+    # Ray's own KubeRay parser hands the group labels to the autoscaler
+    node_types = _kuberay_autoscaling_config(name)["available_node_types"]
+    assert all(nt["labels"].get(MARKET_LABEL) in MARKET_VALUES.values() for nt in node_types.values())
+
+
+def test_queue_label_key_rules():
+    """What Ray 2.60 accepts as flyte-ray.io/queue-<name> (ray/_private/label_utils.py): the name part
+    is at most 63 characters and ends with a letter or digit, so a queue name has a label when it is
+    at most 57 characters long and ends with a letter or digit (README, "Node labels")."""
+    assert validate_label_key(QUEUE_LABEL_PREFIX + "etl") is None
+    assert validate_label_key(QUEUE_LABEL_PREFIX + "gpu-pool.v2_a") is None
+    assert validate_label_key(QUEUE_LABEL_PREFIX + "q" * 57) is None
+    assert validate_label_key(QUEUE_LABEL_PREFIX + "q" * 58) is not None
+    for bad in ("etl-", "etl.", "etl_"):
+        assert validate_label_key(QUEUE_LABEL_PREFIX + bad) is not None, bad
+    assert validate_label_key(MARKET_LABEL) is None and validate_label_key(ACCEL_LABEL) is None
+    for value in ("true", "spot", "on-demand", "A10G", "T4"):
+        validate_label_value(value)
+
+
+def test_readme_job_submit_examples_point_at_files():
+    """Every `ray job submit ... -- python <file>` in the READMEs names a file of the repository
+    (relative to its --working-dir), and every py_modules entry it ships exists."""
+    found = 0
+    for readme in (REPO / "README.md", CONFIG_DIR / "README.md"):
+        text = readme.read_text().replace("\\\n", " ")
+        for cmd in re.findall(r"(?m)^[ \t]*(?:[A-Z_]+=\S+[ \t]+)*ray job submit[ \t][^\n]*", text):
+            m = re.search(r"--\s+python\s+(\S+\.py)", cmd)
+            assert m, f"{readme.name}: {cmd!r} runs no python file"
+            wd = re.search(r"--working-dir[ =](\S+)", cmd)
+            base = REPO / wd.group(1) if wd else REPO
+            assert (base / m.group(1)).is_file(), f"{readme.name}: {cmd!r}: {base / m.group(1)} does not exist"
+            env = re.search(r"--runtime-env-json[ =]'([^']*)'", cmd)
+            for module in (json.loads(env.group(1)).get("py_modules") or []) if env else []:
+                assert (REPO / module).is_dir(), f"{readme.name}: py_modules {module!r} is not a folder of the repo"
+            found += 1
+    assert found, "no `ray job submit` example found"
+
+
+def test_install_label_storage_checks_catch_mistakes():
+    def ray_up(name, mutate, check):
+        config = _load(name)
+        mutate(config)
+        return check(prepare_config(config))
+
+    nts = lambda c: c["available_node_types"]  # noqa: E731
+    for name in _ray_up_names():
+        assert ray_up(name, lambda c: None, ray_up_install_problems) == []
+        assert ray_up(name, lambda c: None, ray_up_label_problems) == []
+        assert ray_up(name, lambda c: None, ray_up_storage_problems) == []
+        # installing flyte-ray, or forgetting a dependency / the Ray pin
+        assert ray_up(name, lambda c: c["setup_commands"].append("pip install -U flyte-ray"), ray_up_install_problems)
+        assert ray_up(name, lambda c: c.update(setup_commands=[
+            x.replace(" fsspec", "") for x in c["setup_commands"]]), ray_up_install_problems)
+        assert ray_up(name, lambda c: c.update(setup_commands=[
+            x.replace('"ray[default]==2.60.0" ', "") for x in c["setup_commands"]]), ray_up_install_problems)
+        assert ray_up(name, lambda c: c["file_mounts"].update({"/tmp/wheels": "./dist"}), ray_up_install_problems)
+        # labels: wrong market, missing queue, a queue label Ray rejects, env disagreeing, no GPU type
+        assert ray_up(name, lambda c: nts(c)["cpu-spot"]["labels"].update({MARKET_LABEL: "on-demand"}),
+                      ray_up_label_problems)
+        assert ray_up(name, lambda c: nts(c)["etl-pool"]["labels"].pop(QUEUE_LABEL_PREFIX + "etl"),
+                      ray_up_label_problems)
+        assert ray_up(name, lambda c: nts(c)["etl-pool"]["labels"].update({QUEUE_LABEL_PREFIX + "x-": "true"}),
+                      ray_up_label_problems)
+        assert ray_up(name, lambda c: nts(c)["cpu-spot"]["docker"].update(
+            worker_run_options=["-e RAY_NODE_MARKET_TYPE=on-demand"]), ray_up_label_problems)
+        assert ray_up(name, lambda c: c["docker"].pop("head_run_options"), ray_up_label_problems)
+        assert ray_up(name, lambda c: nts(c)["gpu-spot"]["labels"].pop(ACCEL_LABEL), ray_up_label_problems)
+        # storage: none, local, on the head only; a worker without its identity
+        assert ray_up(name, lambda c: c["docker"].update(run_options=[
+            o for o in c["docker"]["run_options"] if "FLYTE_RAY_STORAGE" not in o]), ray_up_storage_problems)
+        assert ray_up(name, lambda c: c["docker"].update(run_options=[
+            "-e FLYTE_RAY_STORAGE=/tmp/x" if "FLYTE_RAY_STORAGE" in o else o for o in c["docker"]["run_options"]]),
+            ray_up_storage_problems)
+        key = "IamInstanceProfile" if "aws" in name else "serviceAccounts"
+        assert ray_up(name, lambda c: nts(c)["etl-pool-spot"]["node_config"].pop(key), ray_up_storage_problems)
+    assert ray_up("gcp-spot.yaml", lambda c: nts(c)["cpu-spot"]["node_config"].update(serviceAccounts=[
+        {"email": "a@b.iam.gserviceaccount.com", "scopes": ["https://www.googleapis.com/auth/devstorage.read_only"]}]),
+        ray_up_storage_problems)
+
+    name = _kuberay_names()[0]
+    for check in (kuberay_install_problems, kuberay_label_problems, kuberay_storage_problems):
+        assert check(_load(name)) == []
+
+    def kr(mutate, check):
+        cr = _load(name)
+        mutate(cr)
+        return check(cr)
+
+    last = lambda cr: cr["spec"]["workerGroupSpecs"][-1]  # noqa: E731
+    assert kr(lambda cr: cr["metadata"].pop("annotations"), kuberay_install_problems)
+    assert kr(lambda cr: last(cr)["template"]["spec"]["containers"][0].update(
+        args=["pip install flyte-ray && $KUBERAY_GEN_RAY_START_CMD"]), kuberay_install_problems)
+    assert kr(lambda cr: [last(cr)["template"]["spec"]["containers"][0].pop(k) for k in ("command", "args")],
+              kuberay_install_problems)
+    assert kr(lambda cr: last(cr).pop("labels"), kuberay_label_problems)
+    assert kr(lambda cr: last(cr)["template"]["spec"]["containers"][0].update(env=[
+        e for e in last(cr)["template"]["spec"]["containers"][0]["env"] if e["name"] != "RAY_NODE_MARKET_TYPE"]),
+        kuberay_label_problems)
+    assert kr(lambda cr: last(cr)["rayStartParams"].update(labels="flyte-ray.io/queue-etl=true"),
+              kuberay_label_problems)
+    assert kr(lambda cr: last(cr)["template"]["spec"].pop("serviceAccountName"), kuberay_storage_problems)
+    assert kr(lambda cr: last(cr)["template"]["spec"]["containers"][0].update(env=[
+        e for e in last(cr)["template"]["spec"]["containers"][0]["env"] if e["name"] != "FLYTE_RAY_STORAGE"]),
+        kuberay_storage_problems)
