@@ -239,22 +239,25 @@ def bare_cluster(worker_venv):
                 f"--temp-dir={temp_dir}", "--disable-usage-stats", "--block"]
     node_cmd = [ray_cli, "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=1",
                 '--resources={"spot": 1000, "queue:default": 1000}', "--disable-usage-stats", "--block"]
-    labels = {"flyte-ray.io/queue-default": "true"}
+    # as the configs do: the market in RAY_NODE_MARKET_TYPE and in the node type's labels (which
+    # `ray up` hands to ray start as RAY_OVERRIDE_LABELS), with the queue label
+    def node_env(market: str) -> Dict[str, str]:
+        labels = {"ray.io/market-type": market, "flyte-ray.io/queue-default": "true"}
+        return _cluster_env(worker_venv, RAY_NODE_MARKET_TYPE=market, RAY_OVERRIDE_LABELS=json.dumps(labels))
+
     procs: List[subprocess.Popen] = []
     t0 = time.monotonic()
     try:
         with open(head_log, "w") as log:
             procs.append(subprocess.Popen(
                 head_cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                env=_cluster_env(worker_venv, RAY_NODE_MARKET_TYPE="on-demand",
-                                 RAY_OVERRIDE_LABELS=json.dumps(labels)), cwd=temp_dir))
+                env=node_env("on-demand"), cwd=temp_dir))
         _wait_for(procs[0], head_log, lambda: "block forever" in head_log.read_text() and _port_open(gcs)
                   and _port_open(client) and _http_ok(f"http://127.0.0.1:{dash}/api/version"), "head")
         with open(node_log, "w") as log:
             procs.append(subprocess.Popen(
                 node_cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                env=_cluster_env(worker_venv, RAY_NODE_MARKET_TYPE="spot", RAY_OVERRIDE_LABELS=json.dumps(labels)),
-                cwd=temp_dir))
+                env=node_env("spot"), cwd=temp_dir))
         _wait_for(procs[1], node_log, lambda: "block forever" in node_log.read_text(), "spot node")
         print(f"\n[test_ship] head + spot node (no flyte-ray) ready in {time.monotonic() - t0:.1f}s")
         yield Cluster(gcs, client, dash, temp_dir, os.path.join(temp_dir, "storage"))
