@@ -174,6 +174,8 @@ def init(
     Every argument is checked first, before Ray is touched (:func:`check_init_args`).
     """
     ship_mode = ship.check_ship_package(ship_package)
+    if not isinstance(allow_local_storage, bool):
+        raise TypeError(f"allow_local_storage: expected True or False, got {type(allow_local_storage).__name__}")
     args = check_init_args(
         address,
         storage=storage,

@@ -120,6 +120,48 @@ def test_prepared_stages_a_clean_copy_and_removes_it(tmp_path):
         assert p == (None, {}, False)
 
 
+def test_init_checks_the_new_arguments_before_touching_ray():
+    import flyte_ray
+    from flyte_ray.runtime import _ConfigFile
+
+    connected = ray.is_initialized()
+    with pytest.raises(ValueError, match="ship_package"):
+        flyte_ray.init(address="127.0.0.1:1", ship_package="always")
+    with pytest.raises(TypeError, match="allow_local_storage"):
+        flyte_ray.init(address="127.0.0.1:1", allow_local_storage="yes")
+    assert ray.is_initialized() == connected
+    # init_from_config files take them too
+    assert _ConfigFile(ship_package=False, allow_local_storage=True).model_dump()["ship_package"] is False
+    assert _ConfigFile().model_dump()["ship_package"] == "auto"
+
+
+EMBEDDED_TRUE = """
+import flyte_ray as flyte, sys
+flyte.init(num_cpus=1, storage=sys.argv[1], ship_package=True)
+env = flyte.TaskEnvironment(name="ship_embedded")
+
+
+@env.task
+def origin() -> str:
+    import flyte_ray
+    return "shipped" if "py_modules_files" in flyte_ray.__file__ else flyte_ray.__file__
+
+
+print("ORIGIN", origin(), flush=True)
+flyte.shutdown()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_ship_package_true_ships_to_the_embedded_cluster(tmp_path):
+    """True ships even to the embedded cluster (whose workers could import this checkout anyway),
+    a cheap local check of the shipped copy; "auto" leaves the embedded cluster alone (the rest of
+    the suite runs that way)."""
+    res = _run_driver(EMBEDDED_TRUE, tmp_path, str(tmp_path / "storage"))
+    assert res.returncode == 0, f"stdout:\n{res.stdout}\nstderr:\n{res.stderr[-4000:]}"
+    assert _lines(res.stdout, "ORIGIN") == [["ORIGIN", "shipped"]]
+
+
 # ---------------------------------------------------------- offline: local storage, several hosts
 def _node(node_id: str, address: str, alive: bool = True) -> dict:
     """A ``ray.nodes()`` entry as Ray 2.60 returns it (keys and value types of a real one)."""
