@@ -1,17 +1,20 @@
 """A driver for an existing cluster: fan-out, a retried task and a checkpointed task.
 
-Submit it as a Ray job (the driver then runs on the head node)::
+Submit it as a Ray job from the repository's root (the driver then runs on the head node; the
+job's ``py_modules`` carry flyte-ray to it and to every worker, so the cluster needs none)::
 
-    ray job submit --address http://HEAD:8265 --working-dir examples -- python fanout_driver.py
+    ray job submit --address http://HEAD:8265 --working-dir examples \
+        --runtime-env-json '{"py_modules": ["flyte_ray"]}' -- python fanout_driver.py
 
-or run it from your machine against a Ray client server::
+or run it from your machine against a Ray client server (``init`` ships flyte-ray itself)::
 
-    FLYTE_RAY_ADDRESS=ray://HEAD:10001 python examples/fanout_driver.py
+    FLYTE_RAY_ADDRESS=ray://HEAD:10001 FLYTE_RAY_STORAGE=s3://bucket/prefix python examples/fanout_driver.py
 
 Environment:
     FLYTE_RAY_ADDRESS   cluster address (default ``auto``: the cluster this machine belongs to)
     FLYTE_RAY_STORAGE   where checkpoints live (``s3://bucket/prefix``, a shared folder…);
-                        flyte-ray reads it by default
+                        flyte-ray reads it by default (a local folder is refused when the
+                        cluster's nodes run on several hosts)
     FANOUT_N            number of children of the fan-out (default 16)
 
 Prints ``RESULT ok fanout=<sum> retried_attempts=<n> checkpoint=<resumed-from>`` at the end.
