@@ -58,6 +58,7 @@ class _ConfigFile(BaseModel):
     supervisor: str = "auto"
     inline_under: float = Field(0.1, ge=0)
     storage_timeout: Optional[float] = Field(None, gt=0)
+    placement: str = "auto"
 
     @field_validator("supervisor")
     @classmethod
@@ -124,6 +125,7 @@ def init(
     inline_under: float = 0.1,
     log_level: Union[int, str] = logging.WARNING,
     storage_timeout: Optional[float] = None,
+    placement: str = "auto",
 ) -> Settings:
     """Connect flyte-ray to Ray and set its options.
 
@@ -149,6 +151,9 @@ def init(
             ``StorageTimeoutError`` naming the URL (never its credentials). Default:
             ``$FLYTE_RAY_STORAGE_TIMEOUT``, else 60. Storage clients also get connect/read
             timeouts and bounded retries (see :mod:`flyte_ray.storage`).
+        placement: ``"auto"`` (default) places attempts by custom-resource markers or by Ray node
+            labels, whichever the cluster's nodes declare; ``"markers"`` or ``"labels"`` forces one
+            (see :mod:`flyte_ray._ray.placement` and ``cluster-configs/README.md``).
 
     If Ray is already initialized in this process (by an earlier ``init`` or by the user's own
     ``ray.init``), flyte-ray keeps that connection, applies the new settings and logs that it did;
@@ -173,6 +178,7 @@ def init(
         inline_under=inline_under,
         log_level=log_level,
         storage_timeout=storage_timeout,
+        placement=placement,
     )
     settings, store = args.settings, args.settings.storage
     session = _session()
@@ -219,7 +225,7 @@ def init(
         PROCESS.part(DriverSettings).value = settings
         cluster_view().embedded = session.embedded
         if supervisor == "auto":
-            ensure_supervisor()
+            ensure_supervisor(settings.placement)
         if store.is_local and not session.embedded:
             _warn_local_storage(store)
         if store.url.startswith("memory://"):

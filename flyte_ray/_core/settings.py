@@ -10,7 +10,11 @@ from typing import Optional
 
 from ..checkpoint import Storage
 
-__all__ = ["Settings", "DriverSettings"]
+__all__ = ["Settings", "DriverSettings", "PLACEMENT_MODES"]
+
+#: how attempts are placed: chosen per cluster from what its nodes declare, or forced (see
+#: :mod:`flyte_ray._ray.placement`)
+PLACEMENT_MODES = ("auto", "markers", "labels")
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,8 @@ class Settings:
             the actor (the actor's hop would cost more than re-running it if the caller is
             preempted; its result is still recorded with the actor for re-attachment).
             ``0`` sends every such call through the actor.
+        placement: ``"auto"`` places attempts with custom-resource markers or with Ray node labels,
+            whichever the cluster's nodes declare; ``"markers"`` / ``"labels"`` force one.
     """
 
     storage: Storage = field(default_factory=Storage)
@@ -39,6 +45,7 @@ class Settings:
     checkpoint_keep: int = 2
     supervisor: str = "auto"
     inline_under: float = 0.1
+    placement: str = "auto"
 
     @property
     def failure_threshold(self) -> int:

@@ -34,7 +34,7 @@ from ..retry import as_retry_strategy
 from ..reuse_policy import ReusePolicy
 from ..storage import Storage as BaseStorage
 from ..timeout import as_timeout
-from .settings import Settings
+from .settings import PLACEMENT_MODES, Settings
 
 __all__ = [
     "ENV_NAME_RE",
@@ -303,6 +303,7 @@ def check_init_args(
     inline_under: float = 0.1,
     log_level: Union[int, str] = logging.WARNING,
     storage_timeout: Optional[float] = None,
+    placement: str = "auto",
 ) -> InitArgs:
     """Check and normalise :func:`init`'s arguments without touching Ray (same signature).
 
@@ -355,6 +356,11 @@ def check_init_args(
     if supervisor not in ("auto", "inline"):
         raise ValueError(f"supervisor: expected 'auto' or 'inline', got {short_repr(supervisor)}")
     inline_s = seconds(inline_under, "inline_under")  # seconds >= 0 (0 = always the actor)
+    modes = " or ".join(repr(m) for m in PLACEMENT_MODES)
+    if not isinstance(placement, str):
+        raise TypeError(f"placement: expected {modes}, got {type(placement).__name__}")
+    if placement not in PLACEMENT_MODES:
+        raise ValueError(f"placement: expected {modes}, got {short_repr(placement)}")
     cpus: Optional[int] = None
     if num_cpus is not None:
         accepted = f"a whole number of CPUs from 0 to {MAX_COUNT}, or None for all of this machine's"
@@ -407,5 +413,6 @@ def check_init_args(
         checkpoint_keep=checkpoint_keep,
         supervisor=supervisor,
         inline_under=inline_s,
+        placement=placement,
     )
     return InitArgs(settings, address, cpus, include_dashboard, namespace, runtime_env, log_level)

@@ -15,8 +15,9 @@ per call (:meth:`flyte_ray._controller.controller.RayController.executor_for`):
 
 Every task gets one Ray remote function per process (exported once, cached by workers), with
 Ray's own retries off (``max_retries=0``): the supervisor decides every retry. The function's
-options for an attempt (resources + placement markers) are made once per spec, market and queue
-and kept on the spec (``CallSpec.memo``).
+options for an attempt (resources + placement: markers or node labels, the strategy the cluster
+view chooses, :meth:`~flyte_ray._ray.placement.ClusterView.placement`) are made once per spec,
+market, queue and strategy and kept on the spec (``CallSpec.memo``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .._core.process import memo_get, memo_put
 from .._core.records import AttemptRequest, Kind, Outcome
 from ..errors import TaskTimeoutError
 from .observe import outcome_of
-from .placement import MarkerPlacement, Placement, cluster_view, request_of
+from .placement import DEFAULT_QUEUE, Placement, cluster_view, request_of
 from .port import INTERRUPTS, EndOfStream, Port, WaitTimeout
 from .watchdog import pending_watch
 from .wire import VERSION, AttemptPayload, AttemptResult, Started, decode, encode
@@ -107,7 +108,7 @@ class _RayTasks:
     streaming = False
 
     def __init__(self, placement: Optional[Placement] = None) -> None:
-        self.placement = placement or MarkerPlacement()
+        self.placement = placement  # None: the strategy the cluster view chooses per attempt
         self.view = cluster_view()
         self.watch = pending_watch()
 
@@ -122,11 +123,14 @@ class _RayTasks:
 
     def bound(self, call: "Call", req: AttemptRequest) -> tuple[Any, dict]:
         """The remote function with this attempt's options (``.options()`` is not free)."""
-        key = (self.streaming, req.market, req.queue, *self.view.declares())
+        placement = self.placement or self.view.placement(
+            call.settings.placement, req.market, req.queue or DEFAULT_QUEUE
+        )
+        key = (self.streaming, req.market, req.queue, placement.mode, *self.view.declares())
         hit = memo_get(call.spec.memo, key)
         if hit is not None:
             return hit
-        opts = self.placement.options(dict(call.spec.ray_options), req.market, req.queue)
+        opts = placement.options(dict(call.spec.ray_options), req.market, req.queue)
         fn = self.remote_function(call.task)
         bound = fn.options(num_returns="streaming", **opts) if self.streaming else fn.options(**opts)
         return memo_put(call.spec.memo, key, (bound, opts))
