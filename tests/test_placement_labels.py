@@ -256,3 +256,41 @@ def test_the_automatic_choice_follows_what_nodes_declare():
         assert mixed.mode(override, "spot", "default") == override
         assert mixed.placement(override).mode == override
     assert _view(spot_l).has_markets("markers") is False and _view(spot_l).has_markets() is True
+
+
+def test_doctor_reads_node_type_labels_from_a_cluster_config(tmp_path):
+    from flyte_ray.doctor import load_node_types
+
+    cfg = tmp_path / "labels.yaml"
+    cfg.write_text(textwrap.dedent('''
+        cluster_name: labels
+        max_workers: 4
+        head_node_type: head
+        available_node_types:
+          head:
+            resources: {CPU: 0}
+            labels: {ray.io/market-type: on-demand}
+            node_config: {}
+          cpu-spot:
+            resources: {CPU: 2}
+            labels: {ray.io/market-type: spot, flyte-ray.io/queue-default: "true"}
+            node_config: {}
+    '''))
+    nodes, head = load_node_types(str(cfg))
+    by = {n.name: n for n in nodes}
+    spot = by["cpu-spot"]
+    assert (spot.market, spot.queues, spot.convention) == ("spot", ["default"], "labels")
+    assert not spot.lacks({"CPU": 1, **pl.constraint("labels", "spot", "default")})
+    assert spot.lacks(pl.constraint("labels", "ondemand", "default")) == ["ray.io/market-type=on-demand"]
+    assert by[head].market == "ondemand" and by[head].queues == []
+
+
+def test_init_checks_the_placement_mode():
+    from flyte_ray import runtime
+
+    assert runtime.check_init_args(placement="labels").settings.placement == "labels"
+    assert runtime.check_init_args().settings.placement == "auto"
+    with pytest.raises(ValueError, match="placement.*'auto' or 'markers' or 'labels'"):
+        runtime.check_init_args(placement="label")
+    with pytest.raises(TypeError, match="placement"):
+        runtime.check_init_args(placement=None)
