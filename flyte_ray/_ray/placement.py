@@ -33,6 +33,7 @@ import ray
 
 from .._core.process import PROCESS
 from . import waiting
+from .node_types import unmet
 
 __all__ = [
     "MARKER",
@@ -70,6 +71,8 @@ class ClusterView:
         self._names: Optional[frozenset[str]] = None
         self._markets = False  # some node declares spot / ondemand (computed with each refresh)
         self._queues = False  # ... or a queue
+        self.nodes: list[dict[str, float]] = []  # each live node's resource totals
+        self.version = 0  # bumped by every refresh (caches of feasibility key by it)
         self._lock = threading.Lock()
         self._refreshing = False
         self._warned: set[str] = set()
@@ -80,6 +83,7 @@ class ClusterView:
             self._at = 0.0
             self._names = None
             self._markets = self._queues = False
+            self.nodes = []
             self._warned = set()
             self.embedded = False
 
@@ -90,7 +94,8 @@ class ClusterView:
 
     def refresh(self) -> frozenset[str]:
         """Ask the GCS now (blocking)."""
-        names = frozenset(ray.cluster_resources())
+        nodes = [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
+        names = frozenset(k for res in nodes for k in res)
         markets = SPOT in names or ONDEMAND in names
         # A cluster that declares markets follows the convention, queues included, even while
         # only its head (which serves no queue) is up: an autoscaler must see the queue marker
@@ -98,6 +103,8 @@ class ClusterView:
         queues = markets or any(n.startswith(QUEUE_PREFIX) for n in names)
         with self._lock:
             self._names, self._markets, self._queues, self._at = names, markets, queues, time.monotonic()
+            self.nodes = nodes
+            self.version += 1
         return names
 
     def resource_names(self) -> frozenset[str]:
@@ -149,18 +156,27 @@ class ClusterView:
     def missing(request: dict[str, float]) -> list[str]:
         """Resources in ``request`` that no single live node can offer (by totals), fresh from
         the GCS (blocking: call it off any event loop)."""
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
-        if not nodes:
-            return sorted(request)
-        best: Optional[list[str]] = None
-        for n in nodes:
-            res = n.get("Resources", {})
-            lack = [k for k, v in request.items() if v > 0 and res.get(k, 0.0) + 1e-9 < v]
-            if not lack:
-                return []
-            if best is None or len(lack) < len(best):
-                best = lack
-        return best or []
+        return lacking(request, [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")])
+
+    def missing_cached(self, request: dict[str, float]) -> list[str]:
+        """:meth:`missing` by the cached view (no GCS call; stale by up to ``ttl`` seconds)."""
+        self.resource_names()
+        return lacking(request, self.nodes)
+
+
+def lacking(request: dict[str, float], nodes: list[dict[str, float]]) -> list[str]:
+    """Resources in ``request`` that no one of ``nodes`` (resource totals) offers: the shortest
+    such list over the nodes; every requested resource when there is no node."""
+    if not nodes:
+        return sorted(request)
+    best: Optional[list[str]] = None
+    for res in nodes:
+        lack = unmet(request, res)
+        if not lack:
+            return []
+        if best is None or len(lack) < len(best):
+            best = lack
+    return best or []
 
 
 def cluster_view() -> ClusterView:
