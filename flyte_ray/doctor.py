@@ -37,6 +37,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, TextI
 from ._core.call import CallState
 from ._core.policy import AttemptPolicy
 from ._ray import placement as pl
+from ._ray.node_types import read_node_types
 
 __all__ = ["doctor", "main", "NodeInfo", "node_infos", "find_tasks", "task_markets", "load_node_types"]
 
@@ -360,34 +361,8 @@ def _why(request: Mapping[str, float], nodes: Sequence[NodeInfo], unknown_ok: It
 
 def load_node_types(path: str) -> Tuple[List[NodeInfo], str]:
     """The launchable node types of a ``ray up`` YAML (or KubeRay RayCluster manifest), and the head type."""
-    import yaml
-
-    with open(path) as f:
-        doc = yaml.safe_load(f)
-    if not isinstance(doc, dict):
-        raise ValueError(f"{path}: not a YAML mapping")
-    if doc.get("kind") == "RayCluster":
-        import copy
-
-        from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
-
-        cr = copy.deepcopy(doc)
-        cr.setdefault("metadata", {}).setdefault("namespace", "default")
-        doc = _derive_autoscaling_config_from_ray_cr(cr)
-    types = doc.get("available_node_types")
-    if not isinstance(types, dict) or not types:
-        raise ValueError(f"{path}: no available_node_types (is this a `ray up` cluster config?)")
-    head = doc.get("head_node_type", "")
-    default_max = doc.get("max_workers", 1)
-    out = []
-    for name, nt in types.items():
-        nt = nt or {}
-        res = {k: float(v) for k, v in (nt.get("resources") or {}).items()}
-        labels = {str(k): str(v) for k, v in (nt.get("labels") or {}).items()}
-        mx = nt.get("max_workers", default_max)
-        launchable = name == head or (mx is None or mx > 0)
-        out.append(NodeInfo(name=name, resources=res, alive=launchable, labels=labels))
-    return out, head
+    types, head = read_node_types(path)
+    return [NodeInfo(name, res, launchable, labels) for name, res, launchable, labels in types], head
 
 
 # ----------------------------------------------------------------------------------- main

@@ -138,6 +138,44 @@ class TestLabelFleet:
         assert [lfleet.market_of(r.node_id) for r in h] == ["spot", "spot", "ondemand"]
         assert info["user_attempt"] == 1 and info["system_failures"] == 1 and info["attempt"] == 2
 
+    def test_a_spot_attempt_no_labelled_node_serves_moves_to_ondemand_at_once(self, lfleet):
+        lfleet.add_node("etl-od", market="ondemand", queues=("etl",))  # labels, like the fleet
+        run = flyte.run(tl.where.override(queue="etl"))
+        info = run.outputs(timeout=60)
+        assert lfleet.name_of(info["node"]) == "etl-od" and info["market"] == "ondemand"
+        assert [r.outcome for r in run.history] == ["spot_unavailable", "succeeded"]
+        assert "flyte-ray.io/queue-etl=true" in run.history[0].error
+
+    def test_work_only_a_launchable_labelled_node_type_offers_waits(self, lfleet, tmp_path):
+        h100 = tl.where_plain.override(resources=flyte.Resources(cpu=1, gpu="H100:1"))
+        with pytest.raises(PlacementError, match="ray.io/accelerator-type=H100"):
+            h100()  # no live node and no cluster config: fails at once, naming the label
+        config = tmp_path / "cluster.yaml"
+        config.write_text(textwrap.dedent('''
+            cluster_name: t
+            max_workers: 2
+            head_node_type: head
+            provider: {type: local, head_ip: 127.0.0.1}
+            available_node_types:
+              head: {resources: {CPU: 0}, labels: {ray.io/market-type: on-demand}, max_workers: 0, node_config: {}}
+              h100-od:
+                resources: {CPU: 8, GPU: 1}
+                labels: {ray.io/market-type: on-demand, flyte-ray.io/queue-default: "true", ray.io/accelerator-type: H100}
+                max_workers: 2
+                node_config: {}
+        '''))
+        keep = {"storage": flyte.current_settings().storage, "system_retries": 3}
+        flyte.init(cluster_config=str(config), **keep)
+        try:
+            run = flyte.run(h100)
+            deadline = time.time() + 10
+            while time.time() < deadline and not run.done():
+                time.sleep(0.2)
+            assert not run.done()  # it waits for h100-od to launch instead of failing
+            run.cancel()
+        finally:
+            flyte.init(**keep)
+
     def test_supervising_actor_pool_manager_and_replicas_follow_the_labels(self, lfleet):
         info = tl.warm_where()
         assert info["market"] == "spot" and lfleet.market_of(info["node"]) == "spot"
@@ -234,7 +272,7 @@ class TestMixedCluster:
 def _view(*nodes):
     """A cluster view over made-up nodes: (resource names, labels) each."""
     view = pl.ClusterView()
-    view._snap, view._at = pl._Snapshot([(frozenset(r), dict(lb)) for r, lb in nodes]), time.monotonic()
+    view._snap, view._at = pl._Snapshot([({k: 1000.0 for k in r}, dict(lb)) for r, lb in nodes]), time.monotonic()
     return view
 
 

@@ -303,6 +303,8 @@ def check_init_args(
     inline_under: float = 0.1,
     log_level: Union[int, str] = logging.WARNING,
     storage_timeout: Optional[float] = None,
+    spot_wait: Optional[float] = 300.0,
+    node_types: tuple = (),
     placement: str = "auto",
 ) -> InitArgs:
     """Check and normalise :func:`init`'s arguments without touching Ray (same signature).
@@ -406,8 +408,13 @@ def check_init_args(
                 storage.url, storage.options, op_timeout if op_timeout is not None else storage.op_timeout
             )
     store = storage if isinstance(storage, Storage) else Storage(storage, storage_options, op_timeout)
+    spot_s: Optional[float] = None
+    if spot_wait is not None:
+        spot_s = seconds(spot_wait, "spot_wait")  # 0: move to on-demand as soon as no spot node is up
     settings = Settings(
         storage=store,
+        spot_wait=spot_s,
+        node_types=tuple(node_types),
         system_retries=system_retries,
         interruptible_failure_threshold=interruptible_failure_threshold,
         checkpoint_keep=checkpoint_keep,

@@ -69,6 +69,7 @@ import ray
 
 from .._core.process import PROCESS
 from . import waiting
+from .node_types import unmet
 
 __all__ = [
     "MARKER",
@@ -165,11 +166,12 @@ def offers(resources: Mapping[str, float], labels: Mapping[str, str]) -> dict[st
 class _Snapshot:
     """What the live nodes declared at one refresh (replaced whole, so readers see one refresh)."""
 
-    __slots__ = ("names", "nodes", "markets", "queues", "label_markets", "label_queues", "mixed")
+    __slots__ = ("names", "nodes", "offers", "markets", "queues", "label_markets", "label_queues", "mixed")
 
-    def __init__(self, nodes: list[tuple[frozenset[str], dict[str, str]]]) -> None:
-        self.nodes = nodes
-        self.names: frozenset[str] = frozenset().union(*(res for res, _ in nodes))
+    def __init__(self, nodes: list[tuple[dict[str, float], dict[str, str]]]) -> None:
+        self.nodes = nodes  # per live node: its resource totals and its labels
+        self.offers = [offers(res, lb) for res, lb in nodes]
+        self.names: frozenset[str] = frozenset(k for res, _ in nodes for k in res)
         self.markets = SPOT in self.names or ONDEMAND in self.names
         # A cluster that declares markets follows the convention, queues included, even while
         # only its head (which serves no queue) is up: an autoscaler must see the queue marker
@@ -183,7 +185,7 @@ class _Snapshot:
         """Some live node serves ``market`` (and ``queue``, unless None) under ``mode``."""
         for res, lb in self.nodes:
             if mode == MARKERS:
-                ok = market in res and (queue is None or QUEUE_PREFIX + queue in res)
+                ok = res.get(market, 0) > 0 and (queue is None or res.get(QUEUE_PREFIX + queue, 0) > 0)
             else:
                 ok = lb.get(MARKET_LABEL) == MARKET_LABEL_VALUES[market] and (
                     queue is None or lb.get(QUEUE_LABEL_PREFIX + queue) == LABEL_TRUE
@@ -206,6 +208,7 @@ class ClusterView:
     def __init__(self) -> None:
         self._at = 0.0
         self._snap: Optional[_Snapshot] = None
+        self.version = 0  # bumped by every refresh (caches of feasibility key by it)
         self._lock = threading.Lock()
         self._refreshing = False
         self._warned: set[str] = set()
@@ -226,17 +229,19 @@ class ClusterView:
 
     def refresh(self) -> frozenset[str]:
         """Ask the GCS now (blocking)."""
-        nodes = [
-            (
-                frozenset(k for k, v in (n.get("Resources") or {}).items() if v > 0),
-                {str(k): str(v) for k, v in (n.get("Labels") or {}).items()},
-            )
-            for n in ray.nodes()
-            if n.get("Alive")
-        ]
-        snap = _Snapshot(nodes)
+        live = [n for n in ray.nodes() if n.get("Alive")]
+        snap = _Snapshot(
+            [
+                (
+                    {str(k): float(v) for k, v in (n.get("Resources") or {}).items()},
+                    {str(k): str(v) for k, v in (n.get("Labels") or {}).items()},
+                )
+                for n in live
+            ]
+        )
         with self._lock:
             self._snap, self._at = snap, time.monotonic()
+            self.version += 1
         return snap.names
 
     def _current(self) -> _Snapshot:
@@ -361,18 +366,33 @@ class ClusterView:
         """Entries of ``request`` (:func:`request_of`: resources and ``key=value`` labels) that no
         single live node can offer (by totals), fresh from the GCS (blocking: call it off any
         event loop)."""
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
-        if not nodes:
-            return sorted(request)
-        best: Optional[list[str]] = None
-        for n in nodes:
-            res = offers(n.get("Resources") or {}, n.get("Labels") or {})
-            lack = [k for k, v in request.items() if v > 0 and res.get(k, 0.0) + 1e-9 < v]
-            if not lack:
-                return []
-            if best is None or len(lack) < len(best):
-                best = lack
-        return best or []
+        live = [n for n in ray.nodes() if n.get("Alive")]
+        return lacking(request, [offers(n.get("Resources") or {}, n.get("Labels") or {}) for n in live])
+
+    @property
+    def nodes(self) -> list[dict[str, float]]:
+        """What each live node offers (:func:`offers`), by the cached view ([] before a refresh)."""
+        snap = self._snap
+        return snap.offers if snap is not None else []
+
+    def missing_cached(self, request: dict[str, float]) -> list[str]:
+        """:meth:`missing` by the cached view (no GCS call; stale by up to ``ttl`` seconds)."""
+        return lacking(request, self._current().offers)
+
+
+def lacking(request: dict[str, float], nodes: list[dict[str, float]]) -> list[str]:
+    """Entries of ``request`` that no one of ``nodes`` (what each offers) offers: the shortest
+    such list over the nodes; every requested entry when there is no node."""
+    if not nodes:
+        return sorted(request)
+    best: Optional[list[str]] = None
+    for res in nodes:
+        lack = unmet(request, res)
+        if not lack:
+            return []
+        if best is None or len(lack) < len(best):
+            best = lack
+    return best or []
 
 
 def cluster_view() -> ClusterView:
