@@ -4,8 +4,10 @@ On an embedded local multi-node cluster (:class:`flyte_ray.testing.LocalCluster`
 and one on-demand node), a 20-step "training" task checkpoints after every step. Mid-run the
 demo preempts the spot node it runs on (drain with reason PREEMPTION, then remove). The
 supervisor retries on the other spot node (a *system* retry: the user's ``retries`` are
-untouched), the retry resumes from the last checkpoint, and the demo prints the attempt table
-with the work the checkpoint saved.
+untouched) and the retry resumes from the last checkpoint. Then the demo preempts that node too:
+no spot capacity is left, so after the spot wait (2 s here, 300 s by default) the next attempt
+moves to the on-demand node and finishes there. The demo prints the attempt table with the work
+the checkpoints saved.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from flyte_ray.testing import LocalCluster, NodeSpec
 
 STEPS = 20
 STEP_SECONDS = 0.4
-PREEMPT_AFTER = 8
+PREEMPT_AFTER = (8, 14)  # the step after which the 1st / 2nd spot attempt loses its node
+SPOT_WAIT = 2.0
 
 env = flyte.TaskEnvironment(name="demo", resources=flyte.Resources(cpu=1), interruptible=True)
 
@@ -65,29 +68,35 @@ def main(out=sys.stdout) -> int:
         NodeSpec("ondemand-a", market="ondemand"),
     ]
     try:
-        with LocalCluster(nodes, storage=storage) as cluster:
+        with LocalCluster(nodes, storage=storage, spot_wait=SPOT_WAIT) as cluster:
             say(f"cluster up in {time.time() - t0:.1f}s at {cluster.address}\n")
             run = flyte.run(train, STEPS, progress)
             say(f"run {run.name}: train({STEPS} steps, {STEP_SECONDS}s each), interruptible=True, retries=1")
-            victim = None
-            while victim is None:
-                first = os.path.join(progress, "attempt-0")
-                if os.path.exists(first):
-                    try:
-                        p = json.loads(open(first).read())
-                    except ValueError:
-                        p = {"step": 0}
-                    if p["step"] >= PREEMPT_AFTER:
-                        victim = cluster.name_of(p["node"])
-                if run.done():
+            victims = []
+            for attempt, after in enumerate(PREEMPT_AFTER):
+                victim = None
+                while victim is None and not run.done():
+                    path = os.path.join(progress, f"attempt-{attempt}")
+                    if os.path.exists(path):
+                        try:
+                            p = json.loads(open(path).read())
+                        except ValueError:
+                            p = {"step": 0}
+                        if p["step"] >= after:
+                            victim = cluster.name_of(p["node"])
+                    time.sleep(0.05)
+                if victim is None:
                     break
-                time.sleep(0.05)
-            if victim:
                 say(
-                    f"step {PREEMPT_AFTER} done on {victim}: preempting {victim} "
+                    f"step {after} done on {victim}: preempting {victim} "
                     "(drain with reason PREEMPTION, then remove the node)..."
                 )
                 cluster.preempt(victim)
+                victims.append(victim)
+                if attempt == 0:
+                    say("  the retry runs on the other spot node and resumes from the checkpoint")
+                else:
+                    say(f"  no spot capacity left: after the spot wait ({SPOT_WAIT:g}s) the call moves to on-demand")
             result = run.outputs()
             say(
                 f"\nresult: w={result['w']} (uninterrupted run: {expected_weight(STEPS)}) — "
@@ -105,7 +114,7 @@ def main(out=sys.stdout) -> int:
                     (
                         str(r.attempt),
                         r.market,
-                        cluster.name_of(r.node_id) or r.node_id[:8],
+                        cluster.name_of(r.node_id) or r.node_id[:8] or "-",
                         steps,
                         r.outcome,
                         r.failure_kind or "-",
@@ -123,7 +132,7 @@ def main(out=sys.stdout) -> int:
                 f"{run.system_failures}"
             )
             say(f"demo finished in {time.time() - t0:.1f}s")
-            ok = result["w"] == expected_weight(STEPS) and (victim is None or saved >= PREEMPT_AFTER)
+            ok = result["w"] == expected_weight(STEPS) and (len(victims) < 2 or saved >= PREEMPT_AFTER[-1])
             return 0 if ok else 1
     finally:
         shutil.rmtree(storage, ignore_errors=True)

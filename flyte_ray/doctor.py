@@ -6,12 +6,14 @@
     flyte-ray doctor --address auto my_project.workflows         # + can every task be placed?
     flyte-ray doctor --cluster-config cluster-configs/aws-spot.yaml path/to/tasks.py
 
-For each task (module globals, and the tasks of every ``TaskEnvironment`` found there) it
-computes the Ray resource request of its attempts on every market the supervisor may use
+It says which placement mode the cluster is in (custom-resource markers, node labels, or mixed)
+and why. For each task (module globals, and the tasks of every ``TaskEnvironment`` found there)
+it computes the request of its attempts on every market the supervisor may use
 (non-interruptible tasks: on-demand only; interruptible ones: spot, and on-demand for the final
-attempt) exactly as :func:`flyte_ray._ray.placement.attempt_options` builds it, and checks it against
-every live node's totals. A request no live node can satisfy pends forever in Ray (no error), so
-the doctor names the resources that are missing; with ``--cluster-config`` (a ``ray up`` YAML, or
+attempt) exactly as :func:`flyte_ray._ray.placement.attempt_options` builds it (resources, and
+label-selector entries as ``key=value``), and checks it against every live node's totals and
+labels. A request no live node can satisfy pends forever in Ray (no error), so the doctor names
+the resources or labels that are missing; with ``--cluster-config`` (a ``ray up`` YAML, or
 a KubeRay ``RayCluster`` manifest) it also says whether some node type of that config could be
 launched by the autoscaler to place it.
 
@@ -34,6 +36,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, TextI
 
 from ._core.call import CallState
 from ._core.policy import AttemptPolicy
+from ._ray import placement as pl
+from ._ray.node_types import read_node_types
 
 __all__ = ["doctor", "main", "NodeInfo", "node_infos", "find_tasks", "task_markets", "load_node_types"]
 
@@ -55,10 +59,21 @@ class NodeInfo:
     name: str
     resources: Dict[str, float]
     alive: bool = True
+    labels: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def offers(self) -> Dict[str, float]:
+        """Resources, and labels as ``key=value`` entries (how requests name them)."""
+        return pl.offers(self.resources, self.labels)
 
     @property
     def markets(self) -> List[str]:
-        return [m for m in ("spot", "ondemand") if self.resources.get(m, 0) > 0]
+        return pl.node_market(self.resources, self.labels)
+
+    @property
+    def convention(self) -> str:
+        """How it declares its market: ``markers``, ``labels``, ``both`` or ``none``."""
+        return pl.node_convention(self.resources, self.labels)
 
     @property
     def market(self) -> str:
@@ -69,11 +84,14 @@ class NodeInfo:
 
     @property
     def queues(self) -> List[str]:
-        return sorted(k[len(_QUEUE) :] for k, v in self.resources.items() if k.startswith(_QUEUE) and v > 0)
+        qs = {k[len(_QUEUE) :] for k, v in self.resources.items() if k.startswith(_QUEUE) and v > 0}
+        ql = pl.QUEUE_LABEL_PREFIX
+        return sorted(qs | {k[len(ql) :] for k, v in self.labels.items() if k.startswith(ql) and v == pl.LABEL_TRUE})
 
     @property
     def accelerators(self) -> List[str]:
-        return sorted(k[len(_ACC) :] for k, v in self.resources.items() if k.startswith(_ACC) and v > 0)
+        accs = {k[len(_ACC) :] for k, v in self.resources.items() if k.startswith(_ACC) and v > 0}
+        return sorted(accs | {v for k, v in self.labels.items() if k == pl.ACCELERATOR_LABEL})
 
     @property
     def partitions(self) -> List[str]:
@@ -92,13 +110,14 @@ class NodeInfo:
         that the node does not declare at all count as available (a config's instance type may
         provide them)."""
         ok = set(unknown_ok)
+        have = self.offers
         out = []
         for k, v in request.items():
             if v <= 0:
                 continue
             if k in ok and k not in self.resources:
                 continue
-            if float(self.resources.get(k, 0.0)) + _EPS < v:
+            if float(have.get(k, 0.0)) + _EPS < v:
                 out.append(k)
         return out
 
@@ -112,9 +131,10 @@ def node_infos() -> List[NodeInfo]:
         if not n.get("Alive"):
             continue
         res = {k: float(v) for k, v in (n.get("Resources") or {}).items()}
+        labels = {str(k): str(v) for k, v in (n.get("Labels") or {}).items()}
         nid = str(n.get("NodeID", ""))[:12]
         addr = n.get("NodeManagerAddress", "")
-        out.append(NodeInfo(name=f"{nid}@{addr}" if addr else nid, resources=res))
+        out.append(NodeInfo(name=f"{nid}@{addr}" if addr else nid, resources=res, labels=labels))
     return out
 
 
@@ -126,10 +146,18 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _describe_cluster(nodes: List[NodeInfo], p) -> List[str]:
+def _describe_cluster(nodes: List[NodeInfo], p, view: Any = None, override: str = "auto") -> List[str]:
     """Print the cluster summary; return warnings about the convention."""
     warnings: List[str] = []
     p(f"Live nodes: {len(nodes)}")
+    if view is not None:
+        mode, why = view.explain(override)
+        by = [f"{c}: {sum(1 for n in nodes if n.convention == c)}" for c in ("markers", "labels", "both", "none")]
+        p("")
+        p(f"Placement: {mode} ({why})")
+        p(f"  nodes declaring their market by {', '.join(by)}")
+        for n in nodes:
+            warnings += view.node_warnings(n.name, n.resources, n.labels, override)
     p("")
     p("Markets:")
     by_market: Dict[str, List[NodeInfo]] = {}
@@ -144,8 +172,8 @@ def _describe_cluster(nodes: List[NodeInfo], p) -> List[str]:
         p(f"  {m:<18} {_plural(len(ns), 'node'):<9} CPU {_fmt_num(cpu):<5} GPU {_fmt_num(gpu):<4}{extra}")
     if not any(n.markets for n in nodes):
         warnings.append(
-            "no node declares a market ('spot' / 'ondemand'): flyte-ray places attempts "
-            "without a market constraint (fine for a single-node dev cluster only)"
+            "no node declares a market ('spot' / 'ondemand' resources, or the ray.io/market-type label): "
+            "flyte-ray places attempts without a market constraint (fine for a single-node dev cluster only)"
         )
     for n in nodes:
         if len(n.markets) > 1:
@@ -160,7 +188,8 @@ def _describe_cluster(nodes: List[NodeInfo], p) -> List[str]:
     if not queues:
         p("  (none)")
         warnings.append(
-            "no node declares a queue ('queue:<name>'): flyte-ray places attempts without a queue constraint"
+            "no node declares a queue ('queue:<name>' or the label 'flyte-ray.io/queue-<name>'): "
+            "flyte-ray places attempts without a queue constraint"
         )
     for q in sorted(queues):
         parts = [
@@ -279,20 +308,16 @@ def task_markets(spec: Any, threshold: int) -> List[str]:
     return sorted(seen, key=order.index)
 
 
-def _request(spec: Any, market: str) -> Dict[str, float]:
-    from ._ray.placement import attempt_options, request_of
+def _request(spec: Any, market: str, override: str = "auto") -> Tuple[Dict[str, float], str]:
+    """The request of an attempt on ``market`` and the placement mode it uses."""
+    mode = pl.cluster_view().mode(override, market, spec.queue or pl.DEFAULT_QUEUE)
+    return pl.request_of(pl.attempt_options(dict(spec.ray_options), market, spec.queue, override)), mode
 
-    return request_of(attempt_options(dict(spec.ray_options), market, spec.queue))
 
-
-def _convention_request(spec: Any, market: str, live: Dict[str, float]) -> Dict[str, float]:
-    """The request once nodes following the convention exist (markers always present)."""
-    from ._ray.placement import DEFAULT_QUEUE, MARKER, QUEUE_PREFIX
-
-    req = dict(live)
-    req.setdefault(market, MARKER)
-    req.setdefault(QUEUE_PREFIX + (spec.queue or DEFAULT_QUEUE), MARKER)
-    return req
+def _convention_request(spec: Any, market: str, live: Dict[str, float], mode: str) -> Dict[str, float]:
+    """The request once nodes following the convention (of ``mode``) exist: market and queue
+    constraints always present."""
+    return {**pl.constraint(mode, market, spec.queue or pl.DEFAULT_QUEUE), **live}
 
 
 def _fmt_request(req: Mapping[str, float]) -> str:
@@ -317,7 +342,7 @@ def _why(request: Mapping[str, float], nodes: Sequence[NodeInfo], unknown_ok: It
         return True, ""
     nowhere = [k for k in request if all(k in lk for _, lk in lacks)]
     if nowhere:
-        declared = [k for k in nowhere if any(n.resources.get(k, 0) > 0 for n in nodes)]
+        declared = [k for k in nowhere if any(n.offers.get(k, 0) > 0 for n in nodes)]
         absent = [k for k in nowhere if k not in declared]
         bits = []
         if absent:
@@ -336,33 +361,8 @@ def _why(request: Mapping[str, float], nodes: Sequence[NodeInfo], unknown_ok: It
 
 def load_node_types(path: str) -> Tuple[List[NodeInfo], str]:
     """The launchable node types of a ``ray up`` YAML (or KubeRay RayCluster manifest), and the head type."""
-    import yaml
-
-    with open(path) as f:
-        doc = yaml.safe_load(f)
-    if not isinstance(doc, dict):
-        raise ValueError(f"{path}: not a YAML mapping")
-    if doc.get("kind") == "RayCluster":
-        import copy
-
-        from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
-
-        cr = copy.deepcopy(doc)
-        cr.setdefault("metadata", {}).setdefault("namespace", "default")
-        doc = _derive_autoscaling_config_from_ray_cr(cr)
-    types = doc.get("available_node_types")
-    if not isinstance(types, dict) or not types:
-        raise ValueError(f"{path}: no available_node_types (is this a `ray up` cluster config?)")
-    head = doc.get("head_node_type", "")
-    default_max = doc.get("max_workers", 1)
-    out = []
-    for name, nt in types.items():
-        nt = nt or {}
-        res = {k: float(v) for k, v in (nt.get("resources") or {}).items()}
-        mx = nt.get("max_workers", default_max)
-        launchable = name == head or (mx is None or mx > 0)
-        out.append(NodeInfo(name=name, resources=res, alive=launchable))
-    return out, head
+    types, head = read_node_types(path)
+    return [NodeInfo(name, res, launchable, labels) for name, res, launchable, labels in types], head
 
 
 # ----------------------------------------------------------------------------------- main
@@ -373,6 +373,7 @@ class _Verdict:
     task: Any
     markets: List[str]
     requests: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    modes: Dict[str, str] = field(default_factory=dict)
     live: Dict[str, Tuple[bool, str]] = field(default_factory=dict)
     config: Dict[str, Tuple[bool, str]] = field(default_factory=dict)
 
@@ -432,9 +433,11 @@ def doctor(
 def _report(address, module, cluster_config, p, placement, runtime) -> int:
     where = runtime.connected_address() or address or "auto"
     p(f"flyte-ray doctor: cluster at {where}")
-    placement.cluster_view().invalidate()
+    view = placement.cluster_view()
+    view.refresh()
+    override = runtime.current_settings().placement
     nodes = node_infos()
-    warnings = _describe_cluster(nodes, p)
+    warnings = _describe_cluster(nodes, p, view, override)
 
     config_nodes: Optional[List[NodeInfo]] = None
     if cluster_config is not None:
@@ -472,13 +475,18 @@ def _report(address, module, cluster_config, p, placement, runtime) -> int:
                 spec = t.spec
                 v = _Verdict(t, task_markets(spec, threshold))
                 for m in v.markets:
-                    req = _request(spec, m)
+                    try:
+                        req, v.modes[m] = _request(spec, m, override)
+                    except ValueError as e:  # a queue name that cannot be a node label
+                        v.requests[m], v.modes[m], v.live[m] = {}, pl.LABELS, (False, str(e))
+                        continue
                     v.requests[m] = req
                     v.live[m] = _why(req, nodes)
                     if config_nodes is not None:
                         launchable = [n for n in config_nodes if n.alive]
                         # CPU / GPU / memory a node type leaves out come from its instance type.
-                        v.config[m] = _why(_convention_request(spec, m, req), launchable, unknown_ok=_STANDARD)
+                        conv = _convention_request(spec, m, req, v.modes[m])
+                        v.config[m] = _why(conv, launchable, unknown_ok=_STANDARD)
                 verdicts.append(v)
         finally:
             log.setLevel(level)
@@ -505,7 +513,7 @@ def _report(address, module, cluster_config, p, placement, runtime) -> int:
             p("      note: interruptible, but with retries=0 its only attempt is the final one, which runs on-demand")
         for m in v.markets:
             live_ok, live_why = v.live[m]
-            p(f"    {m:<9} requests {_fmt_request(v.requests[m])}")
+            p(f"    {m:<9} requests {_fmt_request(v.requests[m])}  (by {v.modes[m]})")
             if live_ok:
                 p("              live nodes: can place it")
             else:
@@ -518,7 +526,7 @@ def _report(address, module, cluster_config, p, placement, runtime) -> int:
                     fits = [
                         n.name
                         for n in config_nodes or []
-                        if n.alive and not n.lacks(_convention_request(spec, m, v.requests[m]), _STANDARD)
+                        if n.alive and not n.lacks(_convention_request(spec, m, v.requests[m], v.modes[m]), _STANDARD)
                     ]
                     p(f"              autoscaler ({os.path.basename(cluster_config)}): can launch {', '.join(fits)}")
                 else:

@@ -28,7 +28,8 @@ from ._core.validation import check_init_args
 from ._ray import ship
 from ._ray.auth import ensure_token_auth
 from ._ray.hosts import local_storage_error
-from ._ray.placement import cluster_view
+from ._ray.node_types import read_node_types
+from ._ray.placement import cluster_view, offers
 from .checkpoint import Storage
 from .context import current_settings
 
@@ -60,6 +61,9 @@ class _ConfigFile(BaseModel):
     supervisor: str = "auto"
     inline_under: float = Field(0.1, ge=0)
     storage_timeout: Optional[float] = Field(None, gt=0)
+    spot_wait: Optional[float] = Field(300.0, ge=0)
+    cluster_config: Optional[str] = None
+    placement: str = "auto"
     ship_package: Union[bool, str] = "auto"
     allow_local_storage: bool = False
 
@@ -128,6 +132,9 @@ def init(
     inline_under: float = 0.1,
     log_level: Union[int, str] = logging.WARNING,
     storage_timeout: Optional[float] = None,
+    spot_wait: Optional[float] = 300.0,
+    cluster_config: Optional[str] = None,
+    placement: str = "auto",
     ship_package: Union[bool, str] = "auto",
     allow_local_storage: bool = False,
 ) -> Settings:
@@ -155,6 +162,16 @@ def init(
             ``StorageTimeoutError`` naming the URL (never its credentials). Default:
             ``$FLYTE_RAY_STORAGE_TIMEOUT``, else 60. Storage clients also get connect/read
             timeouts and bounded retries (see :mod:`flyte_ray.storage`).
+        spot_wait: seconds a spot attempt may wait for spot capacity before it moves to on-demand
+            (recorded as ``spot_unavailable``); default 300; ``None`` waits for ever. A task's
+            ``Timeout(max_queued_time=...)`` wins when set.
+        cluster_config: the cluster's ``ray up`` YAML or KubeRay manifest: the node types it can
+            launch. An attempt that no live node can run then waits only if one of them could
+            (the log says which), and otherwise fails at once (on-demand, ``PlacementError``) or
+            moves to on-demand (spot). Without it only live nodes count.
+        placement: ``"auto"`` (default) places attempts by custom-resource markers or by Ray node
+            labels, whichever the cluster's nodes declare; ``"markers"`` or ``"labels"`` forces one
+            (see :mod:`flyte_ray._ray.placement` and ``cluster-configs/README.md``).
         ship_package: how the cluster's workers get flyte-ray (applies when ``init`` connects).
             ``"auto"``: this driver's own ``flyte_ray`` package goes to an existing cluster in the
             job's ``runtime_env`` ``py_modules`` (merged with ``runtime_env``; not when the job
@@ -191,6 +208,9 @@ def init(
         inline_under=inline_under,
         log_level=log_level,
         storage_timeout=storage_timeout,
+        spot_wait=spot_wait,
+        node_types=_launchable(cluster_config),
+        placement=placement,
     )
     settings, store = args.settings, args.settings.storage
     session = _session()
@@ -241,7 +261,7 @@ def init(
         PROCESS.part(DriverSettings).value = settings
         cluster_view().embedded = session.embedded
         if supervisor == "auto":
-            ensure_supervisor()
+            ensure_supervisor(settings.placement)
         if store.url.startswith("memory://"):
             logger.warning(
                 "storage %r: memory:// lives inside one process, and every attempt runs in its own Ray "
@@ -250,6 +270,22 @@ def init(
                 store.url,
             )
     return settings
+
+
+def _launchable(cluster_config: Optional[str]) -> tuple:
+    """``(name, what it offers)`` of each node type the config can launch (empty without a config):
+    its resources, and its labels as ``key=value`` entries (:func:`~flyte_ray._ray.placement.offers`)."""
+    if cluster_config is None:
+        return ()
+    if not isinstance(cluster_config, (str, os.PathLike)):
+        raise TypeError(
+            f"cluster_config: expected the path of a ray up YAML or KubeRay manifest, got "
+            f"{type(cluster_config).__name__}"
+        )
+    if not os.path.exists(cluster_config):
+        raise FileNotFoundError(f"cluster_config: no file at {os.fspath(cluster_config)!r}")
+    types, _head = read_node_types(os.fspath(cluster_config))
+    return tuple((name, offers(res, labels)) for name, res, launchable, labels in types if launchable)
 
 
 def _connected_address() -> Optional[str]:

@@ -15,19 +15,30 @@ the GCS with reason ``PREEMPTION`` — as a cloud's spot notice handler would �
 so running work dies exactly as it does on a real spot fleet. GPUs are declared, not real: a
 "GPU" node offers Ray's ``GPU`` and ``accelerator_type:<T>`` resources, enough to test placement.
 
+Nodes follow either placement convention (see :mod:`flyte_ray._ray.placement`):
+``placement="markers"`` (default) declares ``spot`` / ``ondemand`` and ``queue:<name>`` resources;
+``placement="labels"`` declares Ray node labels instead — the market through Ray's own path (the
+node starts with ``RAY_NODE_MARKET_TYPE`` = ``spot`` / ``on-demand``, so Ray sets
+``ray.io/market-type``), ``flyte-ray.io/queue-<name>`` = ``true`` per queue, and on GPU nodes
+``ray.io/accelerator-type`` next to the ``accelerator_type:<T>`` resource, as Ray does on a real
+GPU node; ``"both"`` declares both. ``LocalCluster(node_placement="labels")`` sets it for the head
+and every node that does not choose; ``labels={...}`` adds labels of your own.
+
 In pytest, use the ``local_cluster`` fixture (add ``pytest_plugins = ["flyte_ray.testing"]`` to
 your ``conftest.py``), or build a ``LocalCluster`` in your own fixture.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import shutil
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, Iterator, Optional, Sequence, Union
 
 from ._ray.auth import ensure_token_auth
 from .resources import GPU
@@ -35,6 +46,8 @@ from .resources import GPU
 __all__ = ["NodeSpec", "LocalCluster", "local_cluster", "DEFAULT_NODES"]
 
 MARKER_COUNT = 1000  # nodes declare many markers; attempts request 0.001 of each
+_CONVENTIONS = ("markers", "labels", "both")
+_ENV_LOCK = threading.Lock()  # RAY_NODE_MARKET_TYPE is read from this process's environment
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,10 @@ class NodeSpec:
         memory: bytes of Ray ``memory`` resource to declare (default: Ray's).
         env: environment variables for the node's raylet, e.g. ``{"RAY_memory_usage_threshold":
             "0.3"}`` to make Ray's OOM killer act early on this node only.
+        placement: how it declares its market, queues and GPU type: ``"markers"`` (custom
+            resources), ``"labels"`` (Ray node labels), ``"both"``; ``None``: the cluster's
+            ``node_placement``.
+        labels: extra Ray node labels.
     """
 
     name: str
@@ -63,21 +80,51 @@ class NodeSpec:
     resources: Dict[str, float] = field(default_factory=dict)
     memory: Optional[int] = None
     env: Dict[str, str] = field(default_factory=dict)
+    placement: Optional[str] = None
+    labels: Dict[str, str] = field(default_factory=dict)
 
-    def ray_resources(self) -> Dict[str, float]:
+    def convention(self, default: str = "markers") -> str:
+        p = self.placement or default
+        if p not in _CONVENTIONS:
+            raise ValueError(f"NodeSpec.placement: expected 'markers', 'labels', 'both' or None, got {p!r}")
+        return p
+
+    def ray_resources(self, default: str = "markers") -> Dict[str, float]:
         res: Dict[str, float] = {}
-        if self.market is not None:
-            if self.market not in ("spot", "ondemand"):
-                raise ValueError(f"NodeSpec.market: expected 'spot', 'ondemand' or None, got {self.market!r}")
-            res[self.market] = MARKER_COUNT
-        for q in self.queues:
-            res[f"queue:{q}"] = MARKER_COUNT
+        if self.market is not None and self.market not in ("spot", "ondemand"):
+            raise ValueError(f"NodeSpec.market: expected 'spot', 'ondemand' or None, got {self.market!r}")
+        if self.convention(default) != "labels":
+            if self.market is not None:
+                res[self.market] = MARKER_COUNT
+            for q in self.queues:
+                res[f"queue:{q}"] = MARKER_COUNT
         if self.accelerator is not None:
             acc = GPU(self.accelerator).ray_accelerator_type
             res[f"accelerator_type:{acc}"] = 1
         res[f"flyte-ray-node:{self.name}"] = 1  # lets tests pin work to a named node
         res.update(self.resources)
         return res
+
+    def ray_labels(self, default: str = "markers") -> Dict[str, str]:
+        """Its node labels, but for ``ray.io/market-type``, which Ray sets from the environment
+        variable :meth:`market_env` gives."""
+        from ._ray import placement as pl
+
+        labels: Dict[str, str] = {}
+        if self.convention(default) != "markers":
+            labels.update({pl.queue_label(q): "true" for q in self.queues})
+            if self.accelerator is not None:
+                labels[pl.ACCELERATOR_LABEL] = str(GPU(self.accelerator).ray_accelerator_type)
+        labels.update(self.labels)
+        return labels
+
+    def market_env(self, default: str = "markers") -> Optional[str]:
+        """The value of ``RAY_NODE_MARKET_TYPE`` to start it with (label conventions only)."""
+        if self.market is None or self.convention(default) == "markers":
+            return None
+        from ._ray.placement import MARKET_LABEL_VALUES
+
+        return MARKET_LABEL_VALUES[self.market]
 
 
 DEFAULT_NODES = (NodeSpec("spot-1", market="spot"), NodeSpec("ondemand-1", market="ondemand"))
@@ -91,6 +138,9 @@ class LocalCluster:
         head_cpus: CPUs of the head node. The head declares ``ondemand`` but no queue, so task
             attempts never land there; flyte-ray's supervising actors (0 CPU) may.
         connect: call ``flyte_ray.init(address=...)`` once the cluster is up.
+        node_placement: the convention of the head and of nodes whose spec does not choose one:
+            ``"markers"`` (the head declares the ``ondemand`` resource), ``"labels"`` (the head
+            starts with ``RAY_NODE_MARKET_TYPE=on-demand``) or ``"both"``.
         temp_dir: Ray's temp dir for this cluster (default: a fresh one, removed on shutdown).
         init_kwargs: extra ``flyte_ray.init`` settings (``system_retries``, ``storage``…).
     """
@@ -101,6 +151,7 @@ class LocalCluster:
         *,
         head_cpus: float = 0,
         connect: bool = True,
+        node_placement: str = "markers",
         temp_dir: Optional[str] = None,
         **init_kwargs: Any,
     ) -> None:
@@ -108,6 +159,7 @@ class LocalCluster:
             n if isinstance(n, NodeSpec) else NodeSpec(**n) for n in (nodes if nodes is not None else DEFAULT_NODES)
         ]
         self._head_cpus = head_cpus
+        self._placement = NodeSpec("head", market="ondemand", queues=(), placement=node_placement).convention()
         self._connect = connect
         self._own_temp = temp_dir is None
         self.temp_dir = temp_dir or tempfile.mkdtemp(prefix="frt-")
@@ -131,16 +183,20 @@ class LocalCluster:
         from ray._common.utils import get_ray_address_file
 
         os.makedirs(os.path.dirname(get_ray_address_file(None)), exist_ok=True)
-        self._cluster = Cluster(
-            initialize_head=True,
-            connect=False,
-            head_node_args={
-                "num_cpus": self._head_cpus,
-                "resources": {"ondemand": MARKER_COUNT, "flyte-ray-node:head": 1},
-                "temp_dir": self.temp_dir,
-                "include_dashboard": False,
-            },
-        )
+        head = NodeSpec("head", market="ondemand", queues=(), placement=self._placement)
+        resources = {"ondemand": MARKER_COUNT} if self._placement != "labels" else {}
+        with _market_env(head.market_env()):
+            self._cluster = Cluster(
+                initialize_head=True,
+                connect=False,
+                head_node_args={
+                    "num_cpus": self._head_cpus,
+                    "resources": {**resources, "flyte-ray-node:head": 1},
+                    "labels": head.ray_labels(),
+                    "temp_dir": self.temp_dir,
+                    "include_dashboard": False,
+                },
+            )
         for spec in self._specs:
             self._start_node(spec)
         self._cluster.wait_for_nodes()
@@ -177,12 +233,19 @@ class LocalCluster:
     def _start_node(self, spec: NodeSpec) -> Any:
         if spec.name in self._nodes or spec.name == "head":
             raise ValueError(f"LocalCluster: a node named {spec.name!r} exists already")
-        kwargs: Dict[str, Any] = {"num_cpus": spec.cpus, "num_gpus": spec.gpus, "resources": spec.ray_resources()}
+        p = self._placement
+        kwargs: Dict[str, Any] = {
+            "num_cpus": spec.cpus,
+            "num_gpus": spec.gpus,
+            "resources": spec.ray_resources(p),
+            "labels": spec.ray_labels(p),
+        }
         if spec.memory is not None:
             kwargs["memory"] = spec.memory
         if spec.env:
             kwargs["env_vars"] = dict(spec.env)
-        node = self._cluster.add_node(**kwargs)
+        with _market_env(spec.market_env(p)):
+            node = self._cluster.add_node(**kwargs)
         self._nodes[spec.name] = node
         self._specs_by_name[spec.name] = spec
         return node
@@ -199,11 +262,26 @@ class LocalCluster:
         memory: Optional[int] = None,
         env: Optional[Dict[str, str]] = None,
         wait: bool = True,
+        placement: Optional[str] = None,
+        labels: Optional[Dict[str, str]] = None,
     ) -> str:
         """Start another node (arguments as in :class:`NodeSpec`); returns its Ray node id."""
         spec = NodeSpec(
-            name, market, tuple(queues), cpus, gpus, accelerator, dict(resources or {}), memory, dict(env or {})
+            name,
+            market,
+            tuple(queues),
+            cpus,
+            gpus,
+            accelerator,
+            dict(resources or {}),
+            memory,
+            dict(env or {}),
+            placement,
+            dict(labels or {}),
         )
+        return self._add(spec, wait)
+
+    def _add(self, spec: NodeSpec, wait: bool = True) -> str:
         with self._lock:
             node = self._start_node(spec)
         if wait:
@@ -292,17 +370,7 @@ class LocalCluster:
         if replace:
             spec = self._specs_by_name[name]
             n = sum(1 for k in self._specs_by_name if k.startswith(f"{name}-r")) + 1
-            return self.add_node(
-                f"{name}-r{n}",
-                spec.market,
-                spec.queues,
-                spec.cpus,
-                spec.gpus,
-                spec.accelerator,
-                spec.resources,
-                spec.memory,
-                spec.env,
-            )
+            return self._add(dataclasses.replace(spec, name=f"{name}-r{n}"))
         return None
 
     def drain(self, node: str, *, reason: str = "spot preemption", deadline_s: float = 30.0) -> None:
@@ -320,6 +388,22 @@ class LocalCluster:
         )
         if not ok:
             raise RuntimeError(f"LocalCluster.drain({node!r}) was refused: {msg}")
+
+
+@contextlib.contextmanager
+def _market_env(value: Optional[str]) -> Iterator[None]:
+    """``RAY_NODE_MARKET_TYPE`` set in this process while a node starts (``None``: unset), as
+    ``ray start`` reads it: Ray resolves a node's default labels in the process that starts it."""
+    with _ENV_LOCK:
+        old = os.environ.pop("RAY_NODE_MARKET_TYPE", None)
+        if value is not None:
+            os.environ["RAY_NODE_MARKET_TYPE"] = value
+        try:
+            yield
+        finally:
+            os.environ.pop("RAY_NODE_MARKET_TYPE", None)
+            if old is not None:
+                os.environ["RAY_NODE_MARKET_TYPE"] = old
 
 
 def local_cluster_fixture(request: Any) -> Any:

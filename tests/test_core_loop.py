@@ -425,3 +425,34 @@ def test_system_exhaustion_says_the_budget_and_is_of_the_system_kind():
     with pytest.raises(RetriesExhaustedError, match="exceed system_retries=0") as ei:
         run(make_call(retries=3, system_retries=0), s)
     assert ei.value.kind == "system" and isinstance(ei.value.__cause__, Lost)
+
+
+def test_spot_unavailable_moves_to_ondemand_without_a_budget_and_says_so():
+    gone = Outcome(Kind.SPOT_UNAVAILABLE, missing=("spot",), error=RuntimeError("no spot capacity after 300s"))
+    s = Script(system(), gone, ok())
+    call = make_call(retries=2)
+    assert run(call, s) == "done"
+    assert s.markets == ["spot", "spot", "ondemand"]
+    assert [(h.outcome, h.failure_kind) for h in call.state.history] == [
+        ("preemption", "system"), ("spot_unavailable", None), ("succeeded", None)]
+    assert "no spot capacity after 300s" in call.state.history[1].error
+    assert call.state.user_failures == 0 and call.state.system_failures == 1
+
+
+def test_spot_wait_goes_to_spot_attempts_only():
+    s = Script(user(), ok())
+    call = make_call(retries=1)
+    run(call, s)
+    assert [(str(r.market), r.spot_wait) for r in s.requests] == [("spot", 300.0), ("ondemand", None)]
+    call = make_call(retries=1)
+    call.settings = Settings(spot_wait=None)
+    s = Script(ok())
+    run(call, s)
+    assert s.requests[0].spot_wait is None  # waiting for ever is an explicit choice
+
+
+def test_an_infeasible_ondemand_attempt_fails_at_once_naming_what_is_missing():
+    s = Script(Outcome(Kind.INFEASIBLE, missing=("accelerator_type:H100",)))
+    with pytest.raises(PlacementError, match="no node, live or launchable, offers: accelerator_type:H100") as ei:
+        run(make_call(interruptible=False), s)
+    assert ei.value.missing == ["accelerator_type:H100"] and len(s.requests) == 1

@@ -37,7 +37,7 @@ from .._core.process import PROCESS
 from .._core.records import AttemptRecord, AttemptRequest, Outcome
 from .._ray import waiting
 from .._ray.executors import ClientTaskExecutor, Executor, StreamingTaskExecutor, TaskExecutor, client_mode
-from .._ray.placement import MARKER, cluster_view
+from .._ray.placement import ONDEMAND, cluster_view
 from .._ray.port import BLOCKING, LOOP, Port
 from ..cache import cached_call
 from ..reuse.executor import ReplicaExecutor
@@ -148,10 +148,14 @@ class SupervisorActor(SupervisorActorBase):
 _RemoteSupervisor = ray.remote(SupervisorActor)  # bound under another name: the class pickles by reference
 
 
-def ensure_supervisor() -> Any:
-    """Create the supervising actor (from the driver) if the cluster has markets; idempotent."""
+def ensure_supervisor(placement: str = "auto") -> Any:
+    """Create the supervising actor (from the driver) if the cluster has markets; idempotent.
+
+    It lands on on-demand capacity, by marker or by market label as the cluster view chooses for
+    ``placement`` (``Settings.placement``)."""
     sup = PROCESS.part(Supervision)
-    if waiting.is_worker() or not cluster_view().has_markets():
+    view = cluster_view()
+    if waiting.is_worker() or not view.has_markets(placement):
         return None
     if sup.owned is not None:
         return sup.owned
@@ -160,7 +164,7 @@ def ensure_supervisor() -> Any:
         name=ACTOR_NAME,
         get_if_exists=True,
         num_cpus=0,
-        resources={"ondemand": MARKER},
+        **view.placement(placement, ONDEMAND, None).pinned(ONDEMAND),
         max_restarts=-1,
         max_task_retries=0,
         max_concurrency=100_000,

@@ -442,7 +442,7 @@ class Supervision:
         parent = ctx()
         if parent is None or parent.market != "spot" or call.settings.supervisor != "auto" or not waiting.is_worker():
             return Host.HERE
-        if not self.view.has_markets():
+        if not self.view.has_markets(call.settings.placement):
             return Host.HERE
         limit = call.settings.inline_under
         if limit > 0 and parent.attempt == 0 and self.history.all_under(call.spec.fqn, limit):

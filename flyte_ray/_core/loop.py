@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional, Protocol
 from ..errors import TaskTimeoutError
 from .policy import Action, AttemptPolicy
 from .process import memo_get, memo_put
-from .records import AttemptRecord, AttemptRequest, Outcome
+from .records import AttemptRecord, AttemptRequest, Market, Outcome
 
 if TYPE_CHECKING:
     from .call import Call
@@ -79,7 +79,15 @@ async def run_attempts(
                 raise _deadline_error(call, deadline)
         market = policy.market(state)
         req = AttemptRequest(
-            n, state.user_failures, state.system_failures, market, queue, max_runtime, max_queued, deadline_left
+            n,
+            state.user_failures,
+            state.system_failures,
+            market,
+            queue,
+            max_runtime,
+            max_queued,
+            deadline_left,
+            call.settings.spot_wait if market == Market.SPOT else None,
         )
         rec = AttemptRecord(
             attempt=n,

@@ -16,9 +16,9 @@
 
   - success → :data:`DONE` with the value;
   - cancelled by the caller → fail with ``TaskInterruptedError``;
-  - a spot attempt that could not start in time → retry at once on on-demand, no budget used
-    (the attempt never ran); an on-demand one → fail with ``PlacementError`` naming what is
-    missing;
+  - a spot attempt that could not start in time (``max_queued_time``, else the spot wait), or that
+    no live or launchable node could run → retry at once on on-demand, no budget used (the
+    attempt never ran); an on-demand one → fail with ``PlacementError`` naming what is missing;
   - system failure (node lost) → one of ``system_retries`` (-1: unlimited); never a user retry.
     The first one retries at once (a preempted attempt restarts on another node without delay);
     each further one waits twice as long as the last, from :data:`SYSTEM_BACKOFF_BASE` up to
@@ -125,18 +125,20 @@ class AttemptPolicy:
             return Decision(Action.DONE, value=out.value)
         if kind is Kind.CANCELLED:
             return Decision(Action.FAIL, error=TaskInterruptedError(f"{self.name}: cancelled by its caller"))
-        if kind is Kind.QUEUED_TIMEOUT:
+        if kind is Kind.QUEUED_TIMEOUT or kind is Kind.SPOT_UNAVAILABLE or kind is Kind.INFEASIBLE:
             if market == Market.SPOT:
                 state.forced_ondemand = True  # no budget consumed: the attempt never ran
                 return Decision(Action.RETRY)
             missing = ", ".join(out.missing) or "unknown"
+            if kind is Kind.INFEASIBLE:
+                why = f"no node, live or launchable, offers: {missing}"
+            else:
+                why = (
+                    f"it could not start within max_queued_time={self.max_queued_time}s; no live node offers: {missing}"
+                )
             return Decision(
                 Action.FAIL,
-                error=PlacementError(
-                    f"{self.name}: an on-demand attempt could not start within "
-                    f"max_queued_time={self.max_queued_time}s; no live node offers: {missing}",
-                    list(out.missing),
-                ),
+                error=PlacementError(f"{self.name}: an on-demand attempt cannot run: {why}", list(out.missing)),
             )
         if kind is Kind.SYSTEM:
             state.system_failures += 1

@@ -40,8 +40,13 @@ class Kind(_StrEnum):
     TIMEOUT = "timeout"  # max_runtime, or the call's deadline, passed
     SYSTEM = "system"  # the node was lost (preempted, drained, failed)
     QUEUED_TIMEOUT = "queued_timeout"  # the attempt could not start within max_queued_time
+    SPOT_UNAVAILABLE = "spot_unavailable"  # no spot capacity within the spot wait (or none at all)
+    INFEASIBLE = "infeasible"  # no node, live or launchable, offers what the attempt needs
     CANCELLED = "cancelled"  # the caller cancelled
 
+
+#: Kinds that are no failure of anybody's: no budget is consumed.
+_NO_FAILURE = frozenset({Kind.OK, Kind.QUEUED_TIMEOUT, Kind.SPOT_UNAVAILABLE, Kind.INFEASIBLE, Kind.CANCELLED})
 
 #: ``AttemptRecord.outcome`` for each kind (system outcomes record their reason instead).
 OUTCOME_NAMES = {
@@ -51,6 +56,8 @@ OUTCOME_NAMES = {
     Kind.CRASH: "worker_crash",
     Kind.TIMEOUT: "timeout",
     Kind.QUEUED_TIMEOUT: "queued_timeout",
+    Kind.SPOT_UNAVAILABLE: "spot_unavailable",
+    Kind.INFEASIBLE: "infeasible",
     Kind.CANCELLED: "cancelled",
 }
 
@@ -67,6 +74,7 @@ class AttemptRequest(NamedTuple):
     max_runtime: Optional[float]
     max_queued_time: Optional[float]
     deadline_left: Optional[float]  # seconds of the call's deadline left when the attempt starts
+    spot_wait: Optional[float] = None  # a spot attempt's wait for capacity (None: no limit, or not spot)
 
 
 @dataclass
@@ -121,7 +129,7 @@ class AttemptRecord:
             self.failure_kind = "system"
         else:
             self.outcome = OUTCOME_NAMES.get(out.kind, str(out.kind))
-            self.failure_kind = None if out.kind in (Kind.OK, Kind.QUEUED_TIMEOUT, Kind.CANCELLED) else "user"
+            self.failure_kind = None if out.kind in _NO_FAILURE else "user"
         if out.error is not None:
             self.error = f"{type(out.error).__name__}: {out.error}"[:300]
 

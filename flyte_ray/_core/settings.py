@@ -10,7 +10,11 @@ from typing import Optional
 
 from ..checkpoint import Storage
 
-__all__ = ["Settings", "DriverSettings"]
+__all__ = ["Settings", "DriverSettings", "PLACEMENT_MODES"]
+
+#: how attempts are placed: chosen per cluster from what its nodes declare, or forced (see
+#: :mod:`flyte_ray._ray.placement`)
+PLACEMENT_MODES = ("auto", "markers", "labels")
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,15 @@ class Settings:
             the actor (the actor's hop would cost more than re-running it if the caller is
             preempted; its result is still recorded with the actor for re-attachment).
             ``0`` sends every such call through the actor.
+        spot_wait: seconds a spot attempt may wait for spot capacity before it moves to on-demand
+            (recorded as ``spot_unavailable``); ``None`` waits for ever (an explicit choice). A
+            task's ``Timeout(max_queued_time=...)`` wins when set.
+        node_types: the node types the cluster can launch, as ``(name, resources)`` pairs (labels
+            as ``key=value`` entries; from ``init(cluster_config=...)``): an attempt no live node
+            can run waits when one of them could, and fails at once (on-demand) or moves to
+            on-demand (spot) when none can.
+        placement: ``"auto"`` places attempts with custom-resource markers or with Ray node labels,
+            whichever the cluster's nodes declare; ``"markers"`` / ``"labels"`` force one.
     """
 
     storage: Storage = field(default_factory=Storage)
@@ -39,6 +52,9 @@ class Settings:
     checkpoint_keep: int = 2
     supervisor: str = "auto"
     inline_under: float = 0.1
+    spot_wait: Optional[float] = 300.0
+    node_types: tuple = ()
+    placement: str = "auto"
 
     @property
     def failure_threshold(self) -> int:

@@ -34,7 +34,7 @@ from ..retry import as_retry_strategy
 from ..reuse_policy import ReusePolicy
 from ..storage import Storage as BaseStorage
 from ..timeout import as_timeout
-from .settings import Settings
+from .settings import PLACEMENT_MODES, Settings
 
 __all__ = [
     "ENV_NAME_RE",
@@ -303,6 +303,9 @@ def check_init_args(
     inline_under: float = 0.1,
     log_level: Union[int, str] = logging.WARNING,
     storage_timeout: Optional[float] = None,
+    spot_wait: Optional[float] = 300.0,
+    node_types: tuple = (),
+    placement: str = "auto",
 ) -> InitArgs:
     """Check and normalise :func:`init`'s arguments without touching Ray (same signature).
 
@@ -355,6 +358,11 @@ def check_init_args(
     if supervisor not in ("auto", "inline"):
         raise ValueError(f"supervisor: expected 'auto' or 'inline', got {short_repr(supervisor)}")
     inline_s = seconds(inline_under, "inline_under")  # seconds >= 0 (0 = always the actor)
+    modes = " or ".join(repr(m) for m in PLACEMENT_MODES)
+    if not isinstance(placement, str):
+        raise TypeError(f"placement: expected {modes}, got {type(placement).__name__}")
+    if placement not in PLACEMENT_MODES:
+        raise ValueError(f"placement: expected {modes}, got {short_repr(placement)}")
     cpus: Optional[int] = None
     if num_cpus is not None:
         accepted = f"a whole number of CPUs from 0 to {MAX_COUNT}, or None for all of this machine's"
@@ -400,12 +408,18 @@ def check_init_args(
                 storage.url, storage.options, op_timeout if op_timeout is not None else storage.op_timeout
             )
     store = storage if isinstance(storage, Storage) else Storage(storage, storage_options, op_timeout)
+    spot_s: Optional[float] = None
+    if spot_wait is not None:
+        spot_s = seconds(spot_wait, "spot_wait")  # 0: move to on-demand as soon as no spot node is up
     settings = Settings(
         storage=store,
+        spot_wait=spot_s,
+        node_types=tuple(node_types),
         system_retries=system_retries,
         interruptible_failure_threshold=interruptible_failure_threshold,
         checkpoint_keep=checkpoint_keep,
         supervisor=supervisor,
         inline_under=inline_s,
+        placement=placement,
     )
     return InitArgs(settings, address, cpus, include_dashboard, namespace, runtime_env, log_level)

@@ -2,7 +2,7 @@
 
 * :mod:`.port` -- how the one ``async`` implementation waits (event loop or blocking caller);
 * :mod:`.waiting` -- waits inside workers that release the worker's CPU; batched completions;
-* :mod:`.placement` -- markets and queues as Ray resources, the cached cluster view;
+* :mod:`.placement` -- markets and queues as Ray resources or node labels, the cached cluster view;
 * :mod:`.executors` -- one attempt as a Ray task (plain, streaming, Ray client);
 * :mod:`.worker` -- the worker side of an attempt (user code under its task context);
 * :mod:`.observe` -- Ray exceptions and node facts into the core's observations;

@@ -15,8 +15,9 @@ per call (:meth:`flyte_ray._controller.controller.RayController.executor_for`):
 
 Every task gets one Ray remote function per process (exported once, cached by workers), with
 Ray's own retries off (``max_retries=0``): the supervisor decides every retry. The function's
-options for an attempt (resources + placement markers) are made once per spec, market and queue
-and kept on the spec (``CallSpec.memo``).
+options for an attempt (resources + placement: markers or node labels, the strategy the cluster
+view chooses, :meth:`~flyte_ray._ray.placement.ClusterView.placement`) are made once per spec,
+market, queue and strategy and kept on the spec (``CallSpec.memo``).
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ import ray
 import ray.exceptions as rex
 
 from .._core.process import memo_get, memo_put
-from .._core.records import AttemptRequest, Kind, Outcome
-from ..errors import TaskTimeoutError
+from .._core.records import AttemptRequest, Kind, Market, Outcome
+from ..errors import RuntimeSystemError, TaskTimeoutError
+from .node_types import fits
 from .observe import outcome_of
-from .placement import MarkerPlacement, Placement, cluster_view, request_of
+from .placement import DEFAULT_QUEUE, Placement, cluster_view, describe, request_of
 from .port import INTERRUPTS, EndOfStream, Port, WaitTimeout
 from .watchdog import pending_watch
 from .wire import VERSION, AttemptPayload, AttemptResult, Started, decode, encode
@@ -96,6 +98,28 @@ def result_outcome(wire: tuple, started: Optional[float] = None) -> Outcome:
     )
 
 
+SPOT_RECHECK_S = 10.0  # after the spot wait, how often a waiting spot attempt checks for spot capacity
+
+
+class _SpotGone(Exception):
+    """No live node offers a spot attempt that has waited past its spot wait."""
+
+    def __init__(self, missing: list, waited: float) -> None:
+        super().__init__(f"no live node offers {missing} after {waited:.0f}s")
+        self.missing, self.waited = missing, waited
+
+
+def _spot_unavailable(missing: list, waited: float, why: str) -> Outcome:
+    """A spot attempt that found no spot capacity: it moves to on-demand (no budget used)."""
+    return Outcome(
+        Kind.SPOT_UNAVAILABLE,
+        missing=tuple(missing),
+        error=RuntimeSystemError(
+            "SpotUnavailable", f"no spot capacity after {waited:.0f}s ({why}); no live node offers: {describe(missing)}"
+        ),
+    )
+
+
 def _limit(*values: Optional[float]) -> Optional[float]:
     vals = [v for v in values if v is not None]
     return min(vals) if vals else None
@@ -107,7 +131,7 @@ class _RayTasks:
     streaming = False
 
     def __init__(self, placement: Optional[Placement] = None) -> None:
-        self.placement = placement or MarkerPlacement()
+        self.placement = placement  # None: the strategy the cluster view chooses per attempt
         self.view = cluster_view()
         self.watch = pending_watch()
 
@@ -122,11 +146,14 @@ class _RayTasks:
 
     def bound(self, call: "Call", req: AttemptRequest) -> tuple[Any, dict]:
         """The remote function with this attempt's options (``.options()`` is not free)."""
-        key = (self.streaming, req.market, req.queue, *self.view.declares())
+        placement = self.placement or self.view.placement(
+            call.settings.placement, req.market, req.queue or DEFAULT_QUEUE
+        )
+        key = (self.streaming, req.market, req.queue, placement.mode, *self.view.declares())
         hit = memo_get(call.spec.memo, key)
         if hit is not None:
             return hit
-        opts = self.placement.options(dict(call.spec.ray_options), req.market, req.queue)
+        opts = placement.options(dict(call.spec.ray_options), req.market, req.queue)
         fn = self.remote_function(call.task)
         bound = fn.options(num_returns="streaming", **opts) if self.streaming else fn.options(**opts)
         return memo_put(call.spec.memo, key, (bound, opts))
@@ -157,6 +184,67 @@ class _RayTasks:
         if not self.view.primed:
             await port.offload(self.view.refresh)
 
+    async def unplaceable(self, call: "Call", req: AttemptRequest, opts: dict, port: Port) -> Optional[Outcome]:
+        """None when a live node, or a node type the cluster can launch, could run the attempt;
+        else its outcome: a spot attempt moves to on-demand at once, an on-demand one cannot run.
+        A task with ``max_queued_time`` chose its own wait and is not judged here. The answer is
+        kept on the spec until the cluster view changes (a few dict lookups per call)."""
+        if req.max_queued_time is not None:
+            return None
+        # The placement mode follows from the view's version and the settings' override.
+        key = ("placeable", req.market, req.queue, self.view.version, call.settings.placement)
+        if memo_get(call.spec.memo, key):
+            return None
+        request = request_of(opts)
+        missing = self.view.missing_cached(request)
+        if missing:  # the view may be a few seconds old: look again (a node may have just joined)
+            await port.offload(self.view.refresh)
+            missing = self.view.missing_cached(request)
+        key = ("placeable", req.market, req.queue, self.view.version, call.settings.placement)
+        if not missing:
+            memo_put(call.spec.memo, key, True)
+            return None
+        launch = [name for name, res in call.settings.node_types if fits(request, res, declared_only=True)]
+        if launch:
+            self.view.warn_once(
+                f"launch:{call.spec.fqn}:{req.market}:{launch[0]}",
+                f"{call.spec.fqn}: no live node offers {describe(missing)}; waiting for the autoscaler to launch a "
+                f"node of type {launch[0]!r}",
+            )
+            memo_put(call.spec.memo, key, True)
+            return None
+        if req.market == Market.SPOT:
+            return _spot_unavailable(missing, 0.0, "no live or launchable node offers it")
+        return Outcome(Kind.INFEASIBLE, missing=tuple(missing))
+
+    async def wait_result(self, req: AttemptRequest, ref: Any, opts: dict, port: Port) -> Any:
+        """The attempt's result. A spot attempt with a spot wait (and no ``max_queued_time``)
+        checks, once the wait has passed and every :data:`SPOT_RECHECK_S` after that, whether
+        any live node still offers it: when none does, it cannot be running, and it raises
+        :class:`_SpotGone`. Raises WaitTimeout when the call's deadline passes."""
+        spot_wait = req.spot_wait if req.max_queued_time is None else None
+        if spot_wait is None:
+            return await port.get(ref, req.deadline_left)
+        t0 = time.monotonic()
+        check_at = spot_wait
+        while True:
+            elapsed = time.monotonic() - t0
+            left = None if req.deadline_left is None else req.deadline_left - elapsed
+            if left is not None and left <= 0:
+                raise WaitTimeout("deadline")
+            try:
+                return await port.get(ref, _limit(max(check_at - elapsed, 0.0), left))
+            except WaitTimeout:
+                elapsed = time.monotonic() - t0
+                if req.deadline_left is not None and elapsed >= req.deadline_left:
+                    raise
+                if elapsed < check_at:
+                    continue
+                missing = await port.offload(self.view.missing, request_of(opts))
+                if missing:
+                    raise _SpotGone(missing, elapsed) from None
+                check_at = elapsed + SPOT_RECHECK_S
+
     async def not_started(self, call: "Call", req: AttemptRequest, opts: dict, port: Port) -> Outcome:
         if req.deadline_left is not None and (req.max_queued_time is None or req.deadline_left < req.max_queued_time):
             return Outcome(
@@ -177,10 +265,16 @@ class TaskExecutor(_RayTasks):
     async def run(self, call: "Call", req: AttemptRequest, port: Port) -> Outcome:
         await self.prime(port)
         bound, opts = self.bound(call, req)
+        out = await self.unplaceable(call, req, opts, port)
+        if out is not None:
+            return out
         ref = bound.remote(self.payload(call, req))
         self.watch.add(ref, call.spec.fqn, req, opts)
         try:
-            res = await port.get(ref, req.deadline_left)
+            res = await self.wait_result(req, ref, opts, port)
+        except _SpotGone as gone:
+            ray.cancel(ref, force=True)
+            return _spot_unavailable(gone.missing, gone.waited, f"spot_wait={req.spot_wait:g}s")
         except WaitTimeout:
             ray.cancel(ref, force=True, recursive=True)
             return Outcome(
@@ -204,13 +298,28 @@ class StreamingTaskExecutor(_RayTasks):
     async def run(self, call: "Call", req: AttemptRequest, port: Port) -> Outcome:
         await self.prime(port)
         bound, opts = self.bound(call, req)
+        out = await self.unplaceable(call, req, opts, port)
+        if out is not None:
+            return out
         gen = bound.remote(self.payload(call, req))
         self.watch.add(gen, call.spec.fqn, req, opts)
+        # It reports when it starts: a spot attempt that has not started within its spot wait
+        # moves to on-demand (max_queued_time, when set, decides instead).
+        queued = req.max_queued_time if req.max_queued_time is not None else req.spot_wait
+        t0 = time.monotonic()
         try:
             try:
-                first = await port.next(gen, _limit(req.max_queued_time, req.deadline_left))
+                first = await port.next(gen, _limit(queued, req.deadline_left))
             except WaitTimeout:
                 ray.cancel(gen, force=True)
+                if (
+                    req.max_queued_time is None
+                    and req.spot_wait is not None
+                    and not (req.deadline_left is not None and req.deadline_left <= req.spot_wait)
+                ):
+                    missing = await port.offload(self.view.missing, request_of(opts))
+                    busy = ["(spot capacity busy: every spot node that offers it is full)"]
+                    return _spot_unavailable(missing or busy, time.monotonic() - t0, f"spot_wait={req.spot_wait:g}s")
                 return await self.not_started(call, req, opts, port)
             started = decode(Started, await port.get(first))
             self.watch.discard(gen)
@@ -250,16 +359,22 @@ class ClientTaskExecutor(_RayTasks):
     async def run(self, call: "Call", req: AttemptRequest, port: Port) -> Outcome:
         await self.prime(port)
         bound, opts = self.bound(call, req)
+        out = await self.unplaceable(call, req, opts, port)
+        if out is not None:
+            return out
         t0 = time.monotonic()
         ref = bound.remote(self.payload(call, req))
+        queued = req.max_queued_time if req.max_queued_time is not None else req.spot_wait
         try:
-            if req.max_queued_time is not None:
+            if queued is not None:
                 try:
-                    return result_outcome(await port.get(ref, _limit(req.max_queued_time, req.deadline_left)))
+                    return result_outcome(await port.get(ref, _limit(queued, req.deadline_left)))
                 except WaitTimeout:
                     missing = await port.offload(self.view.missing, request_of(opts))
                     if missing or (req.deadline_left is not None and time.monotonic() - t0 >= req.deadline_left):
                         ray.cancel(ref, force=True)
+                        if req.max_queued_time is None and missing:
+                            return _spot_unavailable(missing, time.monotonic() - t0, f"spot_wait={queued:g}s")
                         return await self.not_started(call, req, opts, port)
             elapsed = time.monotonic() - t0
             left = _limit(

@@ -18,7 +18,7 @@ import ray.exceptions as rex
 
 from .._core.classify import NodeFacts, Observation, Seen, classify, needs_node_facts
 from .._core.records import Market, Outcome
-from .placement import cluster_view
+from .placement import SPOT, cluster_view, node_market
 
 if TYPE_CHECKING:
     from .port import Port
@@ -68,8 +68,9 @@ def observe(exc: BaseException, market: Market) -> Observation:
 
 
 def node_facts(node_id: str, wait: float = NODE_WAIT_S) -> NodeFacts:
-    """What the GCS says about ``node_id``: found, spot, alive, death reason (blocking; polls until
-    the node is marked dead or declares spot, for up to ``wait`` seconds)."""
+    """What the GCS says about ``node_id``: found, spot (by marker or market label), alive, death
+    reason (blocking; polls until the node is marked dead or declares spot, for up to ``wait``
+    seconds)."""
     deadline = time.monotonic() + wait
     last = NodeFacts()
     while True:
@@ -80,7 +81,7 @@ def node_facts(node_id: str, wait: float = NODE_WAIT_S) -> NodeFacts:
         if info is not None:
             last = NodeFacts(
                 found=True,
-                spot=bool(info.get("Resources", {}).get("spot")),
+                spot=SPOT in node_market(info.get("Resources") or {}, info.get("Labels") or {}),
                 alive=bool(info.get("Alive")),
                 death_reason=info.get("DeathReason"),
             )

@@ -2,8 +2,10 @@
 
 One pool per (environment, market, queue, resources + policy, sync/async), so spot attempts go to
 spot replicas and on-demand attempts (the final attempt of an interruptible task) to on-demand
-ones. A pool is a named async *manager* actor (``flyte-ray-pool:<env>:<market>:<queue>:<kind>:
-<hash>``, 0 CPU, on on-demand capacity when the cluster has markets). The driver creates the
+ones. Replicas and managers are placed by the strategy the cluster view chooses (markers or node
+labels, :meth:`~flyte_ray._ray.placement.ClusterView.placement`). A pool is a named async *manager*
+actor (``flyte-ray-pool:<env>:<market>:<queue>:<kind>:<hash>``, 0 CPU, on on-demand capacity when
+the cluster has markets). The driver creates the
 managers it needs and holds their handles (a manager is fate-shared with the driver); a nested
 call made from a worker that finds no pool creates a *detached* one, because a named actor created
 by a worker dies with it. Either way the pool tears itself down after ``idle_ttl``, and
@@ -35,7 +37,7 @@ from .._core.process import PROCESS, memo_get, memo_put
 from .._core.records import AttemptRequest
 from .._ray import waiting
 from .._ray.executors import pickled_once
-from .._ray.placement import MARKER, ClusterView, MarkerPlacement, cluster_view
+from .._ray.placement import DEFAULT_QUEUE, ONDEMAND, ClusterView
 from .._ray.port import Port, WaitTimeout
 from .._ray.wire import VERSION, WarmStatic
 from .manager import RemoteManager
@@ -233,14 +235,15 @@ class PoolClient:
 
 def route(call: "Call", req: AttemptRequest, view: ClusterView) -> tuple[PoolClient, WarmStatic]:
     """The pool for this attempt and the call's static part, kept on the spec. The pool depends
-    on the spec, the market and queue, and on which markers the cluster declares; the static part
-    on the task and settings too."""
+    on the spec, the market and queue, and on what the cluster declares (resources, the placement
+    mode); the static part on the task and settings too."""
     names = view.resource_names()
-    key = ("pool", req.market, req.queue, names)
+    mode = view.mode(call.settings.placement, req.market, req.queue or DEFAULT_QUEUE)
+    key = ("pool", req.market, req.queue, names, mode, view.declares())
     hit = memo_get(call.spec.memo, key)
     if hit is not None and hit[0] is call.settings and hit[1] is call.task:
         return hit[2], hit[3]
-    client = _client(call, req)
+    client = _client(call, req, view)
     return memo_put(call.spec.memo, key, (call.settings, call.task, client, _static(call, req)))[2:]
 
 
@@ -261,11 +264,13 @@ def _task_blob(task: Any) -> bytes:
     return blob
 
 
-def _client(call: "Call", req: AttemptRequest) -> PoolClient:
+def _client(call: "Call", req: AttemptRequest, view: ClusterView) -> PoolClient:
     policy = call.spec.reusable
     assert policy is not None  # the controller sends only reusable calls here
     kind = "async" if call.task.is_async else "sync"
-    opts = dict(MarkerPlacement().options(dict(call.spec.ray_options), req.market, req.queue))
+    override = call.settings.placement
+    placement = view.placement(override, req.market, req.queue or DEFAULT_QUEUE)
+    opts = dict(placement.options(dict(call.spec.ray_options), req.market, req.queue))
     opts.setdefault("num_cpus", 1)  # as a plain attempt (an actor would default to 0 while running)
     opts.setdefault("scheduling_strategy", "SPREAD")  # a node loss takes as few replicas as possible
     slots = SYNC_QUEUE_SLOTS if kind == "sync" else ASYNC_QUEUE_SLOTS
@@ -297,8 +302,8 @@ def _client(call: "Call", req: AttemptRequest) -> PoolClient:
                 "scaledown_ttl": policy.scaledown_ttl,
             }
             manager_opts: dict = {"num_cpus": 0, "max_restarts": 0, "max_concurrency": 10_000}
-            if cluster_view().has_markets():
-                manager_opts["resources"] = {"ondemand": MARKER}  # survives spot preemptions
+            # On on-demand capacity (survives spot preemptions) when the cluster has markets.
+            manager_opts.update(view.placement(override, ONDEMAND, None).pinned(ONDEMAND))
             client = reg.by_name[name] = PoolClient(name, config, manager_opts)
     return client
 
