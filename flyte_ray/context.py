@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ._core.call import ChildSequencer
+from ._core.notice import NEVER, PreemptionNotice
 from ._core.process import PROCESS
 from ._core.settings import DriverSettings, Settings
 from .checkpoint import Checkpoint
@@ -31,6 +32,10 @@ class TaskContext:
         queue: the queue this attempt was placed on (``"default"`` when none was set).
         node_id: the Ray node id this attempt runs on.
         settings: the flyte-ray settings the caller used (storage, system retries).
+        preemption: the node's preemption notice (:class:`~flyte_ray.PreemptionNotice`):
+            ``is_set()``, ``deadline``, ``wait(timeout)``, ``on_notice(fn)``. Set within about a
+            second of the node being drained for preemption; save, then raise
+            :class:`~flyte_ray.errors.TaskInterruptedError` to move to another node at once.
     """
 
     run_name: str
@@ -46,6 +51,12 @@ class TaskContext:
     run_overrides: Optional[dict] = None
     _children: ChildSequencer = field(default_factory=ChildSequencer, repr=False)
     _checkpoint: Any = field(default=None, repr=False)
+    _preemption: PreemptionNotice = field(default=NEVER, repr=False)
+
+    @property
+    def preemption(self) -> PreemptionNotice:
+        """The preemption notice of the node this attempt runs on (see the class docstring)."""
+        return self._preemption
 
     @property
     def action(self) -> str:

@@ -73,7 +73,13 @@ class TaskTimeoutError(RuntimeUserError):
 
 
 class TaskInterruptedError(RuntimeUserError):
-    """The call was cancelled by its caller (Ctrl-C, a cancelled asyncio task)."""
+    """Raise it from a task to end the attempt on purpose because its node is going away.
+
+    After a preemption notice on the node (``flyte_ray.ctx().preemption.is_set()``), this is a
+    *system* retry recorded as ``preemption`` — never one of your ``retries`` — and the next
+    attempt starts at once on another node: save your state, then raise it. Without a notice it
+    is an ordinary user error. (flyte-sdk's name for an interrupted task.)
+    """
 
     def __init__(self, message: str = "", *args: Any) -> None:
         super().__init__("Interrupted", message, *args)

@@ -252,7 +252,7 @@ class LocalCluster:
 
     def add_node(
         self,
-        name: str,
+        name: Union[str, NodeSpec],
         market: Optional[str] = "ondemand",
         queues: Sequence[str] = ("default",),
         cpus: float = 1,
@@ -265,7 +265,12 @@ class LocalCluster:
         placement: Optional[str] = None,
         labels: Optional[Dict[str, str]] = None,
     ) -> str:
-        """Start another node (arguments as in :class:`NodeSpec`); returns its Ray node id."""
+        """Start another node (arguments as in :class:`NodeSpec`, or one ``NodeSpec``); returns its
+        Ray node id."""
+        if isinstance(name, NodeSpec):
+            return self._add(name, wait)
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"LocalCluster.add_node: name must be a non-empty str or a NodeSpec, got {name!r}")
         spec = NodeSpec(
             name,
             market,

@@ -32,3 +32,9 @@ def wants_h100() -> str:
 @env.task
 def spot_wants_h100() -> str:
     return "never"
+
+
+@env.task(retries=1)
+def where() -> dict:
+    c = flyte.ctx()
+    return {"market": str(c.market), "node": c.node_id, "attempt": c.attempt}

@@ -36,6 +36,7 @@ from .._core.loop import AttemptObserver, run_attempts
 from .._core.process import PROCESS
 from .._core.records import AttemptRecord, AttemptRequest, Outcome
 from .._ray import waiting
+from .._ray.drains import DrainMonitor
 from .._ray.executors import ClientTaskExecutor, Executor, StreamingTaskExecutor, TaskExecutor, client_mode
 from .._ray.placement import ONDEMAND, cluster_view
 from .._ray.port import BLOCKING, LOOP, Port
@@ -84,7 +85,8 @@ class RayController:
         self.client = ClientTaskExecutor()
         self.replicas = ReplicaExecutor()
         self.supervision = PROCESS.part(Supervision)
-        self.observers: list[AttemptObserver] = [PROCESS.part(RuntimeHistory)]
+        # runtime history (what "short" means); drains seen while attempts run (preemption notices)
+        self.observers: list[AttemptObserver] = [PROCESS.part(RuntimeHistory), PROCESS.part(DrainMonitor)]
         self._observer = _Observers(self.observers)
 
     def reset(self) -> None:

@@ -10,14 +10,17 @@ case, looks the node up (:class:`NodeFacts`). :func:`classify` is the rule, with
   cannot be imported on the worker → ``user`` with a ``NonRecoverableError`` saying how to ship
   the code (every retry would fail the same way);
 * the worker process died while the user's code ran (a segfault, ``os._exit``, a kill) and its
-  node did not → ``crash``, a *user* failure (``worker_crash`` in the history): Ray reports a lost
-  node as ``NodeDiedError`` (or an actor whose *node* died), never as a crashed worker, so a
-  crashed worker is the task's own doing, and retrying it on the system budget (without backoff,
-  without end under ``system_retries=-1``) would hide a crash loop;
+  node did not (and was not being drained for preemption) → ``crash``, a *user* failure
+  (``worker_crash`` in the history): Ray reports a lost node as ``NodeDiedError`` (or an actor
+  whose *node* died), never as a crashed worker, so a crashed worker is the task's own doing,
+  and retrying it on the system budget (without backoff, without end under
+  ``system_retries=-1``) would hide a crash loop;
 * anything else is the platform failing → ``system``, recorded as ``preemption`` when an actor's
   node was drained for preemption, when the attempt ran on spot on a cluster with markets, when
   the node declares ``spot``, or when the node died drained for preemption
-  (``DeathReason`` 3, ``AUTOSCALER_DRAIN_PREEMPTED``); else ``node_failure``.
+  (``DeathReason`` 3, ``AUTOSCALER_DRAIN_PREEMPTED``, which Ray records only when the node dies
+  *after* the drain's deadline — so also when the supervisor itself saw the node draining before
+  it died: a notice, on spot or on-demand); else ``node_failure``.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ class NodeFacts:
     spot: bool = False  # declares the spot market
     alive: bool = True
     death_reason: Optional[int] = None
+    drained: bool = False  # the supervisor saw the node draining (a preemption notice) before it died
 
 
 def needs_node_facts(obs: Observation) -> bool:
@@ -104,7 +108,7 @@ def classify(obs: Observation, node: Optional[NodeFacts] = None) -> Outcome:
         )
     if seen is Seen.USER_RAISED:
         return Outcome(Kind.USER, error=obs.error, traceback=obs.traceback)
-    if seen is Seen.WORKER_DIED and not (node is not None and node.found and not node.alive):
+    if seen is Seen.WORKER_DIED and not (node is not None and (node.drained or (node.found and not node.alive))):
         first = str(obs.error).strip().splitlines()[0] if str(obs.error).strip() else type(obs.error).__name__
         return Outcome(
             Kind.CRASH,
@@ -123,7 +127,11 @@ def _system_reason(obs: Observation, node: Optional[NodeFacts]) -> str:
         return "preemption"
     if obs.market == Market.SPOT and obs.cluster_has_markets:
         return "preemption"
-    if node is None or not node.found:
+    if node is None:
+        return "node_failure"
+    if node.drained:
+        return "preemption"
+    if not node.found:
         return "node_failure"
     if node.spot:
         return "preemption"

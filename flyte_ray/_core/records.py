@@ -91,6 +91,7 @@ class Outcome:
     system_reason: str = ""  # "preemption" | "node_failure" for system outcomes
     missing: tuple = ()  # for queued_timeout: resources no node offers
     runtime: Optional[float] = None  # seconds the user's code ran (when the attempt reported it)
+    notice: Optional[tuple] = None  # (seen at, deadline): the attempt's node was drained for preemption
 
 
 @dataclass
@@ -111,6 +112,8 @@ class AttemptRecord:
     failure_kind: Optional[str] = None  # user | system | None
     error: str = ""
     runtime: Optional[float] = None  # seconds the user's code ran, measured on the worker
+    notice_at: Optional[float] = None  # when a preemption notice for its node was seen (epoch seconds)
+    notice_deadline: Optional[float] = None  # when that notice said the node would go (None: unknown)
 
     @property
     def duration(self) -> Optional[float]:
@@ -124,6 +127,8 @@ class AttemptRecord:
         self.started = out.started or self.started
         self.node_id = out.node_id or self.node_id
         self.runtime = out.runtime
+        if out.notice is not None:
+            self.notice_at, self.notice_deadline = out.notice
         if out.kind is Kind.SYSTEM:
             self.outcome = out.system_reason or "node_failure"
             self.failure_kind = "system"

@@ -82,7 +82,9 @@ def result_outcome(wire: tuple, started: Optional[float] = None) -> Outcome:
     """The outcome an attempt's :class:`AttemptResult` (as it came off the wire) describes."""
     res = decode(AttemptResult, wire)
     if res.ok:
-        return Outcome(Kind.OK, value=res.value, node_id=res.node, started=started, runtime=res.runtime)
+        return Outcome(
+            Kind.OK, value=res.value, node_id=res.node, started=started, runtime=res.runtime, notice=res.notice
+        )
     if res.system:
         return Outcome(
             Kind.SYSTEM,
@@ -90,11 +92,20 @@ def result_outcome(wire: tuple, started: Optional[float] = None) -> Outcome:
             traceback=res.traceback,
             node_id=res.node,
             started=started,
-            system_reason="node_failure",
+            # the task stopped on purpose after a preemption notice (TaskInterruptedError), or the
+            # platform failed under its code
+            system_reason="preemption" if res.notice is not None else "node_failure",
             runtime=res.runtime,
+            notice=res.notice,
         )
     return Outcome(
-        Kind.USER, error=res.value, traceback=res.traceback, node_id=res.node, started=started, runtime=res.runtime
+        Kind.USER,
+        error=res.value,
+        traceback=res.traceback,
+        node_id=res.node,
+        started=started,
+        runtime=res.runtime,
+        notice=res.notice,
     )
 
 
@@ -191,15 +202,21 @@ class _RayTasks:
         kept on the spec until the cluster view changes (a few dict lookups per call)."""
         if req.max_queued_time is not None:
             return None
+        if self.view.stale:
+            await port.offload(self.view.refresh)
         # The placement mode follows from the view's version and the settings' override.
         key = ("placeable", req.market, req.queue, self.view.version, call.settings.placement)
         if memo_get(call.spec.memo, key):
             return None
         request = request_of(opts)
-        missing = self.view.missing_cached(request)
+        # A spot attempt counts only nodes that take new work (a draining node does not: a notice
+        # is pending there); an on-demand one counts every live node (a drained on-demand node is
+        # no reason to fail: it comes back, or an autoscaler replaces it).
+        spot = req.market == Market.SPOT
+        missing = self.view.missing_cached(request, usable=spot)
         if missing:  # the view may be a few seconds old: look again (a node may have just joined)
             await port.offload(self.view.refresh)
-            missing = self.view.missing_cached(request)
+            missing = self.view.missing_cached(request, usable=spot)
         key = ("placeable", req.market, req.queue, self.view.version, call.settings.placement)
         if not missing:
             memo_put(call.spec.memo, key, True)
@@ -240,10 +257,22 @@ class _RayTasks:
                     raise
                 if elapsed < check_at:
                     continue
+                # by every live node, draining ones too: this attempt may be running on one
                 missing = await port.offload(self.view.missing, request_of(opts))
                 if missing:
                     raise _SpotGone(missing, elapsed) from None
                 check_at = elapsed + SPOT_RECHECK_S
+
+    async def failed(self, exc: BaseException, key: Any, req: AttemptRequest, port: Port) -> Outcome:
+        """The outcome of an attempt that ended with Ray exception ``exc``: ``spot_unavailable``
+        when the pending watch cancelled it because no live node offers its spot request any more."""
+        gone = self.watch.take_gone(key)
+        if gone is not None:
+            return _spot_unavailable(gone.missing, gone.waited, "no live node offers it any more")
+        out = await outcome_of(exc, req.market, port)
+        if out.kind == Kind.SYSTEM:
+            self.view.mark_stale()  # a node went away: the next placement check asks the GCS
+        return out
 
     async def not_started(self, call: "Call", req: AttemptRequest, opts: dict, port: Port) -> Outcome:
         if req.deadline_left is not None and (req.max_queued_time is None or req.deadline_left < req.max_queued_time):
@@ -269,7 +298,7 @@ class TaskExecutor(_RayTasks):
         if out is not None:
             return out
         ref = bound.remote(self.payload(call, req))
-        self.watch.add(ref, call.spec.fqn, req, opts)
+        self.watch.add(ref, call.spec.fqn, req, opts, call.settings.node_types)
         try:
             res = await self.wait_result(req, ref, opts, port)
         except _SpotGone as gone:
@@ -284,7 +313,7 @@ class TaskExecutor(_RayTasks):
             ray.cancel(ref, recursive=True)
             raise
         except rex.RayError as e:
-            return await outcome_of(e, req.market, port)
+            return await self.failed(e, ref, req, port)
         finally:
             self.watch.discard(ref)
         return result_outcome(res)
@@ -302,7 +331,7 @@ class StreamingTaskExecutor(_RayTasks):
         if out is not None:
             return out
         gen = bound.remote(self.payload(call, req))
-        self.watch.add(gen, call.spec.fqn, req, opts)
+        self.watch.add(gen, call.spec.fqn, req, opts, call.settings.node_types)
         # It reports when it starts: a spot attempt that has not started within its spot wait
         # moves to on-demand (max_queued_time, when set, decides instead).
         queued = req.max_queued_time if req.max_queued_time is not None else req.spot_wait
@@ -317,7 +346,7 @@ class StreamingTaskExecutor(_RayTasks):
                     and req.spot_wait is not None
                     and not (req.deadline_left is not None and req.deadline_left <= req.spot_wait)
                 ):
-                    missing = await port.offload(self.view.missing, request_of(opts))
+                    missing = await port.offload(self.view.missing, request_of(opts), True)
                     busy = ["(spot capacity busy: every spot node that offers it is full)"]
                     return _spot_unavailable(missing or busy, time.monotonic() - t0, f"spot_wait={req.spot_wait:g}s")
                 return await self.not_started(call, req, opts, port)
@@ -343,7 +372,7 @@ class StreamingTaskExecutor(_RayTasks):
             ray.cancel(gen, recursive=True)
             raise
         except rex.RayError as e:
-            return await outcome_of(e, req.market, port)
+            return await self.failed(e, gen, req, port)
         except EndOfStream:
             # The streaming attempt ended before yielding its result: its worker went away.
             return Outcome(

@@ -18,6 +18,7 @@ import ray.exceptions as rex
 
 from .._core.classify import NodeFacts, Observation, Seen, classify, needs_node_facts
 from .._core.records import Market, Outcome
+from .drains import drain_monitor
 from .placement import SPOT, cluster_view, node_market
 
 if TYPE_CHECKING:
@@ -72,7 +73,8 @@ def node_facts(node_id: str, wait: float = NODE_WAIT_S) -> NodeFacts:
     reason (blocking; polls until the node is marked dead or declares spot, for up to ``wait``
     seconds)."""
     deadline = time.monotonic() + wait
-    last = NodeFacts()
+    drained = drain_monitor().notice_for(node_id) is not None
+    last = NodeFacts(drained=drained)
     while True:
         try:
             info = next((n for n in ray.nodes() if n.get("NodeID") == node_id), None)
@@ -84,6 +86,7 @@ def node_facts(node_id: str, wait: float = NODE_WAIT_S) -> NodeFacts:
                 spot=SPOT in node_market(info.get("Resources") or {}, info.get("Labels") or {}),
                 alive=bool(info.get("Alive")),
                 death_reason=info.get("DeathReason"),
+                drained=drained,
             )
             if last.spot or not last.alive:
                 return last
@@ -96,4 +99,7 @@ async def outcome_of(exc: BaseException, market: Market, port: "Port") -> Outcom
     """The outcome of an attempt that ended with Ray exception ``exc``."""
     obs = observe(exc, market)
     facts = await port.offload(node_facts, obs.node_id) if needs_node_facts(obs) else None
-    return classify(obs, facts)
+    out = classify(obs, facts)
+    if out.node_id:
+        out.notice = drain_monitor().notice_for(out.node_id)
+    return out

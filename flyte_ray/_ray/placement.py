@@ -69,6 +69,7 @@ import ray
 
 from .._core.process import PROCESS
 from . import waiting
+from .drains import draining_nodes
 from .node_types import unmet
 
 __all__ = [
@@ -166,11 +167,15 @@ def offers(resources: Mapping[str, float], labels: Mapping[str, str]) -> dict[st
 class _Snapshot:
     """What the live nodes declared at one refresh (replaced whole, so readers see one refresh)."""
 
-    __slots__ = ("names", "nodes", "offers", "markets", "queues", "label_markets", "label_queues", "mixed")
+    __slots__ = ("names", "nodes", "offers", "usable", "markets", "queues", "label_markets", "label_queues", "mixed")
 
-    def __init__(self, nodes: list[tuple[dict[str, float], dict[str, str]]]) -> None:
+    def __init__(
+        self, nodes: list[tuple[dict[str, float], dict[str, str]]], draining: Optional[list[bool]] = None
+    ) -> None:
         self.nodes = nodes  # per live node: its resource totals and its labels
         self.offers = [offers(res, lb) for res, lb in nodes]
+        # what the nodes that are not draining offer (a draining node takes no new work)
+        self.usable = self.offers if draining is None else [o for o, d in zip(self.offers, draining) if not d]
         self.names: frozenset[str] = frozenset(k for res, _ in nodes for k in res)
         self.markets = SPOT in self.names or ONDEMAND in self.names
         # A cluster that declares markets follows the convention, queues included, even while
@@ -209,6 +214,7 @@ class ClusterView:
         self._at = 0.0
         self._snap: Optional[_Snapshot] = None
         self.version = 0  # bumped by every refresh (caches of feasibility key by it)
+        self.stale = False  # a node was lost since the last refresh: placement checks refresh first
         self._lock = threading.Lock()
         self._refreshing = False
         self._warned: set[str] = set()
@@ -221,6 +227,7 @@ class ClusterView:
             self._snap = None
             self._warned = set()
             self.embedded = False
+            self.stale = False
 
     @property
     def primed(self) -> bool:
@@ -230,6 +237,7 @@ class ClusterView:
     def refresh(self) -> frozenset[str]:
         """Ask the GCS now (blocking)."""
         live = [n for n in ray.nodes() if n.get("Alive")]
+        drain = draining_nodes() or {}
         snap = _Snapshot(
             [
                 (
@@ -237,11 +245,13 @@ class ClusterView:
                     {str(k): str(v) for k, v in (n.get("Labels") or {}).items()},
                 )
                 for n in live
-            ]
+            ],
+            [n.get("NodeID") in drain for n in live],
         )
         with self._lock:
             self._snap, self._at = snap, time.monotonic()
             self.version += 1
+            self.stale = False
         return snap.names
 
     def _current(self) -> _Snapshot:
@@ -273,6 +283,10 @@ class ClusterView:
 
     def invalidate(self) -> None:
         self._at = 0.0
+
+    def mark_stale(self) -> None:
+        """A node was lost: the cached answer may offer capacity that is gone (see ``stale``)."""
+        self.stale = True
 
     def declares(self) -> tuple[bool, bool, bool, bool]:
         """Markets and queues by markers, then by labels, in one look (the hot path keys its
@@ -362,11 +376,14 @@ class ClusterView:
                 logger.log(logging.DEBUG if self.embedded else logging.WARNING, message)
 
     @staticmethod
-    def missing(request: dict[str, float]) -> list[str]:
+    def missing(request: dict[str, float], usable: bool = False) -> list[str]:
         """Entries of ``request`` (:func:`request_of`: resources and ``key=value`` labels) that no
         single live node can offer (by totals), fresh from the GCS (blocking: call it off any
-        event loop)."""
+        event loop). ``usable``: count only nodes that are not draining (they take no new work)."""
         live = [n for n in ray.nodes() if n.get("Alive")]
+        if usable:
+            drain = draining_nodes() or {}
+            live = [n for n in live if n.get("NodeID") not in drain]
         return lacking(request, [offers(n.get("Resources") or {}, n.get("Labels") or {}) for n in live])
 
     @property
@@ -375,9 +392,10 @@ class ClusterView:
         snap = self._snap
         return snap.offers if snap is not None else []
 
-    def missing_cached(self, request: dict[str, float]) -> list[str]:
+    def missing_cached(self, request: dict[str, float], usable: bool = False) -> list[str]:
         """:meth:`missing` by the cached view (no GCS call; stale by up to ``ttl`` seconds)."""
-        return lacking(request, self._current().offers)
+        snap = self._current()
+        return lacking(request, snap.usable if usable else snap.offers)
 
 
 def lacking(request: dict[str, float], nodes: list[dict[str, float]]) -> list[str]:

@@ -97,7 +97,7 @@ def msgpack_safe(v: Any) -> bool:
 
 
 #: The wire version of every record below. Bump it when any record changes.
-VERSION = 1
+VERSION = 2
 
 
 class WireVersionError(RuntimeError):
@@ -181,6 +181,7 @@ class AttemptResult(NamedTuple):
     node: str
     system: bool  # a Ray platform error escaped the user code: the platform failed, not the user
     runtime: Optional[float]  # seconds the user code ran, measured on the worker
+    notice: Optional[tuple]  # (seen at, deadline) when the node got a preemption notice during the attempt
 
 
 @_record("warm static part", list)

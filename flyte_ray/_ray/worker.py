@@ -23,8 +23,9 @@ import ray
 from .._core.drive import drive
 from .._core.process import PROCESS
 from ..context import TaskContext, reset_context, set_context
-from ..errors import RuntimeSystemError, RuntimeUserError, format_exception
+from ..errors import RuntimeSystemError, RuntimeUserError, TaskInterruptedError, format_exception
 from . import waiting
+from .drains import DrainMonitor
 from .wire import VERSION, AttemptPayload, AttemptResult, Started, decode, encode
 
 __all__ = [
@@ -67,6 +68,7 @@ _MISSING = object()
 
 # A part lives as long as the process (its reset empties it), so one reference serves every call.
 _STATE = PROCESS.part(WorkerState)
+_DRAINS = PROCESS.part(DrainMonitor)
 
 
 def _state() -> WorkerState:
@@ -95,9 +97,12 @@ def failed(exc: BaseException, node: str, runtime: Optional[float]) -> AttemptRe
     # Whatever the user's code raises is the user's failure, Ray errors included (a GetTimeoutError
     # from its own ray.get): they go on the user budget with their own type. The exception is a
     # flyte-ray RuntimeSystemError (a nested call that lost its supervisor, say): the platform failed
-    # under the user's code, so it is this attempt's system failure too.
-    system = isinstance(exc, RuntimeSystemError)
-    return AttemptResult(VERSION, False, portable(exc), format_exception(exc), node, system, runtime)
+    # under the user's code, so it is this attempt's system failure too. A TaskInterruptedError
+    # after a preemption notice on this node is the task stopping on purpose because the node
+    # goes: a system failure (recorded as preemption), never the user's.
+    notice = _DRAINS.notice.as_wire()
+    system = isinstance(exc, RuntimeSystemError) or (notice is not None and isinstance(exc, TaskInterruptedError))
+    return AttemptResult(VERSION, False, portable(exc), format_exception(exc), node, system, runtime, notice)
 
 
 def _cancelled_by_ray() -> bool:
@@ -134,6 +139,7 @@ def context_for(
         node_id=current_node(),
         settings=s.unpickled(settings),
         run_overrides=None if overrides is None else s.unpickled(overrides),
+        _preemption=_DRAINS.notice,
     )
 
 
@@ -148,6 +154,7 @@ async def run_user_code(
     """
     node = context.node_id
     token = set_context(context)
+    _DRAINS.begin(node)  # this process watches its node for a preemption notice while attempts run
     t0 = time.perf_counter()
     try:
         if not task.is_async:
@@ -173,7 +180,8 @@ async def run_user_code(
         return failed(e, node, time.perf_counter() - t0)
     finally:
         reset_context(token)
-    return AttemptResult(VERSION, True, value, "", node, False, time.perf_counter() - t0)
+        _DRAINS.end()
+    return AttemptResult(VERSION, True, value, "", node, False, time.perf_counter() - t0, _DRAINS.notice.as_wire())
 
 
 def _context_of(p: AttemptPayload) -> TaskContext:

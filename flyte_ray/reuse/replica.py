@@ -41,7 +41,7 @@ NEED_STATIC = Declined(VERSION, "need_static")  # "send the call's static part i
 def _answer(r: AttemptResult) -> Any:
     """A success travels as a WarmValue list when msgpack gives its value back unchanged, anything
     else as the AttemptResult's plain tuple."""
-    if r.ok and msgpack_safe(r.value):
+    if r.ok and r.notice is None and msgpack_safe(r.value):
         return encode(WarmValue(VERSION, r.value, r.node, r.runtime))
     return encode(r)
 
