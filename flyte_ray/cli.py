@@ -1,4 +1,4 @@
-"""The ``flyte-ray`` command: ``flyte-ray demo`` and ``flyte-ray doctor``."""
+"""The ``flyte-ray`` command: ``demo``, ``doctor`` and ``watch-preemption``."""
 
 from __future__ import annotations
 
@@ -15,10 +15,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sub.add_parser(
         "doctor", help="what a cluster offers (markets, queues, GPUs) and which tasks cannot be placed", add_help=False
     )
+    sub.add_parser(
+        "watch-preemption",
+        help="on a spot node: drain it (reason PREEMPTION) when the cloud announces its preemption",
+        add_help=False,
+    )
     if argv[:1] == ["doctor"]:
         from . import doctor
 
         return doctor.main(argv[1:])
+    if argv[:1] == ["watch-preemption"]:
+        from .preemption.watcher import main as watch
+
+        return watch(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "demo":
         from . import demo

@@ -34,6 +34,8 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -142,6 +144,11 @@ class LocalCluster:
             ``"markers"`` (the head declares the ``ondemand`` resource), ``"labels"`` (the head
             starts with ``RAY_NODE_MARKET_TYPE=on-demand``) or ``"both"``.
         temp_dir: Ray's temp dir for this cluster (default: a fresh one, removed on shutdown).
+        notices: ``"aws"``, ``"gcp"`` or ``"azure"``: serve that cloud's metadata service for
+            every worker node from a real HTTP server on loopback
+            (:class:`~flyte_ray.preemption.emulator.MetadataEmulator`) and run flyte-ray's notice
+            watcher (``flyte-ray watch-preemption``) for each node against it; then
+            :meth:`notify` announces a preemption the way that cloud would. ``None``: neither.
         init_kwargs: extra ``flyte_ray.init`` settings (``system_retries``, ``storage``…).
     """
 
@@ -153,6 +160,7 @@ class LocalCluster:
         connect: bool = True,
         node_placement: str = "markers",
         temp_dir: Optional[str] = None,
+        notices: Optional[str] = None,
         **init_kwargs: Any,
     ) -> None:
         self._specs = [
@@ -169,6 +177,11 @@ class LocalCluster:
         self._specs_by_name: Dict[str, NodeSpec] = {}
         self._removed: Dict[str, str] = {}
         self._lock = threading.Lock()
+        if notices is not None and notices not in ("aws", "gcp", "azure"):
+            raise ValueError(f"LocalCluster(notices=...): expected 'aws', 'gcp', 'azure' or None, got {notices!r}")
+        self.notices = notices
+        self._metadata: Any = None  # the MetadataEmulator when notices is set
+        self._watchers: Dict[str, Any] = {}  # node name -> (Popen, log path)
 
     # -------------------------------------------------------------- lifecycle
     def start(self) -> "LocalCluster":
@@ -200,6 +213,8 @@ class LocalCluster:
         for spec in self._specs:
             self._start_node(spec)
         self._cluster.wait_for_nodes()
+        for name in list(self._nodes):
+            self._start_watcher(name)
         if self._connect:
             import flyte_ray
 
@@ -214,6 +229,11 @@ class LocalCluster:
 
     def shutdown(self) -> None:
         """Disconnect (if connected by us) and stop every node this cluster started."""
+        for name in list(self._watchers):
+            self._stop_watcher(name)
+        if self._metadata is not None:
+            self._metadata.stop()
+            self._metadata = None
         if self._connect:
             import flyte_ray
 
@@ -291,6 +311,7 @@ class LocalCluster:
             node = self._start_node(spec)
         if wait:
             self.wait_for_node(node.node_id)
+        self._start_watcher(spec.name)
         from ._ray.placement import cluster_view
 
         cluster_view().invalidate()
@@ -361,10 +382,19 @@ class LocalCluster:
         name = node if node in self._nodes else self.name_of(node)
         if name is None or name not in self._nodes:
             raise KeyError(f"LocalCluster.preempt: no live node {node!r}; nodes: {', '.join(self._nodes)}")
-        handle = self._nodes[name]
         self.drain(name, reason=reason, deadline_s=max(notice_s, 0.0) + 30)
         if notice_s > 0:
             time.sleep(notice_s)
+        self._remove(name, graceful)
+        if replace:
+            spec = self._specs_by_name[name]
+            n = sum(1 for k in self._specs_by_name if k.startswith(f"{name}-r")) + 1
+            return self._add(dataclasses.replace(spec, name=f"{name}-r{n}"))
+        return None
+
+    def _remove(self, name: str, graceful: bool = True) -> None:
+        handle = self._nodes[name]
+        self._stop_watcher(name)
         with self._lock:
             self._cluster.remove_node(handle, allow_graceful=graceful)
             del self._nodes[name]
@@ -372,25 +402,107 @@ class LocalCluster:
         from ._ray.placement import cluster_view
 
         cluster_view().invalidate()
-        if replace:
-            spec = self._specs_by_name[name]
-            n = sum(1 for k in self._specs_by_name if k.startswith(f"{name}-r")) + 1
-            return self._add(dataclasses.replace(spec, name=f"{name}-r{n}"))
-        return None
+
+    # -------------------------------------------------------------- preemption notices
+    def _start_watcher(self, name: str) -> None:
+        if self.notices is None or name in self._watchers:
+            return
+        from .preemption.emulator import MetadataEmulator
+
+        if self._metadata is None:
+            self._metadata = MetadataEmulator()
+        log_path = os.path.join(self.temp_dir, f"watch-preemption-{name}.log")
+        log = open(log_path, "ab")
+        cmd = [
+            sys.executable,
+            "-m",
+            "flyte_ray.preemption",
+            "--provider",
+            self.notices,
+            "--interval",
+            "0.5",
+            "--address",
+            self.address,
+            "--node-id",
+            self.node_id(name),
+            "--metadata-url",
+            self._metadata.url(name),
+        ]
+        try:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        finally:
+            log.close()
+        self._watchers[name] = (proc, log_path)
+
+    def _stop_watcher(self, name: str) -> None:
+        entry = self._watchers.pop(name, None)
+        if entry is None:
+            return
+        proc = entry[0]
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    def watcher_log(self, node: str) -> str:
+        """What ``node``'s notice watcher has logged (``notices=`` clusters)."""
+        entry = self._watchers.get(node)
+        path = entry[1] if entry else os.path.join(self.temp_dir, f"watch-preemption-{node}.log")
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def notify(
+        self,
+        node: str,
+        *,
+        provider: Optional[str] = None,
+        notice_s: float = 10.0,
+        remove: bool = True,
+        graceful: bool = True,
+        timeout: float = 30.0,
+    ) -> float:
+        """Announce ``node``'s preemption through its metadata service, as the cloud would: the
+        node's watcher sees it and drains the node (this waits until Ray reports the node
+        draining, or gone); with ``remove`` the node is removed once ``notice_s`` seconds have
+        passed since the notice. Returns the notice's deadline (epoch seconds).
+
+        Needs ``LocalCluster(notices=...)``; ``provider`` defaults to that cloud.
+        """
+        if self.notices is None or self._metadata is None:
+            raise RuntimeError("LocalCluster.notify needs LocalCluster(..., notices='aws'|'gcp'|'azure')")
+        name = node if node in self._nodes else self.name_of(node)
+        if name is None or name not in self._nodes:
+            raise KeyError(f"LocalCluster.notify: no live node {node!r}; nodes: {', '.join(self._nodes)}")
+        from .preemption.gcs import node_states
+
+        node_id = self.node_id(name)
+        t0 = time.time()
+        deadline = self._metadata.notify(name, provider or self.notices, notice_s)
+        end = time.monotonic() + timeout
+        while node_states(self.address).get(node_id, ("DEAD", ""))[0] == "ALIVE":
+            if time.monotonic() > end:
+                raise TimeoutError(
+                    f"LocalCluster.notify({name!r}): the node's watcher did not drain it within {timeout:g}s; "
+                    f"its log:\n{self.watcher_log(name)[-2000:]}"
+                )
+            time.sleep(0.05)
+        if remove:
+            time.sleep(max(0.0, t0 + notice_s - time.time()))
+            if name in self._nodes:
+                self._remove(name, graceful)
+        return deadline
 
     def drain(self, node: str, *, reason: str = "spot preemption", deadline_s: float = 30.0) -> None:
         """Drain a node with reason PREEMPTION (new work stops landing there; running work goes on)."""
-        from ray._raylet import GcsClient  # type: ignore[attr-defined]  # Cython, no stubs
-        from ray.core.generated import autoscaler_pb2
+        from .preemption.gcs import drain_node
 
         node_id = self.node_id(node) if node in self._nodes or node == "head" else node
-        gcs = GcsClient(address=self.address)
-        ok, msg = gcs.drain_node(
-            node_id,
-            autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION"),  # type: ignore[attr-defined]
-            reason,
-            int((time.time() + deadline_s) * 1000),
-        )
+        ok, msg = drain_node(self.address, node_id, time.time() + deadline_s, reason)
         if not ok:
             raise RuntimeError(f"LocalCluster.drain({node!r}) was refused: {msg}")
 

@@ -1,4 +1,4 @@
-"""Ray node drains: read which nodes are draining, drain one, and watch for drains while attempts run.
+"""Ray node drains as the task side sees them: which nodes are draining, watched while attempts run.
 
 A cloud's preemption notice reaches Ray as a *drain* of the node (the GCS ``DrainNode`` RPC with
 reason PREEMPTION and a deadline: new work stops landing there, running work goes on) — from
@@ -21,6 +21,7 @@ while an attempt runs in this process:
   each attempt's record carries the notice (``notice_at``, ``notice_deadline``).
 
 One poll is one GCS round trip (~0.2-0.3 ms measured here), once a second per process.
+Draining a node (the node side) is :mod:`flyte_ray.preemption`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 import ray
 
@@ -42,8 +43,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "draining_nodes",
-    "drain_node",
-    "node_states",
     "DrainMonitor",
     "drain_monitor",
     "POLL_S",
@@ -88,38 +87,6 @@ def draining_nodes() -> Optional[dict[str, Optional[float]]]:
                 e,
             )
         return None
-
-
-def _gcs(address: str) -> Any:
-    from ray._raylet import GcsClient  # type: ignore[attr-defined]  # Cython, no stubs
-
-    return GcsClient(address=address)
-
-
-def drain_node(address: str, node_id: str, deadline: Optional[float], message: str) -> tuple[bool, str]:
-    """Ask the GCS at ``address`` to drain ``node_id`` for PREEMPTION until ``deadline`` (epoch
-    seconds; None: no deadline). Returns Ray's ``(accepted, message)``. Blocking."""
-    from ray.core.generated import autoscaler_pb2
-
-    reason = autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION")  # type: ignore[attr-defined]
-    ok, msg = _gcs(address).drain_node(node_id, reason, message, int(deadline * 1000) if deadline else 0)
-    return bool(ok), str(msg or "")
-
-
-def node_states(address: str) -> dict[str, tuple[str, str]]:
-    """Node id (hex) → (state, node manager address) of every node the GCS at ``address`` knows;
-    state is ``"ALIVE"``, ``"DRAINING"`` or ``"DEAD"``. Blocking; needs no connected Ray (the
-    node-side watcher uses it)."""
-    out: dict[str, tuple[str, str]] = {}
-    for nid, info in _gcs(address).get_all_node_info().items():
-        if info.state != 0:  # GcsNodeInfo.GcsNodeState: 0 ALIVE, 1 DEAD
-            state = "DEAD"
-        else:
-            # NodeSnapshot.State: ACTIVE / IDLE / DRAINING (private shape: guarded by tests/test_drains.py)
-            snap = str(info.state_snapshot.State.Name(info.state_snapshot.state))
-            state = "DRAINING" if snap == "DRAINING" else "ALIVE"
-        out[nid.hex()] = (state, str(info.node_manager_address))
-    return out
 
 
 def _client_mode() -> bool:
