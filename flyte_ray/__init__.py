@@ -23,6 +23,7 @@ Public names are re-exported here; the modules are small and named after what th
 """
 
 from . import errors
+from ._core.notice import PreemptionNotice
 from ._core.records import AttemptRecord, format_history
 from ._version import __version__  # noqa: E402
 from .cache import Cache, CacheRequest
@@ -59,6 +60,7 @@ __all__ = [
     "Cache",
     "CacheRequest",
     "Checkpoint",
+    "PreemptionNotice",
     "Device",
     "GPU",
     "Image",

@@ -11,7 +11,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="flyte-ray", description="Flyte's task model on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="checkpointed training on spot, preempted mid-run, on a local multi-node cluster")
+    demo_parser = sub.add_parser(
+        "demo", help="checkpointed training on spot, preempted mid-run, on a local multi-node cluster"
+    )
+    demo_parser.add_argument(
+        "--notice", action="store_true", help="show a preemption notice: save now, move at once, redo nothing"
+    )
     sub.add_parser(
         "doctor", help="what a cluster offers (markets, queues, GPUs) and which tasks cannot be placed", add_help=False
     )
@@ -32,7 +37,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "demo":
         from . import demo
 
-        return demo.main()
+        return demo.main(notice=args.notice)
     return 2
 
 

@@ -8,6 +8,13 @@ untouched) and the retry resumes from the last checkpoint. Then the demo preempt
 no spot capacity is left, so after the spot wait (2 s here, 300 s by default) the next attempt
 moves to the on-demand node and finishes there. The demo prints the attempt table with the work
 the checkpoints saved.
+
+``flyte-ray demo --notice`` shows the notice path instead: each node runs flyte-ray's notice
+watcher against a local stand-in for the AWS metadata service. The task checkpoints only every
+10 steps; mid-run the cloud announces the preemption of its node 10 s ahead. The watcher drains
+the node, the task sees ``ctx().preemption`` within a second, saves, and raises
+``TaskInterruptedError``; the next attempt starts at once on the other spot node — while the
+noticed node is still up — and resumes from the saved step: nothing is redone.
 """
 
 from __future__ import annotations
@@ -17,7 +24,9 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
+from typing import Any, Optional
 
 import flyte_ray as flyte
 from flyte_ray.testing import LocalCluster, NodeSpec
@@ -48,13 +57,71 @@ def train(steps: int, progress_dir: str) -> dict:
     return {"w": state["w"], "resumed_from": resumed_from, "attempt": c.attempt}
 
 
+NOTICE_EVERY = 10  # --notice: the task checkpoints every 10 steps, and on a notice
+NOTICE_AFTER = 12  # --notice: the step after which the cloud announces the node's preemption
+NOTICE_S = 10.0  # --notice: how far ahead (AWS gives 120 s)
+
+
+@env.task(retries=1)
+def train_on_notice(steps: int, progress_dir: str) -> dict:
+    """The same loop, checkpointed every NOTICE_EVERY steps and when a preemption notice comes."""
+    c = flyte.ctx()
+    assert c is not None  # inside a task
+    cp = c.checkpoint
+    raw = cp.read()
+    state = json.loads(raw) if raw else {"step": 0, "w": 0.0}
+    resumed_from = state["step"]
+    started = time.time()
+    for step in range(int(state["step"]), steps):
+        if c.preemption.is_set():  # the node goes soon: save now and move
+            cp.write(json.dumps(state).encode())
+            with open(os.path.join(progress_dir, f"saved-{c.attempt}"), "w") as f:
+                f.write(json.dumps({"step": state["step"], "at": time.time()}))
+            raise flyte.errors.TaskInterruptedError(f"preemption notice: saved step {state['step']}")
+        time.sleep(STEP_SECONDS)  # the expensive part
+        state = {"step": step + 1, "w": state["w"] + 0.5 * (step + 1)}
+        if state["step"] % NOTICE_EVERY == 0:
+            cp.write(json.dumps(state).encode())
+        with open(os.path.join(progress_dir, f"attempt-{c.attempt}"), "w") as f:
+            f.write(json.dumps({"resumed_from": resumed_from, "step": step + 1, "node": c.node_id, "at": started}))
+    return {"w": state["w"], "resumed_from": resumed_from, "attempt": c.attempt, "started": started}
+
+
 def expected_weight(steps: int) -> float:
     return sum(0.5 * (s + 1) for s in range(steps))
 
 
-def main(out=sys.stdout) -> int:
+def _table(run: "flyte.Run", cluster: LocalCluster, progress: str, say: Any) -> None:
+    rows = [("attempt", "market", "node", "steps done", "outcome", "failure")]
+    for r in run.history:
+        p = {}
+        path = os.path.join(progress, f"attempt-{r.attempt}")
+        if os.path.exists(path):
+            p = json.loads(open(path).read())
+        steps = f"{p.get('resumed_from', 0)}→{p.get('step', 0)}" if p else "-"
+        rows.append(
+            (
+                str(r.attempt),
+                r.market,
+                cluster.name_of(r.node_id) or r.node_id[:8] or "-",
+                steps,
+                r.outcome,
+                r.failure_kind or "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for i, row in enumerate(rows):
+        say("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+        if i == 0:
+            say("  ".join("-" * w for w in widths))
+
+
+def main(out: Any = sys.stdout, notice: bool = False) -> int:
     def say(msg: str = "") -> None:
         print(msg, file=out, flush=True)
+
+    if notice:
+        return _notice_demo(say)
 
     t0 = time.time()
     storage = tempfile.mkdtemp(prefix="flyte-ray-demo-")
@@ -103,28 +170,7 @@ def main(out=sys.stdout) -> int:
                 f"{'equal' if result['w'] == expected_weight(STEPS) else 'DIFFERENT'}"
             )
             say(f"the final attempt resumed from step {result['resumed_from']} instead of 0\n")
-            rows = [("attempt", "market", "node", "steps done", "outcome", "failure")]
-            for r in run.history:
-                p = {}
-                path = os.path.join(progress, f"attempt-{r.attempt}")
-                if os.path.exists(path):
-                    p = json.loads(open(path).read())
-                steps = f"{p.get('resumed_from', 0)}→{p.get('step', 0)}" if p else "-"
-                rows.append(
-                    (
-                        str(r.attempt),
-                        r.market,
-                        cluster.name_of(r.node_id) or r.node_id[:8] or "-",
-                        steps,
-                        r.outcome,
-                        r.failure_kind or "-",
-                    )
-                )
-            widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-            for i, row in enumerate(rows):
-                say("  ".join(c.ljust(w) for c, w in zip(row, widths)))
-                if i == 0:
-                    say("  ".join("-" * w for w in widths))
+            _table(run, cluster, progress, say)
             saved = result["resumed_from"]
             say(
                 f"\ncheckpoint saved {saved} of {STEPS} steps ({saved * STEP_SECONDS:.1f}s of work) from being "
@@ -140,3 +186,83 @@ def main(out=sys.stdout) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _wait_progress(path: str, step: int, run: "flyte.Run") -> Optional[dict]:
+    while not run.done():
+        if os.path.exists(path):
+            try:
+                p = json.loads(open(path).read())
+            except ValueError:
+                p = {"step": 0}
+            if p["step"] >= step:
+                return p
+        time.sleep(0.05)
+    return None
+
+
+def _notice_demo(say: Any) -> int:
+    t0 = time.time()
+    storage = tempfile.mkdtemp(prefix="flyte-ray-demo-")
+    progress = os.path.join(storage, "progress")
+    os.makedirs(progress)
+    say("flyte-ray demo --notice: a preemption notice turns into a saved checkpoint and a moved attempt\n")
+    say("starting a local cluster: head, spot-a, spot-b (spot), ondemand-a; each node runs")
+    say("`flyte-ray watch-preemption` against a local stand-in for the AWS metadata service...")
+    nodes = [
+        NodeSpec("spot-a", market="spot"),
+        NodeSpec("spot-b", market="spot"),
+        NodeSpec("ondemand-a", market="ondemand"),
+    ]
+    try:
+        with LocalCluster(nodes, storage=storage, notices="aws") as cluster:
+            say(f"cluster up in {time.time() - t0:.1f}s at {cluster.address}\n")
+            run = flyte.run(train_on_notice, STEPS, progress)
+            say(
+                f"run {run.name}: train({STEPS} steps, {STEP_SECONDS}s each), checkpoints every {NOTICE_EVERY} "
+                "steps and on a notice"
+            )
+            p = _wait_progress(os.path.join(progress, "attempt-0"), NOTICE_AFTER, run)
+            if p is None:
+                say("the run ended before the notice")
+                return 1
+            victim = cluster.name_of(p["node"]) or p["node"]
+            say(f"step {p['step']} done on {victim}: AWS announces its spot interruption {NOTICE_S:g}s ahead")
+            removed: dict = {}
+
+            def notify() -> None:
+                cluster.notify(victim, notice_s=NOTICE_S)
+                removed["at"] = time.time()
+
+            th = threading.Thread(target=notify, daemon=True)
+            t_notice = time.time()
+            th.start()
+            result = run.outputs()
+            th.join()
+            saved = json.loads(open(os.path.join(progress, "saved-0")).read())
+            log = cluster.watcher_log(victim)
+            drained = next((ln for ln in log.splitlines() if "drained Ray node" in ln), "")
+            say(f"  the watcher on {victim}: {drained.split(': ', 1)[-1]}")
+            after = saved["at"] - t_notice
+            say(f"  the task saw ctx().preemption and saved step {saved['step']} ({after:.1f}s after the notice)")
+            say(
+                f"  the next attempt started {result['started'] - saved['at']:.1f}s after the save, on the other spot "
+                f"node, while {victim} was still up (removed {removed['at'] - result['started']:.1f}s later)"
+            )
+            redone = p["step"] - result["resumed_from"] if result["resumed_from"] < p["step"] else 0
+            say(f"  it resumed from step {result['resumed_from']}: {redone} steps redone\n")
+            _table(run, cluster, progress, say)
+            ok = result["w"] == expected_weight(STEPS) and result["resumed_from"] == saved["step"]
+            say(
+                f"\nresult: w={result['w']} (uninterrupted run: {expected_weight(STEPS)}) — "
+                f"{'equal' if result['w'] == expected_weight(STEPS) else 'DIFFERENT'}; user retries used: "
+                f"{run.user_failures}, system retries: {run.system_failures}"
+            )
+            say(
+                f"without the notice the attempt would have resumed from step "
+                f"{(saved['step'] // NOTICE_EVERY) * NOTICE_EVERY} (its last periodic checkpoint)"
+            )
+            say(f"demo finished in {time.time() - t0:.1f}s")
+            return 0 if ok else 1
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)

@@ -68,3 +68,12 @@ def wait_file(path: str, timeout: float = 60) -> str:
     time.sleep(0.05)
     with open(path) as f:
         return f.read()
+
+
+warm_spot = flyte.TaskEnvironment(name="notice_warm", interruptible=True, resources=flyte.Resources(cpu=0.5),
+                                  reusable=flyte.ReusePolicy(replicas=1, idle_ttl=60))
+
+
+@warm_spot.task(retries=1)
+def where_warm(x: int) -> str:
+    return flyte.ctx().node_id

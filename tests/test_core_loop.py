@@ -18,7 +18,7 @@ from flyte_ray._core.call import Call, ChildSequencer
 from flyte_ray._core.classify import NodeFacts, Observation, Seen, classify, needs_node_facts
 from flyte_ray._core.drive import SuspendedError, drive
 from flyte_ray._core.loop import run_attempts
-from flyte_ray._core.records import AttemptRequest, Kind, Market, Outcome
+from flyte_ray._core.records import AttemptRecord, AttemptRequest, Kind, Market, Outcome
 from flyte_ray._core.settings import Settings
 from flyte_ray._core.spec import CallSpec
 from flyte_ray.errors import (NonRecoverableError, OOMError, PlacementError, RetriesExhaustedError,
@@ -357,6 +357,11 @@ def test_classify_oom_cancel_user_import():
     (_obs(Seen.LOST, node_id="n1"), NodeFacts(found=True, alive=False, death_reason=2), "node_failure"),
     (_obs(Seen.LOST, node_id="n1"), NodeFacts(found=True, alive=True), "node_failure"),
     (_obs(Seen.LOST, node_id="n1"), NodeFacts(found=False), "node_failure"),
+    # a notice seen by the supervisor (the node was drained) makes a lost on-demand node a
+    # preemption, also when Ray recorded an unexpected termination (death before the deadline)
+    (_obs(Seen.LOST, node_id="n1"), NodeFacts(found=True, alive=False, death_reason=2, drained=True), "preemption"),
+    (_obs(Seen.LOST, node_id="n1"), NodeFacts(found=False, drained=True), "preemption"),
+    (_obs(Seen.ACTOR_DIED, node_id="n1"), NodeFacts(found=True, alive=True, drained=True), "preemption"),
 ])
 def test_classify_system_reasons(obs, node, reason):
     out = classify(obs, node)
@@ -398,6 +403,9 @@ def test_a_crashed_worker_is_a_user_failure_unless_its_node_died():
     err = RuntimeError("The worker died unexpectedly while executing this task.")
     out = classify(_obs(Seen.WORKER_DIED, error=err))
     assert out.kind is Kind.CRASH and "worker process died" in str(out.error)
+    # a worker that dies on a node being drained for preemption went with its node: not a crash
+    drained = classify(_obs(Seen.WORKER_DIED, error=err, node_id="n1"), NodeFacts(found=True, alive=True, drained=True))
+    assert drained.kind is Kind.SYSTEM and drained.system_reason == "preemption"
     assert isinstance(out.error, RuntimeUserError)
     alive = classify(_obs(Seen.WORKER_DIED, error=err, node_id="n1"), NodeFacts(found=True, alive=True))
     assert alive.kind is Kind.CRASH
@@ -456,3 +464,38 @@ def test_an_infeasible_ondemand_attempt_fails_at_once_naming_what_is_missing():
     with pytest.raises(PlacementError, match="no node, live or launchable, offers: accelerator_type:H100") as ei:
         run(make_call(interruptible=False), s)
     assert ei.value.missing == ["accelerator_type:H100"] and len(s.requests) == 1
+
+
+# ---------------------------------------------------------------------------------- preemption notice
+
+def test_preemption_notice_is_set_once_and_wakes_waiters():
+    import threading
+
+    from flyte_ray._core.notice import NEVER, PreemptionNotice
+
+    n = PreemptionNotice()
+    assert not n.is_set() and not n and n.deadline is None and n.as_wire() is None
+    assert n.wait(0.01) is False and "not set" in repr(n)
+    calls = []
+    n.on_notice(lambda: calls.append(1))
+    n.on_notice(lambda: 1 / 0)  # a failing callback does not stop the others
+    n.on_notice(lambda: calls.append(2))
+    woke = []
+    t = threading.Thread(target=lambda: woke.append(n.wait(10)))
+    t.start()
+    assert n.set(1000.0, at=990.0) is True
+    t.join(5)
+    assert woke == [True] and calls == [1, 2] and n.is_set() and n.deadline == 1000.0
+    assert n.as_wire() == (990.0, 1000.0)
+    assert n.set(2000.0) is False and n.deadline == 1000.0  # the first notice stands
+    n.on_notice(lambda: calls.append(3))  # registered after the notice: runs at once
+    assert calls == [1, 2, 3]
+    assert NEVER.set(1.0) is False and not NEVER.is_set()
+    NEVER.on_notice(lambda: calls.append(4))
+    assert calls == [1, 2, 3]
+
+
+def test_a_notice_is_recorded_on_the_attempt():
+    rec = AttemptRecord(attempt=0, user_attempt=0, system_failures=0, market="spot", queue="default")
+    rec.finish(Outcome(Kind.SYSTEM, system_reason="preemption", notice=(10.0, 40.0)), 50.0)
+    assert rec.outcome == "preemption" and rec.notice_at == 10.0 and rec.notice_deadline == 40.0

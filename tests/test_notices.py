@@ -69,7 +69,7 @@ def test_a_second_watcher_and_a_second_notice_do_not_drain_again(cluster, tmp_pa
     flag = str(tmp_path / "f")
     run = flyte.run(tn.ignores_notices, flag)
     tn.wait_file(flag + ".node0")
-    cluster._metadata.notify("spot-c", "aws", 60)  # the first notice
+    expected = cluster._metadata.notify("spot-c", "aws", 60)  # the first notice
     node = cluster.node_id("spot-c")
     args = [sys.executable, "-m", "flyte_ray.preemption", "--provider", "aws", "--address", cluster.address,
             "--node-id", node, "--metadata-url", cluster._metadata.url("spot-c"), "--once"]
@@ -79,6 +79,18 @@ def test_a_second_watcher_and_a_second_notice_do_not_drain_again(cluster, tmp_pa
     while node_states(cluster.address)[node][0] == "ALIVE":
         assert time.time() < deadline
         time.sleep(0.1)
+    # The private Ray API the task side reads (flyte_ray._ray.drains.draining_nodes): if a Ray
+    # upgrade changes it, this fails here, loudly, rather than notices going quiet.
+    from flyte_ray._ray.drains import draining_nodes
+
+    seen = draining_nodes()
+    assert seen is not None and node in seen, (
+        "Ray's private draining-node map (ray._private.state.state.get_draining_nodes) no longer lists a "
+        f"drained node: update flyte_ray/_ray/drains.draining_nodes for this Ray version (got {seen!r})"
+    )
+    assert seen[node] is not None and abs(seen[node] - expected) <= 2.0, (
+        f"the draining-node map's deadline is no longer epoch ms: got {seen[node]!r} for {expected!r}"
+    )
     second = subprocess.run(args, capture_output=True, text=True, timeout=60)  # a restarted watcher
     assert second.returncode == 0 and "already" in second.stderr, second.stderr
     cluster._metadata.notify("spot-c", "aws", 30)  # a second notice for the same node
@@ -120,3 +132,22 @@ def test_an_attempt_pending_on_a_noticed_node_never_starts_there(cluster, tmp_pa
     assert [h.outcome for h in waiting.history] == ["spot_unavailable", "succeeded"]
     busy.outputs(timeout=120)
     assert [h.outcome for h in busy.history][0] == "preemption"
+
+
+def test_warm_replicas_leave_a_noticed_node(cluster):
+    from flyte_ray import reuse
+
+    cluster.add_node(NodeSpec("spot-w1", market="spot"))
+    cluster.add_node(NodeSpec("spot-w2", market="spot"))
+    first = cluster.name_of(tn.where_warm(1))
+    assert first in ("spot-w1", "spot-w2")
+    cluster.drain(first, deadline_s=60)  # the replica holds resources there: the node stays, draining
+    deadline = time.time() + 30
+    while not any(s.get("drained") for s in reuse.pool_stats("notice_warm")):
+        assert time.time() < deadline, reuse.pool_stats("notice_warm")
+        time.sleep(0.2)
+    # the next call goes to the replacement, on the other node; never to the draining one
+    assert cluster.name_of(tn.where_warm(2)) not in (first, None)
+    reuse.shutdown_pools("notice_warm")
+    for n in ("spot-w1", "spot-w2"):
+        cluster.preempt(n)

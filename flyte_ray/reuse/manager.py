@@ -12,6 +12,11 @@ revives it).
 A replica that dies is dropped and replaced (after a growing delay when replicas die before they
 are ready); callers report losses with :meth:`PoolManager.lost`, which also tells them when the
 replica was retired on purpose (then they simply re-pick).
+
+Preemption notices: every :data:`DRAIN_CHECK_S` the manager reads Ray's draining-node map
+(:func:`flyte_ray._ray.drains.draining_nodes`). A replica on a node that is being drained is
+retired at once — no new call is sent there, the calls it runs go on — and a replacement is
+started, which Ray places on a node that is not draining.
 """
 
 from __future__ import annotations
@@ -26,12 +31,14 @@ from typing import Any, Optional
 import ray
 import ray.exceptions as rex
 
+from .._ray.drains import draining_nodes
 from .replica import RemoteAsyncReplica, RemoteReplica
 
 __all__ = ["PoolManager", "RemoteManager", "TICK_S", "RETIRE_GRACE_S"]
 
 TICK_S = 0.25  # the manager's control period
 RETIRE_GRACE_S = 3.0  # a retired replica lives this long (> the callers' refresh period) before it is killed
+DRAIN_CHECK_S = 1.0  # how often the manager looks for replicas on draining nodes
 
 
 class _Rep:
@@ -82,6 +89,8 @@ class PoolManager:
         self.served_retired = 0
         self.start_failures = 0
         self.next_create_at = 0.0
+        self.drains_checked = 0.0
+        self.drained_count = 0  # replicas retired because their node was drained
 
     # ----------------------------------------------------------------- replicas
     def _start(self) -> None:
@@ -208,6 +217,7 @@ class PoolManager:
             "served": self.served_retired + sum(r.served for r in self.reps.values()),
             "created": self.created,
             "lost": self.lost_count,
+            "drained": self.drained_count,
             "closing": self.closing_since is not None,
             "nodes": [r.info.get("node", "") for r in live],
             "pids": [r.info.get("pid") for r in live],
@@ -259,6 +269,18 @@ class PoolManager:
             if now - self.closing_since >= RETIRE_GRACE_S and not busy:
                 return True
             return False
+
+        # replicas on nodes being drained (a preemption notice): no new calls, a replacement elsewhere
+        if now - self.drains_checked >= DRAIN_CHECK_S and live:
+            self.drains_checked = now
+            draining = await asyncio.get_running_loop().run_in_executor(None, draining_nodes) or {}
+            doomed = [r for r in live if r.state == "ready" and r.info.get("node") in draining]
+            for r in doomed:  # one for one: the pool keeps its capacity
+                self._retire(r)
+                self.drained_count += 1
+                if len(self._live()) < self.max:
+                    self._create()
+            live = self._live()
 
         # the pool's own lifetime
         last = max([self.last_demand] + [r.last_active for r in self.reps.values()])
