@@ -7,9 +7,9 @@ node is taken away, twice per case, on a fresh pair of spot nodes:
   interruption ``--notice-s`` seconds ahead; flyte-ray's watcher drains the node; the task sees
   ``ctx().preemption``, saves and raises ``TaskInterruptedError``; the next attempt starts on the
   other spot node. Printed: steps redone, and seconds from the save until the next attempt runs.
-* **no notice**: the node is removed at once (``LocalCluster.preempt``: drain and remove without
-  a pause). Printed: steps redone (≤ K expected), and seconds from the removal until the next
-  attempt runs.
+* **no notice**: the node is removed without warning (``LocalCluster.preempt(drain=False)``).
+  Printed: steps redone (≤ K expected), and seconds from the start of the removal until the
+  next attempt runs.
 
 Goals (#15): with a notice 0 steps redone and the next attempt running ≤ 1 s after the save;
 without, ≤ K steps redone. "Next attempt runs" is when the task's code starts on the new node,
@@ -78,8 +78,8 @@ def one(cluster: LocalCluster, case: str, i: int, args: argparse.Namespace) -> d
         t = threading.Thread(target=lambda: cluster.notify(victim, notice_s=args.notice_s))
         t.start()
     else:
-        cluster.preempt(victim)
         removed["at"] = time.time()
+        cluster.preempt(victim, drain=False)  # no drain, no notice: the node vanishes
     run.outputs(timeout=300)
     if case == "notice":
         t.join()

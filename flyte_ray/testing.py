@@ -371,10 +371,12 @@ class LocalCluster:
         notice_s: float = 0.0,
         reason: str = "spot preemption",
         replace: bool = False,
+        drain: bool = True,
     ) -> Optional[str]:
         """Preempt a node as a cloud would: drain it with reason PREEMPTION, wait ``notice_s``
         seconds (the spot notice; running work continues, new work stops landing there), then
-        remove it (``graceful=False``: kill its processes at once, like a hard reclaim).
+        remove it (``graceful=False``: kill its processes at once, like a hard reclaim;
+        ``drain=False``: no drain at all, the node just vanishes, as with no notice).
 
         ``node`` is a node name or a Ray node id. With ``replace=True`` a node of the same spec
         (named ``<name>-r<n>``) is started afterwards, as an autoscaler would; its id is returned.
@@ -382,7 +384,8 @@ class LocalCluster:
         name = node if node in self._nodes else self.name_of(node)
         if name is None or name not in self._nodes:
             raise KeyError(f"LocalCluster.preempt: no live node {node!r}; nodes: {', '.join(self._nodes)}")
-        self.drain(name, reason=reason, deadline_s=max(notice_s, 0.0) + 30)
+        if drain:
+            self.drain(name, reason=reason, deadline_s=max(notice_s, 0.0) + 30)
         if notice_s > 0:
             time.sleep(notice_s)
         self._remove(name, graceful)

@@ -25,6 +25,10 @@ Two kinds of checks, both without any cloud or Kubernetes API call:
    NetworkPolicy (``kuberay-networkpolicy.yaml``) that admits only the
    RayCluster's own pods and, on the client ports, labelled client pods.
 
+4. Preemption notices (README, "Preemption notices"): the watcher (flyte_ray/preemption, copied
+   as a folder) runs on every spot node type / group and nowhere else, and a spot type's own
+   worker_setup_commands still install the dependencies.
+
 Each convention check is a function returning a list of problems, so the
 tests at the end can also prove that broken configs are caught.
 """
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
@@ -1260,6 +1265,8 @@ def ray_up_install_problems(config: dict) -> List[str]:
         everything += list(nt.get("worker_setup_commands") or []) + list(nt.get("initialization_commands") or [])
     p += [x for x in install_problems(everything, "commands") if "installs flyte-ray" in x]
     for target, source in (config.get("file_mounts") or {}).items():
+        if (target, source) == WATCHER_MOUNT:
+            continue  # the preemption watcher's folder, not flyte-ray (ray_up_watcher_mount_problems)
         if "flyte_ray" in f"{target} {source}" or "dist" in str(source).split("/"):
             p.append(f"file_mounts {target!r}: flyte-ray reaches the workers from the driver, not from a mount")
     return p
@@ -1492,6 +1499,8 @@ def test_install_label_storage_checks_catch_mistakes():
         assert ray_up(name, lambda c: c.update(setup_commands=[
             x.replace('"ray[default]==2.60.0" ', "") for x in c["setup_commands"]]), ray_up_install_problems)
         assert ray_up(name, lambda c: c["file_mounts"].update({"/tmp/wheels": "./dist"}), ray_up_install_problems)
+        assert ray_up(name, lambda c: c["file_mounts"].update({"/opt/flyte-ray/flyte_ray": "./flyte_ray"}),
+                      ray_up_install_problems)
         # labels: wrong market, missing queue, a queue label Ray rejects, env disagreeing, no GPU type
         assert ray_up(name, lambda c: nts(c)["cpu-spot"]["labels"].update({MARKET_LABEL: "on-demand"}),
                       ray_up_label_problems)
@@ -1540,3 +1549,384 @@ def test_install_label_storage_checks_catch_mistakes():
     assert kr(lambda cr: last(cr)["template"]["spec"]["containers"][0].update(env=[
         e for e in last(cr)["template"]["spec"]["containers"][0]["env"] if e["name"] != "FLYTE_RAY_STORAGE"]),
         kuberay_storage_problems)
+
+
+# ================================================================ preemption notices ===
+# The node side of preemption notices (README, "Preemption notices"): flyte_ray/preemption is a
+# self-contained package (stdlib + Ray), copied to the nodes as the folder flyte_ray_preemption
+# (the nodes do not install flyte-ray) and run as `python -m flyte_ray_preemption`.
+#   ray up: `file_mounts` copies the folder to every node; only the spot node types start it,
+#     in their own `worker_setup_commands`.  Ray 2.60 gives a node type's own list precedence
+#     over the global setup_commands + worker_setup_commands (autoscaler.py,
+#     _get_node_type_specific_fields; prepare_config has merged the two globals into
+#     worker_setup_commands), so that list must repeat the dependency install.  Worker setup
+#     commands run in the container with RAY_HEAD_IP exported (autoscaler.py, spawn_updater:
+#     with_head_node_ip).
+#   KubeRay: each spot group's pods have a second container running it from a ConfigMap.
+WATCHER_PACKAGE = REPO / "flyte_ray" / "preemption"
+WATCHER_MODULE = "flyte_ray_preemption"
+WATCHER_MOUNT = ("/opt/flyte-ray/flyte_ray_preemption", "./flyte_ray/preemption")  # (node, local)
+WATCHER_CONFIGMAP = "flyte-ray-preemption"
+WATCHER_PROVIDERS = {"auto", "aws", "gcp", "azure"}   # flyte_ray/preemption/watcher.py --provider
+CONFIGMAP_MAX_BYTES = 1024 * 1024                      # Kubernetes' limit on a ConfigMap
+WATCHER_RUN_RE = re.compile(r"-m\s+" + WATCHER_MODULE + r"\b")
+# A stop-or-skip guard: `pkill -f PATTERN` (restart) or `pgrep -f PATTERN ... ||` (skip).
+GUARD_RE = re.compile(r"\b(pkill|pgrep)\s+-f\s+(?:'([^']*)'|\"([^\"]*)\"|([^\s;&|]+))")
+PROVIDER_ARG_RE = re.compile(r"--provider[= ]+['\"]?([A-Za-z0-9_-]+)")
+ADDRESS_ARG_RE = re.compile(r"--address[= ]+['\"]?([^\s'\"]+)")
+PYTHONPATH_RE = re.compile(r"\bPYTHONPATH=['\"]?([^\s'\";]+)")
+LOG_REDIRECT_RE = re.compile(r">>?\s*(\S+)\s+2>&1")
+HEAD_PORT_RE = re.compile(r"--port[= ]+(\d+)")
+
+
+def _market_of(resources: Dict[str, Any], labels: Dict[str, str]) -> str:
+    """"spot" when the resource marker or the market label says so, else "ondemand"."""
+    return "spot" if "spot" in resources or labels.get("ray.io/market-type") == "spot" else "ondemand"
+
+
+def _ray_up_node_commands(config: dict, name: str) -> List[str]:
+    """Everything a (prepared) ray-up config runs on a node of type `name`, in Ray 2.60's
+    precedence: a node type's own initialization_commands / worker_setup_commands replace the
+    global ones (for workers, prepare_config has already put setup_commands in front of the
+    global worker_setup_commands); the head runs head_setup_commands."""
+    nt = config["available_node_types"][name]
+    init = nt["initialization_commands"] if "initialization_commands" in nt else config.get("initialization_commands")
+    if name == config["head_node_type"]:
+        rest = list(config.get("head_setup_commands") or []) + list(config.get("head_start_ray_commands") or [])
+    else:
+        setup = nt["worker_setup_commands"] if "worker_setup_commands" in nt else config.get("worker_setup_commands")
+        rest = list(setup or []) + list(config.get("worker_start_ray_commands") or [])
+    return list(init or []) + rest
+
+
+def _without_guard(cmd: str) -> str:
+    return GUARD_RE.sub("", cmd)
+
+
+def _runs_watcher(cmd: str) -> bool:
+    return bool(WATCHER_RUN_RE.search(_without_guard(cmd)))
+
+
+def guard_problems(cmd: str, where: str) -> List[str]:
+    """A second run of the setup command must not leave two watchers: the command stops the
+    previous one (pkill -f) or skips the start (pgrep -f ... ||), with a pattern that matches the
+    watcher's command line and never the shell that runs this command (whose command line
+    holds the whole command text, `-m flyte_ray_preemption` included)."""
+    m = GUARD_RE.search(cmd)
+    if not m:
+        return [f"{where}: no `pkill -f` / `pgrep -f ... ||` guard: a second `ray up` starts a second watcher"]
+    tool, pattern = m.group(1), next(g for g in m.groups()[1:] if g is not None)
+    p: List[str] = []
+    if tool == "pgrep" and not re.search(r"\|\|", cmd[m.end():]):
+        p.append(f"{where}: `pgrep -f` without `||` before the start does not skip it")
+    try:
+        rx = re.compile(pattern)
+    except re.error as e:
+        return p + [f"{where}: guard pattern {pattern!r} is not a regular expression: {e}"]
+    watchers = [
+        f"python -m {WATCHER_MODULE} --provider aws --address 10.0.0.1:6379",
+        f"/home/ray/anaconda3/bin/python -m {WATCHER_MODULE} --provider gcp",
+    ]
+    shells = [f"bash --login -c -i {cmd}", f"/bin/bash -c {cmd}", f"bash -c {cmd}", f"sh -c {cmd}"]
+    if not all(rx.search(w) for w in watchers):
+        p.append(f"{where}: guard pattern {pattern!r} does not match the watcher's command line")
+    if any(rx.search(s) for s in shells):
+        p.append(f"{where}: guard pattern {pattern!r} matches the shell running this very command "
+                 "(anchor it, e.g. '^[^ ]*python[0-9.]* -m flyte_ray_preemption')")
+    return p
+
+
+def ray_up_watcher_mount_problems(config: dict) -> List[str]:
+    """The watcher's folder reaches every node: one file_mounts entry whose local side (relative
+    to the repository root, where `ray up` runs) is the flyte_ray/preemption package."""
+    mounts = config.get("file_mounts") or {}
+    found = {t: s for t, s in mounts.items() if str(t).rstrip("/").endswith("/" + WATCHER_MODULE)}
+    if len(found) != 1:
+        return [f"file_mounts: expected one entry for the watcher folder .../{WATCHER_MODULE}, found {sorted(found)}"]
+    target, source = next(iter(found.items()))
+    p: List[str] = []
+    if (target, source) != WATCHER_MOUNT:
+        p.append(f"file_mounts {target!r}: {source!r}: expected {WATCHER_MOUNT[0]!r}: {WATCHER_MOUNT[1]!r}")
+    if os.path.isabs(os.path.expanduser(str(source))):
+        p.append(f"file_mounts {target!r}: {source!r} must be relative to the repository root")
+    local = (REPO / str(source)).resolve()
+    if local != WATCHER_PACKAGE.resolve():
+        p.append(f"file_mounts {target!r}: {source!r} is {local}, not the package {WATCHER_PACKAGE}")
+    elif not (local / "__main__.py").is_file():
+        p.append(f"file_mounts {target!r}: {local} has no __main__.py (`python -m` cannot run it)")
+    return p
+
+
+def ray_up_watcher_problems(config: dict) -> List[str]:
+    """Every spot node type, and no other node type nor the head, starts the watcher, in the
+    background, once per node, with its cloud's provider, the head's GCS and token auth."""
+    p: List[str] = []
+    provider = config["provider"]["type"]
+    head = config["head_node_type"]
+    mount_dir = os.path.dirname(WATCHER_MOUNT[0])
+    head_port = next(iter(HEAD_PORT_RE.findall(" ".join(config.get("head_start_ray_commands") or []))), "6379")
+    docker_token = any(AUTH_RE.findall(o) == ["token"] for o in (config.get("docker") or {}).get("run_options") or [])
+    for name, nt in config["available_node_types"].items():
+        watch = [c for c in _ray_up_node_commands(config, name) if _runs_watcher(c)]
+        spot = name != head and _market_of(nt.get("resources") or {}, nt.get("labels") or {}) == "spot"
+        if not spot:
+            if watch:
+                p.append(f"{name}: {'the head' if name == head else 'an on-demand node type'} runs the watcher "
+                         f"({len(watch)} command(s)); only spot node types may")
+            continue
+        own = nt.get("worker_setup_commands") or []
+        if len(watch) != 1 or watch[0] not in own:
+            p.append(f"{name}: spot node type must start the watcher once, in its own worker_setup_commands; "
+                     f"found {len(watch)} start(s), {sum(c in own for c in watch)} there")
+            continue
+        cmd = watch[0]
+        p += guard_problems(cmd, name)
+        providers = PROVIDER_ARG_RE.findall(_without_guard(cmd))
+        if providers != [provider]:
+            p.append(f"{name}: watcher --provider {providers}, the config's provider is {provider!r}")
+        for address in ADDRESS_ARG_RE.findall(cmd):
+            if address not in (f"$RAY_HEAD_IP:{head_port}", f"${{RAY_HEAD_IP}}:{head_port}"):
+                p.append(f"{name}: watcher --address {address!r}: the head's GCS is $RAY_HEAD_IP:{head_port}")
+        if PYTHONPATH_RE.findall(cmd) != [mount_dir]:
+            p.append(f"{name}: watcher needs PYTHONPATH={mount_dir} (the folder of the file mount), "
+                     f"has {PYTHONPATH_RE.findall(cmd)}")
+        modes = AUTH_RE.findall(cmd)
+        if modes not in ([], ["token"]) or (not modes and not docker_token):
+            p.append(f"{name}: watcher must run with RAY_AUTH_MODE=token (it calls the GCS), has {modes}")
+        body = _without_guard(cmd).rstrip().rstrip(";").rstrip()
+        if not body.endswith("&") or body.endswith("&&"):
+            p.append(f"{name}: the watcher must start in the background (`... &`), or the setup never ends")
+        if not re.search(r"\b(nohup|setsid)\b", cmd):
+            p.append(f"{name}: start the watcher with nohup (or setsid): the setup command's terminal closes after it")
+        if not LOG_REDIRECT_RE.search(cmd):
+            p.append(f"{name}: send the watcher's output to a log file (`>> FILE 2>&1`)")
+    return p
+
+
+def ray_up_spot_setup_deps_problems(config: dict) -> List[str]:
+    """A node type's own worker_setup_commands replace the global ones (setup_commands +
+    worker_setup_commands, already merged by prepare_config): they must still run each of them,
+    the dependency install above all."""
+    p: List[str] = []
+    merged = list(config.get("worker_setup_commands") or [])
+    for name, nt in config["available_node_types"].items():
+        if name == config["head_node_type"] or "worker_setup_commands" not in nt:
+            continue
+        own = list(nt.get("worker_setup_commands") or [])
+        missing = [c for c in merged if c not in own]
+        if missing:
+            p.append(f"{name}: its worker_setup_commands replace the global ones but drop {missing}")
+        p += install_problems(own, name)
+    return p
+
+
+def _watcher_containers(pod: dict) -> List[dict]:
+    return [c for c in pod.get("containers") or []
+            if WATCHER_RUN_RE.search(" ".join(list(c.get("command") or []) + list(c.get("args") or [])))]
+
+
+def kuberay_watcher_problems(cr: dict) -> List[str]:
+    """Each spot group's pods run the watcher in a second container (the Ray container stays
+    first: KubeRay and Ray's autoscaler read containers[0]), from the ConfigMap, with the head
+    Service's GCS address and the Ray containers' token; no on-demand group or head has it."""
+    p: List[str] = []
+    cluster = cr["metadata"]["name"]
+    namespace = cr["metadata"].get("namespace")
+    spec = cr["spec"]
+    head_port = str((spec["headGroupSpec"].get("rayStartParams") or {}).get("port", "6379"))
+    address_re = re.compile(
+        rf"^{re.escape(cluster)}-head-svc(?:\.(?P<ns>[^.:]+)(?:\.svc(?:\.cluster\.local)?)?)?:(?P<port>\d+)$")
+    for name, group in _kuberay_groups(cr):
+        pod = group["template"]["spec"]
+        raw = (group.get("rayStartParams") or {}).get("resources", "")
+        resources = json.loads(raw.strip('"').replace("\\", "")) if raw else {}
+        spot = name != "head" and _market_of(resources, group.get("labels") or {}) == "spot"
+        watchers = _watcher_containers(pod)
+        if not spot:
+            if watchers:
+                p.append(f"{name}: {'the head' if name == 'head' else 'an on-demand group'} runs the watcher")
+            continue
+        if len(watchers) != 1:
+            p.append(f"{name}: spot group needs one watcher container, has {len(watchers)}")
+            continue
+        w, ray_c = watchers[0], pod["containers"][0]
+        if w is ray_c:
+            p.append(f"{name}: the watcher must not be the first container (KubeRay's Ray container)")
+            continue
+        where = f"{name}/{w.get('name')}"
+        if w.get("image") != ray_c.get("image"):
+            p.append(f"{where}: image {w.get('image')!r}, use the Ray container's {ray_c.get('image')!r}")
+        argv = " ".join(list(w.get("command") or []) + list(w.get("args") or []))
+        providers = PROVIDER_ARG_RE.findall(argv)
+        if len(providers) != 1 or providers[0] not in WATCHER_PROVIDERS:
+            p.append(f"{where}: --provider {providers}, expected one of {sorted(WATCHER_PROVIDERS)}")
+        env = {e.get("name"): e for e in w.get("env") or []}
+        ray_env = {e.get("name"): e for e in ray_c.get("env") or []}
+        for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+            if env.get(key) != ray_env.get(key) or key not in env:
+                p.append(f"{where}: {key} must be set as in the Ray container ({ray_env.get(key)})")
+        addresses = ADDRESS_ARG_RE.findall(argv)
+        m = address_re.match(addresses[0]) if len(addresses) == 1 else None
+        if not m:
+            p.append(f"{where}: --address {addresses} is not the head Service {cluster}-head-svc[.<namespace>...]:PORT")
+        else:
+            if m.group("port") != head_port:
+                p.append(f"{where}: --address port {m.group('port')}, the head's GCS listens on {head_port}")
+            ns = m.group("ns")
+            if ns is not None and ns != namespace:
+                ref = re.fullmatch(r"\$\((\w+)\)", ns)
+                field = (((env.get(ref.group(1)) or {}).get("valueFrom") or {}).get("fieldRef") or {}) if ref else {}
+                if field.get("fieldPath") != "metadata.namespace":
+                    p.append(f"{where}: --address namespace {ns!r} is neither the manifest's namespace "
+                             f"nor $(VAR) with VAR from fieldRef metadata.namespace")
+        pythonpath = (env.get("PYTHONPATH") or {}).get("value")
+        mounts = {vm.get("mountPath"): vm.get("name") for vm in w.get("volumeMounts") or []}
+        volume_name = mounts.get(f"{pythonpath}/{WATCHER_MODULE}")
+        if not pythonpath or not volume_name:
+            p.append(f"{where}: needs PYTHONPATH=DIR and a volume mounted at DIR/{WATCHER_MODULE}, "
+                     f"has PYTHONPATH={pythonpath!r}, mounts {sorted(mounts)}")
+            continue
+        volumes = {v.get("name"): v for v in pod.get("volumes") or []}
+        configmap = ((volumes.get(volume_name) or {}).get("configMap") or {}).get("name")
+        if configmap != WATCHER_CONFIGMAP:
+            p.append(f"{where}: volume {volume_name!r} must be the ConfigMap {WATCHER_CONFIGMAP!r}, is "
+                     f"{volumes.get(volume_name)}")
+    return p
+
+
+@pytest.mark.parametrize("name", _ray_up_names())
+def test_ray_up_runs_the_preemption_watcher_on_spot_nodes_only(name):
+    config = prepared(name)   # Ray's own prepare_config + validate_config accept the per-type lists
+    problems = (ray_up_watcher_problems(config) + ray_up_spot_setup_deps_problems(config)
+                + ray_up_watcher_mount_problems(config))
+    assert not problems, "\n".join(problems)
+    spot = [n for n, nt in config["available_node_types"].items() if "spot" in nt["resources"]]
+    assert spot and all(any(_runs_watcher(c) for c in _ray_up_node_commands(config, n)) for n in spot)
+
+
+@pytest.mark.parametrize("name", _kuberay_names())
+def test_kuberay_runs_the_preemption_watcher_in_spot_groups_only(name):
+    cr = _load(name)
+    problems = kuberay_watcher_problems(cr)
+    assert not problems, "\n".join(problems)
+    # the extra container changes nothing for Ray's own KubeRay parser (it reads containers[0])
+    assert _kuberay_node_types(name)[0]
+
+
+def test_watcher_package_fits_a_configmap_and_the_readme_creates_it():
+    """A ConfigMap holds files, not folders, up to 1 MiB: the package must be flat and small.
+    The README's command creates the ConfigMap the manifest mounts, from that folder."""
+    sub = [d.name for d in WATCHER_PACKAGE.iterdir() if d.is_dir() and d.name != "__pycache__"]
+    assert not sub, f"{WATCHER_PACKAGE} has subfolders {sub}: a ConfigMap cannot hold them"
+    files = sorted(WATCHER_PACKAGE.glob("*.py"))
+    assert {"__init__.py", "__main__.py"} <= {f.name for f in files}
+    assert sum(f.stat().st_size for f in files) < CONFIGMAP_MAX_BYTES
+    for doc in ["README.md"] + _kuberay_names():
+        text = (CONFIG_DIR / doc).read_text()
+        cmds = re.findall(r"kubectl create configmap (\S+) --from-file=(\S+)", text)
+        assert cmds, f"{doc}: no `kubectl create configmap ... --from-file=...`"
+        for cm, path in cmds:
+            assert cm == WATCHER_CONFIGMAP and (REPO / path).resolve() == WATCHER_PACKAGE.resolve(), (doc, cm, path)
+    text = (CONFIG_DIR / "README.md").read_text()
+    assert "flyte-ray-watch-preemption.log" in text and "pgrep -af flyte_ray_preemption" in text
+
+
+def test_preemption_watcher_checks_catch_mistakes():
+    def ray_up(name, mutate, check):
+        config = _load(name)
+        mutate(config)
+        return check(prepare_config(config))
+
+    nts = lambda c: c["available_node_types"]  # noqa: E731
+
+    def spot_setup(c):
+        return nts(c)["cpu-spot"]["worker_setup_commands"]
+
+    def watch_cmd(c):
+        return next(x for x in spot_setup(c) if _runs_watcher(x))
+
+    def set_watch(c, new):
+        nts(c)["cpu-spot"]["worker_setup_commands"] = [new if _runs_watcher(x) else x for x in spot_setup(c)]
+
+    checks = (ray_up_watcher_problems, ray_up_spot_setup_deps_problems, ray_up_watcher_mount_problems)
+    for name in _ray_up_names():
+        for check in checks:
+            assert ray_up(name, lambda c: None, check) == [], check.__name__
+        # the watcher on an on-demand type, on the head (global setup), on every worker (start commands)
+        assert ray_up(name, lambda c: nts(c)["cpu-ondemand"].update(worker_setup_commands=list(spot_setup(c))),
+                      ray_up_watcher_problems)
+        assert ray_up(name, lambda c: c["setup_commands"].append(watch_cmd(c)), ray_up_watcher_problems)
+        assert ray_up(name, lambda c: c["worker_start_ray_commands"].append(watch_cmd(c)), ray_up_watcher_problems)
+        # missing from a spot type (its own list without it, or no own list at all)
+        assert ray_up(name, lambda c: nts(c)["gpu-spot"].update(worker_setup_commands=list(c["setup_commands"])),
+                      ray_up_watcher_problems)
+        assert ray_up(name, lambda c: nts(c)["etl-pool-spot"].pop("worker_setup_commands"), ray_up_watcher_problems)
+        # the override dropped the dependency line, or a global worker setup command
+        assert ray_up(name, lambda c: nts(c)["etl-pool-spot"].update(worker_setup_commands=[watch_cmd(c)]),
+                      ray_up_spot_setup_deps_problems)
+        assert ray_up(name, lambda c: c["worker_setup_commands"].append("echo global"),
+                      ray_up_spot_setup_deps_problems)
+        # wrong provider, wrong GCS, no PYTHONPATH, token mode off, in the foreground, no guard,
+        # a guard that matches its own shell, pgrep without ||
+        other = "gcp" if "aws" in name else "aws"
+        for old, new in [(f"--provider {'aws' if other == 'gcp' else 'gcp'}", f"--provider {other}"),
+                         ('"$RAY_HEAD_IP:6379"', "127.0.0.1:6379"),
+                         ("PYTHONPATH=/opt/flyte-ray ", ""),
+                         ("RAY_AUTH_MODE=token", "RAY_AUTH_MODE=disabled"),
+                         ("< /dev/null &", "< /dev/null"),
+                         ("nohup ", "")]:
+            assert old in watch_cmd(_load(name)), old
+            assert ray_up(name, lambda c, old=old, new=new: set_watch(c, watch_cmd(c).replace(old, new)),
+                          ray_up_watcher_problems), old
+        assert ray_up(name, lambda c: set_watch(c, GUARD_RE.sub("true", watch_cmd(c))), ray_up_watcher_problems)
+        assert ray_up(name, lambda c: set_watch(c, GUARD_RE.sub(f"pkill -f {WATCHER_MODULE}", watch_cmd(c))),
+                      ray_up_watcher_problems)
+        assert ray_up(name, lambda c: set_watch(c, GUARD_RE.sub(
+            "pgrep -f '^[^ ]*python[0-9.]* -m flyte_ray_preemption' >/dev/null", watch_cmd(c))),
+            ray_up_watcher_problems)
+        # the folder not copied, or another one
+        assert ray_up(name, lambda c: c["file_mounts"].pop(WATCHER_MOUNT[0]), ray_up_watcher_mount_problems)
+        assert ray_up(name, lambda c: c["file_mounts"].update({WATCHER_MOUNT[0]: "./flyte_ray"}),
+                      ray_up_watcher_mount_problems)
+    # the accepted guards: restart (pkill) and skip (pgrep ... ||)
+    assert guard_problems("pkill -f '^[^ ]*python[0-9.]* -m flyte_ray_preemption'; "
+                          "nohup python -m flyte_ray_preemption &", "x") == []
+    assert guard_problems("pgrep -f '^[^ ]*python[0-9.]* -m flyte_ray_preemption' || "
+                          "nohup python -m flyte_ray_preemption &", "x") == []
+
+    name = _kuberay_names()[0]
+    assert kuberay_watcher_problems(_load(name)) == []
+
+    def kr(mutate):
+        cr = _load(name)
+        mutate(cr)
+        return kuberay_watcher_problems(cr)
+
+    def group(cr, group_name):
+        return next(g for g in cr["spec"]["workerGroupSpecs"] if g["groupName"] == group_name)
+
+    def pod(cr, group_name):
+        return group(cr, group_name)["template"]["spec"]
+
+    def watcher(cr, group_name="cpu-spot"):
+        return _watcher_containers(pod(cr, group_name))[0]
+
+    # missing from a spot group; on an on-demand group; on the head; first (in place of Ray's)
+    assert kr(lambda cr: pod(cr, "etl-pool-spot").update(containers=pod(cr, "etl-pool-spot")["containers"][:1]))
+    assert kr(lambda cr: pod(cr, "etl-pool")["containers"].append(copy.deepcopy(watcher(cr))))
+    assert kr(lambda cr: cr["spec"]["headGroupSpec"]["template"]["spec"]["containers"].append(
+        copy.deepcopy(watcher(cr))))
+    assert kr(lambda cr: pod(cr, "gpu-spot").update(containers=pod(cr, "gpu-spot")["containers"][::-1]))
+    # another image; a bad provider; another Service / port / namespace; no token
+    assert kr(lambda cr: watcher(cr, "gpu-spot").update(image="rayproject/ray:2.60.0-py311"))
+    assert kr(lambda cr: watcher(cr).update(args=[a.replace("=auto", "=openstack") for a in watcher(cr)["args"]]))
+    for old, new in [("flyte-ray-head-svc", "other-head-svc"), (":6379", ":6380"),
+                     ("$(POD_NAMESPACE)", "$(HOSTNAME)")]:
+        assert kr(lambda cr, old=old, new=new: watcher(cr).update(
+            args=[a.replace(old, new) for a in watcher(cr)["args"]])), old
+    assert kr(lambda cr: watcher(cr).update(env=[e for e in watcher(cr)["env"] if e["name"] != "RAY_AUTH_TOKEN"]))
+    # no ConfigMap volume, another ConfigMap, mounted elsewhere
+    assert kr(lambda cr: pod(cr, "cpu-spot").pop("volumes"))
+    assert kr(lambda cr: pod(cr, "cpu-spot").update(volumes=[{"name": "flyte-ray-preemption",
+                                                              "configMap": {"name": "something-else"}}]))
+    assert kr(lambda cr: watcher(cr).update(volumeMounts=[{"name": "flyte-ray-preemption", "mountPath": "/opt/x"}]))
