@@ -1,4 +1,4 @@
-"""The ``flyte-ray`` command: ``demo``, ``doctor`` and ``watch-preemption``."""
+"""The ``flyte-ray`` command: ``demo``, ``doctor``, ``runs``, ``show``, ``report`` and ``watch-preemption``."""
 
 from __future__ import annotations
 
@@ -29,6 +29,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from . import doctor
 
         return doctor.main(argv[1:])
+    sub.add_parser("runs", help="recent runs recorded in storage", add_help=False)
+    sub.add_parser("show", help="a run's calls and attempts as a tree (from storage)", add_help=False)
+    if argv[:1] == ["runs"]:
+        from .report.commands import runs_main
+
+        return runs_main(argv[1:])
+    if argv[:1] == ["show"]:
+        from .report.commands import show_main
+
+        return show_main(argv[1:])
     if argv[:1] == ["watch-preemption"]:
         from .preemption.watcher import main as watch
 

@@ -5,16 +5,21 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import time
 from typing import Any, Dict, Iterable, Iterator, List, Optional
 
 from ._controller.controller import background_loop, get_controller
 from ._core.call import Call
 from ._core.drive import drive
+from ._core.events import AttemptEvent
 from ._core.records import AttemptRecord, format_history
+from ._core.runlog import RunSummary, load_run
 from ._core.spec import RunOverrides
 from ._core.validation import SHORT_NAME_RE, check_name, normalize
 from ._duration import short_repr
 from ._ray.port import BLOCKING
+from ._ray.recording import recorded, recorder
+from .report.tables import RunTree, build_tree
 from .runtime import dashboard_url
 from .task import TaskTemplate
 
@@ -48,6 +53,20 @@ class Run:
         self.name = call.run_name
         self.task_name = call.spec.fqn
         self.url = dashboard_url()
+        self._recorded = call.call_id == "root" and recorded(call)
+        if self._recorded:
+            rec = recorder()
+            summary = RunSummary(self.name, self.task_name, started=time.time())
+            rec.run_summary(call.settings.storage, summary)
+
+            def ended(f: concurrent.futures.Future) -> None:
+                phase = "cancelled" if f.cancelled() else ("failed" if f.exception() is not None else "succeeded")
+                err = "" if phase != "failed" else f"{type(f.exception()).__name__}: {f.exception()}"[:2000]
+                done = RunSummary(self.name, self.task_name, summary.started, time.time(), phase, err)
+                rec.run_summary(call.settings.storage, done)
+                rec.wake.set()  # write the run's last records now rather than at the next tick
+
+            future.add_done_callback(ended)
 
     def __repr__(self) -> str:
         return f"Run(name={self.name!r}, task={self.task_name!r}, phase={self.phase!r})"
@@ -99,8 +118,24 @@ class Run:
         return self._call.state.system_failures
 
     def history_table(self) -> str:
-        """The attempt history as a text table."""
+        """The top-level call's attempts as a text table (:meth:`tree` shows every call)."""
         return format_history(self.history)
+
+    # ------------------------------------------------------------------ the whole run
+    def events(self) -> List[AttemptEvent]:
+        """Every recorded attempt of every call in the run (nested calls, map items, calls hosted
+        by the supervising actor or run on warm replicas), read from the run's storage after this
+        process has written what it holds. Records written by other processes arrive within a
+        few seconds of their attempts (a worker writes its nested calls' records before its own
+        result travels). Needs ``init(record="runs")`` (the default) and a run started with
+        :func:`run`."""
+        recorder().flush()
+        return load_run(self._call.settings.storage, self.name).events
+
+    def tree(self) -> RunTree:
+        """The run's calls as a tree with their attempts and totals; ``print(run.tree())`` in a
+        terminal, rich HTML in Jupyter."""
+        return build_tree(self.name, self.events(), self.phase)
 
     def print_history(self) -> None:
         print(self.history_table())
@@ -141,7 +176,9 @@ class RunContext:
         """Start ``task(*args, **kwargs)`` as a run; returns at once with a :class:`Run`."""
         if not isinstance(task, TaskTemplate):
             raise TypeError(f"run: expected a task (made with @env.task), got {task!r}")
-        call = task._make_call(args, kwargs, self._overrides, self._name)
+        # A run started here is recorded (init(record="runs")): the flag rides in its overrides.
+        overrides = RunOverrides(dict(self._overrides or {}), recorded=True)
+        call = task._make_call(args, kwargs, overrides, self._name)
         if self._name is not None and not self._resume and call.call_id == "root":
             _refuse_a_used_name(call)
         return Run(call, _submit(call))

@@ -66,6 +66,7 @@ class _ConfigFile(BaseModel):
     placement: str = "auto"
     ship_package: Union[bool, str] = "auto"
     allow_local_storage: bool = False
+    record: Union[bool, str] = "runs"
 
     @field_validator("supervisor")
     @classmethod
@@ -137,6 +138,7 @@ def init(
     placement: str = "auto",
     ship_package: Union[bool, str] = "auto",
     allow_local_storage: bool = False,
+    record: Union[bool, str] = "runs",
 ) -> Settings:
     """Connect flyte-ray to Ray and set its options.
 
@@ -181,6 +183,11 @@ def init(
         allow_local_storage: a local ``storage`` path on a cluster whose live nodes span more
             than one host raises ``ValueError`` (the hosts cannot see each other's files);
             ``True`` says the path is a filesystem mounted on every node.
+        record: which runs keep every attempt of every call in storage (``runs/<run>/events``),
+            read by ``Run.tree()``, ``flyte-ray runs`` / ``show`` / ``report``; batched off the
+            call path. ``"runs"`` (default): runs started with ``flyte.run`` /
+            ``with_runcontext(...).run``; ``"all"``: also every plain ``task(x)`` call made
+            outside a task (each is a run of its own); ``"off"`` (or ``False``): none.
 
     If Ray is already initialized in this process (by an earlier ``init`` or by the user's own
     ``ray.init``), flyte-ray keeps that connection, applies the new settings and logs that it did;
@@ -211,6 +218,7 @@ def init(
         spot_wait=spot_wait,
         node_types=_launchable(cluster_config),
         placement=placement,
+        record=record,
     )
     settings, store = args.settings, args.settings.storage
     session = _session()

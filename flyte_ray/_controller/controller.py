@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any, Optional, Protocol
 
 import ray
@@ -40,6 +41,7 @@ from .._ray.drains import DrainMonitor
 from .._ray.executors import ClientTaskExecutor, Executor, StreamingTaskExecutor, TaskExecutor, client_mode
 from .._ray.placement import ONDEMAND, cluster_view
 from .._ray.port import BLOCKING, LOOP, Port
+from .._ray.recording import RunRecorder
 from ..cache import cached_call
 from ..reuse.executor import ReplicaExecutor
 from .supervision import ACTOR_NAME, Host, RuntimeHistory, Supervision, SupervisorActorBase
@@ -85,8 +87,14 @@ class RayController:
         self.client = ClientTaskExecutor()
         self.replicas = ReplicaExecutor()
         self.supervision = PROCESS.part(Supervision)
-        # runtime history (what "short" means); drains seen while attempts run (preemption notices)
-        self.observers: list[AttemptObserver] = [PROCESS.part(RuntimeHistory), PROCESS.part(DrainMonitor)]
+        # runtime history (what "short" means); drains seen while attempts run (preemption
+        # notices); the run's records (batched to its storage)
+        self.recorder = PROCESS.part(RunRecorder)
+        self.observers: list[AttemptObserver] = [
+            PROCESS.part(RuntimeHistory),
+            PROCESS.part(DrainMonitor),
+            self.recorder,
+        ]
         self._observer = _Observers(self.observers)
 
     def reset(self) -> None:
@@ -104,7 +112,11 @@ class RayController:
         cache = call.spec.cache
         try:
             if cache is not None and cache.enabled:
-                return await cached_call(call, port, lambda c: self._hosted(c, port))
+                t0 = time.time()
+                value = await cached_call(call, port, lambda c: self._hosted(c, port))
+                if not call.state.history:  # answered from the cache: no attempt ran
+                    self.recorder.cache_hit(call, t0)
+                return value
             return await self._hosted(call, port)
         finally:
             if call.call_id == "root":

@@ -92,6 +92,7 @@ class Outcome:
     missing: tuple = ()  # for queued_timeout: resources no node offers
     runtime: Optional[float] = None  # seconds the user's code ran (when the attempt reported it)
     notice: Optional[tuple] = None  # (seen at, deadline): the attempt's node was drained for preemption
+    ckpt: Optional[tuple] = None  # (bytes saved, bytes restored, resumed from (save time), last saved at)
 
 
 @dataclass
@@ -136,7 +137,7 @@ class AttemptRecord:
             self.outcome = OUTCOME_NAMES.get(out.kind, str(out.kind))
             self.failure_kind = None if out.kind in _NO_FAILURE else "user"
         if out.error is not None:
-            self.error = f"{type(out.error).__name__}: {out.error}"[:300]
+            self.error = f"{type(out.error).__name__}: {out.error}"[:2000]
 
 
 def format_history(history: list[AttemptRecord]) -> str:

@@ -44,6 +44,10 @@ class Settings:
             on-demand (spot) when none can.
         placement: ``"auto"`` places attempts with custom-resource markers or with Ray node labels,
             whichever the cluster's nodes declare; ``"markers"`` / ``"labels"`` force one.
+        record: which runs keep every attempt of every call in storage (``runs/<run>/events``:
+            ``Run.history``'s tree, ``flyte-ray show``, the cost report): ``"runs"`` (runs started
+            with ``flyte.run`` / ``with_runcontext(...).run``), ``"all"`` (also each plain
+            ``task(x)`` call made outside a task: one run each) or ``"off"``.
     """
 
     storage: Storage = field(default_factory=Storage)
@@ -55,6 +59,7 @@ class Settings:
     spot_wait: Optional[float] = 300.0
     node_types: tuple = ()
     placement: str = "auto"
+    record: str = "runs"
 
     @property
     def failure_threshold(self) -> int:

@@ -96,11 +96,15 @@ class RunOverrides(Mapping[str, Any]):
     """Run-level settings (``with_runcontext``): validated, immutable, inherited by every call of
     the run. Its pickled form is made once (``blob``) and travels with each attempt."""
 
-    __slots__ = ("_d", "blob")
+    __slots__ = ("_d", "blob", "recorded")
 
-    def __init__(self, values: Mapping[str, Any]) -> None:
+    def __init__(self, values: Mapping[str, Any], recorded: bool = False) -> None:
         self._d = dict(values)
         self.blob: Optional[bytes] = None
+        # The run was started with flyte.run / with_runcontext(...).run: its calls' attempts are
+        # recorded in storage (init(record="runs"), the default). Travels with the overrides, so
+        # every call of the run, wherever it is supervised, knows.
+        self.recorded = recorded
 
     def __getitem__(self, key: str) -> Any:
         return self._d[key]
@@ -116,7 +120,7 @@ class RunOverrides(Mapping[str, Any]):
         return f"RunOverrides({shown!r})"
 
     def __reduce__(self) -> Any:
-        return (RunOverrides, (self._d,))
+        return (RunOverrides, (self._d, self.recorded))
 
 
 def resolve(task: "TaskTemplate", run_overrides: Optional[Mapping[str, Any]] = None) -> CallSpec:

@@ -306,6 +306,7 @@ def check_init_args(
     spot_wait: Optional[float] = 300.0,
     node_types: tuple = (),
     placement: str = "auto",
+    record: Union[bool, str] = "runs",
 ) -> InitArgs:
     """Check and normalise :func:`init`'s arguments without touching Ray (same signature).
 
@@ -408,6 +409,10 @@ def check_init_args(
                 storage.url, storage.options, op_timeout if op_timeout is not None else storage.op_timeout
             )
     store = storage if isinstance(storage, Storage) else Storage(storage, storage_options, op_timeout)
+    if record is True or record is False:
+        record = "runs" if record else "off"
+    if record not in ("runs", "all", "off"):
+        raise ValueError(f"record: expected 'runs', 'all', 'off' (or True / False); got {short_repr(record)}")
     spot_s: Optional[float] = None
     if spot_wait is not None:
         spot_s = seconds(spot_wait, "spot_wait")  # 0: move to on-demand as soon as no spot node is up
@@ -421,5 +426,6 @@ def check_init_args(
         supervisor=supervisor,
         inline_under=inline_s,
         placement=placement,
+        record=record,
     )
     return InitArgs(settings, address, cpus, include_dashboard, namespace, runtime_env, log_level)

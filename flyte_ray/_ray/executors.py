@@ -83,7 +83,13 @@ def result_outcome(wire: tuple, started: Optional[float] = None) -> Outcome:
     res = decode(AttemptResult, wire)
     if res.ok:
         return Outcome(
-            Kind.OK, value=res.value, node_id=res.node, started=started, runtime=res.runtime, notice=res.notice
+            Kind.OK,
+            value=res.value,
+            node_id=res.node,
+            started=started,
+            runtime=res.runtime,
+            notice=res.notice,
+            ckpt=res.ckpt,
         )
     if res.system:
         return Outcome(
@@ -97,6 +103,7 @@ def result_outcome(wire: tuple, started: Optional[float] = None) -> Outcome:
             system_reason="preemption" if res.notice is not None else "node_failure",
             runtime=res.runtime,
             notice=res.notice,
+            ckpt=res.ckpt,
         )
     return Outcome(
         Kind.USER,
@@ -106,6 +113,7 @@ def result_outcome(wire: tuple, started: Optional[float] = None) -> Outcome:
         started=started,
         runtime=res.runtime,
         notice=res.notice,
+        ckpt=res.ckpt,
     )
 
 

@@ -182,6 +182,7 @@ class AttemptResult(NamedTuple):
     system: bool  # a Ray platform error escaped the user code: the platform failed, not the user
     runtime: Optional[float]  # seconds the user code ran, measured on the worker
     notice: Optional[tuple]  # (seen at, deadline) when the node got a preemption notice during the attempt
+    ckpt: Optional[tuple]  # (bytes saved, bytes restored, resumed from (save time), last saved at), or None
 
 
 @_record("warm static part", list)

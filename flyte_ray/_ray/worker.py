@@ -26,6 +26,7 @@ from ..context import TaskContext, reset_context, set_context
 from ..errors import RuntimeSystemError, RuntimeUserError, TaskInterruptedError, format_exception
 from . import waiting
 from .drains import DrainMonitor
+from .recording import RunRecorder
 from .wire import VERSION, AttemptPayload, AttemptResult, Started, decode, encode
 
 __all__ = [
@@ -69,6 +70,7 @@ _MISSING = object()
 # A part lives as long as the process (its reset empties it), so one reference serves every call.
 _STATE = PROCESS.part(WorkerState)
 _DRAINS = PROCESS.part(DrainMonitor)
+_RECORDER = PROCESS.part(RunRecorder)
 
 
 def _state() -> WorkerState:
@@ -93,7 +95,15 @@ def portable(exc: BaseException) -> BaseException:
         )
 
 
-def failed(exc: BaseException, node: str, runtime: Optional[float]) -> AttemptResult:
+def _ckpt(context: Optional[TaskContext]) -> Optional[tuple]:
+    """What the attempt's checkpoint moved: (saved, restored bytes, resumed from, last saved)."""
+    cp = None if context is None else context._checkpoint
+    return None if cp is None else cp.stats()
+
+
+def failed(
+    exc: BaseException, node: str, runtime: Optional[float], context: Optional[TaskContext] = None
+) -> AttemptResult:
     # Whatever the user's code raises is the user's failure, Ray errors included (a GetTimeoutError
     # from its own ray.get): they go on the user budget with their own type. The exception is a
     # flyte-ray RuntimeSystemError (a nested call that lost its supervisor, say): the platform failed
@@ -102,7 +112,9 @@ def failed(exc: BaseException, node: str, runtime: Optional[float]) -> AttemptRe
     # goes: a system failure (recorded as preemption), never the user's.
     notice = _DRAINS.notice.as_wire()
     system = isinstance(exc, RuntimeSystemError) or (notice is not None and isinstance(exc, TaskInterruptedError))
-    return AttemptResult(VERSION, False, portable(exc), format_exception(exc), node, system, runtime, notice)
+    return AttemptResult(
+        VERSION, False, portable(exc), format_exception(exc), node, system, runtime, notice, _ckpt(context)
+    )
 
 
 def _cancelled_by_ray() -> bool:
@@ -167,21 +179,25 @@ async def run_user_code(
         if _cancelled_by_ray():
             raise  # ray.cancel: let Ray report TaskCancelledError
         err = RuntimeUserError("KeyboardInterrupt", f"the task raised KeyboardInterrupt({e})")
-        return failed(err, node, time.perf_counter() - t0)
+        return failed(err, node, time.perf_counter() - t0, context)
     except SystemExit as e:
         # Not re-raised: the worker would exit, and SystemExit reaching the caller would end it.
         err = RuntimeUserError("SystemExit", f"the task called sys.exit({e.code!r})")
-        return failed(err, node, time.perf_counter() - t0)
+        return failed(err, node, time.perf_counter() - t0, context)
     except asyncio.CancelledError as e:
         if on_loop:
             raise
-        return failed(e, node, time.perf_counter() - t0)
+        return failed(e, node, time.perf_counter() - t0, context)
     except BaseException as e:  # noqa: BLE001 - every user failure is reported as a value
-        return failed(e, node, time.perf_counter() - t0)
+        return failed(e, node, time.perf_counter() - t0, context)
     finally:
         reset_context(token)
         _DRAINS.end()
-    return AttemptResult(VERSION, True, value, "", node, False, time.perf_counter() - t0, _DRAINS.notice.as_wire())
+        if _RECORDER.pending:  # this attempt's nested calls: stored before its result travels
+            _RECORDER.flush()
+    return AttemptResult(
+        VERSION, True, value, "", node, False, time.perf_counter() - t0, _DRAINS.notice.as_wire(), _ckpt(context)
+    )
 
 
 def _context_of(p: AttemptPayload) -> TaskContext:

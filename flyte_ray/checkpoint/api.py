@@ -27,6 +27,7 @@ import pathlib
 import shutil
 import tempfile
 import threading
+import time
 from typing import IO, Any
 
 from fsspec.spec import AbstractFileSystem
@@ -34,7 +35,7 @@ from fsspec.spec import AbstractFileSystem
 from ..storage import ObjectStore
 from ..storage import Storage as _BaseStorage
 from ..storage.keys import load_env_options, normalize_url
-from .layout import data_key
+from .layout import NS_DIGITS, data_key
 from .prune import PruneJob
 from .restore import download, resolve_and, warm_download, warm_read
 from .save import Upload, commit, upload_bytes, upload_dir, upload_file, upload_reader
@@ -83,6 +84,28 @@ class Checkpoint:
         self._bg: threading.Thread | None = None
         self._workspace: tempfile.TemporaryDirectory[str] | None = None
         self._loaded: tuple[str, pathlib.Path] | None = None
+        # What this object moved, for the run's records (stats()).
+        self._saved_bytes = 0
+        self._restored_bytes = 0
+        self._resumed_from: float | None = None  # save time of the first version this object read
+        self._last_saved: float | None = None
+
+    def stats(self) -> tuple[int, int, float | None, float | None]:
+        """``(bytes saved, bytes restored, resumed from, last saved at)`` by this object: the
+        save time (epoch seconds) of the first version it read or restored, and of its last save."""
+        return (self._saved_bytes, self._restored_bytes, self._resumed_from, self._last_saved)
+
+    def _restored(self, m: dict[str, Any]) -> None:
+        self._restored_bytes += int(m.get("size") or 0)
+        if self._resumed_from is None:
+            try:
+                self._resumed_from = int(str(m["version"])[:NS_DIGITS]) / 1e9
+            except (KeyError, ValueError):
+                pass
+
+    def _saved(self, nbytes: int) -> None:
+        self._saved_bytes += max(0, int(nbytes))
+        self._last_saved = time.time()
 
     # ---- pickling -----------------------------------------------------------------------
 
@@ -211,6 +234,7 @@ class Checkpoint:
         """Save ``data`` as a new single-blob checkpoint (flytekit ``write``)."""
         data = bytes(data) if not isinstance(data, bytes) else data
         self._commit(upload_bytes(data), metadata, blob=True)
+        self._saved(len(data))
 
     def _save(
         self,
@@ -230,12 +254,16 @@ class Checkpoint:
             return
         if hasattr(src, "read") and not isinstance(src, (str, os.PathLike)):
             self._commit(upload_reader(src), metadata, replayable=False, blob=True)
+            newest = self._versions.markers.get(self._versions.known_max or "")
+            self._saved(int(newest.get("size") or 0) if newest else 0)
             return
         local = pathlib.Path(os.fspath(src)).expanduser()
         if local.is_dir():
             self._commit(upload_dir(local), metadata)
+            self._saved(sum(p.stat().st_size for p in local.rglob("*") if p.is_file()))
         elif local.is_file():
             self._commit(upload_file(local), metadata, blob=True)
+            self._saved(local.stat().st_size)
         else:
             raise FileNotFoundError(f"checkpoint source does not exist: {local}")
 
@@ -248,14 +276,28 @@ class Checkpoint:
         """
         store = self._store
 
+        hit: list[dict[str, Any]] = []  # the version each fetch got (the last one is returned)
+
         def fetch(m: dict[str, Any]) -> bytes | None:
             if m["kind"] != "bytes":
                 raise ValueError(f"newest checkpoint {m['url']} is a directory; use restore()")
             data = store.get(data_key(m))
-            return data if data is not None and len(data) == m["size"] else None
+            ok = data is not None and len(data) == m["size"]
+            if ok:
+                hit.append(m)
+            return data if ok else None
+
+        def warm(m: dict[str, Any]) -> Any:
+            got = warm_read(store, m)
+            if isinstance(got[0], bytes):
+                hit.append(m)
+            return got
 
         self._wait_background()
-        return resolve_and(self._versions, self._fresh_vids, fetch, warm=lambda m: warm_read(store, m))
+        out = resolve_and(self._versions, self._fresh_vids, fetch, warm=warm)
+        if out is not None and hit:
+            self._restored(hit[-1])
+        return out
 
     def restore(self, dest_dir: str | os.PathLike[str] | None = None) -> pathlib.Path | None:
         """Download the newest complete checkpoint into ``dest_dir`` (a new temporary directory
@@ -268,9 +310,20 @@ class Checkpoint:
         dest = pathlib.Path(tempfile.mkdtemp(prefix="flyte-ray-restore-") if dest_dir is None else dest_dir)
         store = self._store
 
+        hit: list[dict[str, Any]] = []
+
         def fetch(m: dict[str, Any]) -> tuple[pathlib.Path, pathlib.Path | None] | None:
             dest.mkdir(parents=True, exist_ok=True)
-            return download(store, m, dest)
+            got = download(store, m, dest)
+            if got is not None:
+                hit.append(m)
+            return got
+
+        def warm(m: dict[str, Any]) -> Any:
+            got = warm_download(store, m, dest)
+            if got[0] is not None and not isinstance(got[0], BaseException):
+                hit.append(m)
+            return got
 
         def discard(out: tuple[pathlib.Path, pathlib.Path | None]) -> None:
             if out[1] is not None:
@@ -278,7 +331,7 @@ class Checkpoint:
 
         self._wait_background()
         try:
-            got = resolve_and(self._versions, self._fresh_vids, fetch, discard, lambda m: warm_download(store, m, dest))
+            got = resolve_and(self._versions, self._fresh_vids, fetch, discard, warm)
         except BaseException:
             if created:  # e.g. a storage time limit: leave no empty temporary folder behind
                 shutil.rmtree(dest, ignore_errors=True)
@@ -290,6 +343,8 @@ class Checkpoint:
         final, partial = got
         if partial is not None:
             os.replace(partial, final)
+        if hit:
+            self._restored(hit[-1])
         return final
 
     # ---- flyte-sdk style ----------------------------------------------------------------
