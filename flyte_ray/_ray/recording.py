@@ -59,10 +59,12 @@ def recorded(call: "Call") -> bool:
     return bool(getattr(ro, "recorded", False))
 
 
-def node_facts_for(node_ids: set) -> dict[str, tuple[str, str, str, float, float]]:
-    """Node id → (name, node type, instance type, CPUs, GPUs) from the GCS (dead nodes too)."""
+def node_facts_for(node_ids: Optional[set] = None) -> dict[str, tuple[str, str, str, float, float]]:
+    """Node id → (name, node type, instance type, CPUs, GPUs) from the GCS, for ``node_ids``
+    (None: every live node). A dead node's resources are gone from the GCS: its facts come only
+    from an earlier look (the recorder keeps them)."""
     out: dict[str, tuple[str, str, str, float, float]] = {}
-    if not node_ids or not ray.is_initialized():
+    if node_ids is not None and not node_ids or not ray.is_initialized():
         return out
     try:
         nodes = ray.nodes()
@@ -70,9 +72,11 @@ def node_facts_for(node_ids: set) -> dict[str, tuple[str, str, str, float, float
         return out
     for n in nodes:
         nid = n.get("NodeID")
-        if nid not in node_ids:
+        if node_ids is not None and nid not in node_ids:
             continue
         res = n.get("Resources") or {}
+        if not res:  # dead: nothing worth knowing is left
+            continue
         labels = n.get("Labels") or {}
         name = next((k[len(_NODE_RESOURCE) :] for k in res if k.startswith(_NODE_RESOURCE)), "")
         name = name or str(n.get("NodeManagerHostname") or n.get("NodeName") or "")
@@ -112,6 +116,8 @@ class RunRecorder:
         self.failed_once: set[str] = set()
         self.flush_lock = threading.Lock()
         self._atexit = False
+        self.in_flight = 0  # attempts running under this process's supervision
+        self.nodes: dict[str, tuple] = {}  # node facts seen while the node was alive (bounded)
 
     def reset(self) -> None:
         try:
@@ -121,11 +127,14 @@ class RunRecorder:
 
     # ------------------------------------------------------------------ the controller seam
     def attempt_started(self, call: "Call", req: AttemptRequest, record: AttemptRecord) -> None:
-        pass
+        if recorded(call):
+            self.in_flight += 1
+            self._kick()
 
     def attempt_finished(self, call: "Call", req: AttemptRequest, record: AttemptRecord, out: Outcome) -> None:
         if not recorded(call):
             return
+        self.in_flight -= 1
         self.pending.append((call.settings.storage, call.run_name, call.call_id, call.spec, record, out.ckpt))
         self._kick()
 
@@ -162,9 +171,16 @@ class RunRecorder:
             self.wake.wait(FLUSH_S)
             self.wake.clear()
             try:
+                if self.in_flight > 0:  # learn the live nodes' names while they are alive
+                    self._learn(node_facts_for(None))
                 self.flush()
             except Exception:  # noqa: BLE001 - never let the thread die
                 logger.debug("run recorder flush failed", exc_info=True)
+
+    def _learn(self, facts: dict) -> None:
+        if len(self.nodes) > 10_000:
+            self.nodes = {}
+        self.nodes.update(facts)
 
     def _at_exit(self) -> None:
         try:
@@ -184,7 +200,9 @@ class RunRecorder:
                 self.dropped += len(items) - MAX_PENDING
                 logger.warning("flyte-ray: %d run records dropped (storage too slow)", len(items) - MAX_PENDING)
                 items = items[-MAX_PENDING:]
-            nodes = node_facts_for({it[4].node_id for it in items if it[4].node_id})
+            wanted = {it[4].node_id for it in items if it[4].node_id}
+            self._learn(node_facts_for(wanted - set(self.nodes)) if wanted - set(self.nodes) else {})
+            nodes = self.nodes
             host = _host()
             by_run: dict[tuple, tuple[Any, list[AttemptEvent]]] = {}
             for storage, run, call_id, spec, rec, ckpt in items:

@@ -1,0 +1,50 @@
+"""Tasks of tests/test_run_records.py."""
+
+import asyncio
+import os
+import time
+
+import flyte_ray as flyte
+
+spot = flyte.TaskEnvironment(name="rec_spot", interruptible=True, resources=flyte.Resources(cpu=1))
+od = flyte.TaskEnvironment(name="rec_od", resources=flyte.Resources(cpu=1))
+light = flyte.TaskEnvironment(name="rec_light", resources=flyte.Resources(cpu=0.5))
+
+
+@spot.task(retries=1)
+def steps(flag: str, n: int = 60) -> int:
+    """Checkpoints every 10 steps; the test preempts its node once the first file appears."""
+    c = flyte.ctx()
+    raw = c.checkpoint.read()
+    step = int(raw) if raw else 0
+    with open(flag + f".node{c.attempt}", "w") as f:
+        f.write(c.node_id)
+    while step < n:
+        time.sleep(0.1)
+        step += 1
+        if step % 10 == 0:
+            c.checkpoint.write(str(step).encode())
+        if c.attempt == 0 and step >= 25:
+            time.sleep(600)  # the test preempts this node meanwhile
+    return step
+
+
+@light.task(retries=1)
+def flaky(flag: str) -> str:
+    if not os.path.exists(flag):
+        open(flag, "w").write("x")
+        raise ValueError("the first attempt fails on purpose, a user retry follows")
+    return "ok"
+
+
+@light.task(cache="auto")
+def cached(x: int) -> int:
+    return x * 10
+
+
+@od.task
+async def parent(flag: str) -> list:
+    a, b = await asyncio.gather(steps.aio(flag), flaky.aio(flag + ".flaky"))
+    c = await cached.aio(7)
+    d = await cached.aio(7)
+    return [a, b, c, d]
