@@ -39,6 +39,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .report.commands import show_main
 
         return show_main(argv[1:])
+    sub.add_parser("report", help="a run's cost, savings and lost work; --html draws its timeline", add_help=False)
+    if argv[:1] == ["report"]:
+        from .report.commands import report_main
+
+        return report_main(argv[1:])
     if argv[:1] == ["watch-preemption"]:
         from .preemption.watcher import main as watch
 

@@ -18,9 +18,11 @@ from ._core.spec import RunOverrides
 from ._core.validation import SHORT_NAME_RE, check_name, normalize
 from ._duration import short_repr
 from ._ray.port import BLOCKING
-from ._ray.recording import recorded, recorder
+from ._ray.recording import node_facts_for, recorded, recorder
+from .report.cost import CostReport, cost_report
 from .report.tables import RunTree, build_tree
-from .runtime import dashboard_url
+from .report.timeline import timeline_html, timeline_svg
+from .runtime import current_prices, dashboard_url
 from .task import TaskTemplate
 
 __all__ = ["Run", "RunContext", "run", "with_runcontext", "map"]
@@ -118,8 +120,9 @@ class Run:
         return self._call.state.system_failures
 
     def history_table(self) -> str:
-        """The top-level call's attempts as a text table (:meth:`tree` shows every call)."""
-        return format_history(self.history)
+        """The top-level call's attempts as a text table, nodes by readable name (:meth:`tree`
+        shows every call of the run)."""
+        return format_history(self.history, _node_names({r.node_id for r in self.history if r.node_id}))
 
     # ------------------------------------------------------------------ the whole run
     def events(self) -> List[AttemptEvent]:
@@ -137,30 +140,73 @@ class Run:
         terminal, rich HTML in Jupyter."""
         return build_tree(self.name, self.events(), self.phase)
 
+    def cost(self, prices: Any = None) -> CostReport:
+        """What the run's node time cost, what the same work would have cost on on-demand nodes
+        only, the savings and the cost of work lost to preemptions (``print(run.cost())``).
+        ``prices``: a price table (path, mapping or ``PriceTable``), else ``init(prices=...)``'s;
+        without one the report gives node time and says that prices are missing."""
+        return cost_report(self.events(), prices if prices is not None else current_prices())
+
+    def timeline(self) -> "TimelinePage":
+        """The run's attempts as bars per node, coloured by market, preemptions and notices
+        marked: renders inline in Jupyter; ``.save("run.html")`` writes a page for a browser."""
+        return TimelinePage(self.name, self.events())
+
     def print_history(self) -> None:
         print(self.history_table())
 
     def _repr_html_(self) -> str:  # Jupyter
         import html
 
-        head = "".join(f"<th>{h}</th>" for h in ("#", "market", "queue", "node", "secs", "outcome", "error"))
+        names = _node_names({r.node_id for r in self.history if r.node_id})
+        head = "".join(f"<th>{h}</th>" for h in ("#", "market", "node", "queue", "secs", "outcome", "kind", "error"))
         rows = []
         for r in self.history:
             d = r.duration
             cells = (
                 r.attempt,
                 r.market,
+                names.get(r.node_id) or (r.node_id or "-")[:12],
                 r.queue,
-                (r.node_id or "-")[:12],
                 f"{d:.2f}" if d is not None else "-",
                 r.outcome,
-                r.error[:80],
+                r.failure_kind or "-",
             )
-            rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+            err = f"<td style='white-space:pre-wrap;max-width:40em'>{html.escape(r.error)}</td>"
+            rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + err + "</tr>")
         return (
             f"<b>Run {html.escape(self.name)}</b> — {html.escape(self.task_name)} — {self.phase}"
             f"<table><tr>{head}</tr>{''.join(rows)}</table>"
         )
+
+
+class TimelinePage:
+    """A run's timeline (:meth:`Run.timeline`): ``str()`` is the HTML page."""
+
+    def __init__(self, run: str, events: List[AttemptEvent]) -> None:
+        self.run, self.events = run, events
+
+    def svg(self) -> str:
+        return timeline_svg(self.events, title=f"run {self.run}")
+
+    def __str__(self) -> str:
+        return timeline_html(self.events, title=f"run {self.run}")
+
+    def save(self, path: str) -> str:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(str(self))
+        return path
+
+    def _repr_html_(self) -> str:
+        return self.svg()
+
+
+def _node_names(ids: set) -> Dict[str, str]:
+    """Readable names of ``ids``: what the recorder learned while they were alive, then the GCS."""
+    known = recorder().nodes
+    missing = {i for i in ids if i not in known}
+    facts = {**known, **(node_facts_for(missing) if missing else {})}
+    return {i: facts[i][0] for i in ids if i in facts and facts[i][0]}
 
 
 class RunContext:

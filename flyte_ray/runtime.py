@@ -88,10 +88,12 @@ class Session:
         self.dashboard_url: Optional[str] = None
         self.address: Optional[str] = None
         self.temp_dir: Optional[str] = None
+        self.prices: Any = None  # the PriceTable init(prices=..., cluster_config=...) made, or None
 
     def reset(self) -> None:
         self.embedded = False
         self.dashboard_url = self.address = self.temp_dir = None
+        self.prices = None
 
 
 def _session() -> Session:
@@ -139,6 +141,7 @@ def init(
     ship_package: Union[bool, str] = "auto",
     allow_local_storage: bool = False,
     record: Union[bool, str] = "runs",
+    prices: Any = None,
 ) -> Settings:
     """Connect flyte-ray to Ray and set its options.
 
@@ -188,6 +191,10 @@ def init(
             call path. ``"runs"`` (default): runs started with ``flyte.run`` /
             ``with_runcontext(...).run``; ``"all"``: also every plain ``task(x)`` call made
             outside a task (each is a run of its own); ``"off"`` (or ``False``): none.
+        prices: the price table for ``Run.cost()`` (a YAML path, a mapping or a ``PriceTable``;
+            format: ``examples/prices.example.yaml``; default ``$FLYTE_RAY_PRICES``), merged over
+            the node type → instance type map of a ``ray up`` ``cluster_config``. flyte-ray ships
+            no prices: a report says which node time it could not price.
 
     If Ray is already initialized in this process (by an earlier ``init`` or by the user's own
     ``ray.init``), flyte-ray keeps that connection, applies the new settings and logs that it did;
@@ -198,6 +205,7 @@ def init(
     Every argument is checked first, before Ray is touched (:func:`check_init_args`).
     """
     ship_mode = ship.check_ship_package(ship_package)
+    price_table = _price_table(prices, cluster_config)
     if not isinstance(allow_local_storage, bool):
         raise TypeError(f"allow_local_storage: expected True or False, got {type(allow_local_storage).__name__}")
     args = check_init_args(
@@ -267,6 +275,7 @@ def init(
         if store.is_local and not session.embedded and not allow_local_storage:
             _refuse_local_storage(store, disconnect=connecting)
         PROCESS.part(DriverSettings).value = settings
+        session.prices = price_table
         cluster_view().embedded = session.embedded
         if supervisor == "auto":
             ensure_supervisor(settings.placement)
@@ -278,6 +287,30 @@ def init(
                 store.url,
             )
     return settings
+
+
+def _price_table(prices: Any, cluster_config: Optional[str]) -> Any:
+    """The driver's price table: ``prices`` (or ``$FLYTE_RAY_PRICES``) over the node type →
+    instance type map of a ``ray up`` ``cluster_config``; None when neither gives anything.
+    Raises ``ValueError`` naming the field of a bad table, before Ray is touched."""
+    from .report.prices import PriceTable, load_prices
+
+    if prices is None and os.environ.get("FLYTE_RAY_PRICES"):
+        prices = os.environ["FLYTE_RAY_PRICES"]
+    table = load_prices(prices) if prices is not None else None
+    if cluster_config is not None and isinstance(cluster_config, (str, os.PathLike)) and os.path.exists(cluster_config):
+        try:
+            base = PriceTable.from_cluster_config(cluster_config)
+        except ValueError:  # a KubeRay manifest names no instance types
+            base = None
+        if base is not None:
+            table = base.merged(table) if table is not None else base
+    return table
+
+
+def current_prices() -> Any:
+    """The price table ``init`` set up (None when none)."""
+    return _session().prices
 
 
 def _launchable(cluster_config: Optional[str]) -> tuple:

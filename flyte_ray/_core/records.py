@@ -126,6 +126,9 @@ class AttemptRecord:
         """Record how the attempt ended."""
         self.ended = out.ended or now
         self.started = out.started or self.started
+        if self.started is None and out.runtime is not None:
+            # a plain Ray task reports no start; its user code ran `runtime` seconds before the end
+            self.started = max(self.submitted, self.ended - out.runtime)
         self.node_id = out.node_id or self.node_id
         self.runtime = out.runtime
         if out.notice is not None:
@@ -140,25 +143,40 @@ class AttemptRecord:
             self.error = f"{type(out.error).__name__}: {out.error}"[:2000]
 
 
-def format_history(history: list[AttemptRecord]) -> str:
-    """The attempt history as a plain-text table."""
-    rows = [("#", "user", "sys", "market", "queue", "node", "secs", "outcome", "error")]
+def format_history(history: list[AttemptRecord], names: Optional[dict] = None, width: int = 60) -> str:
+    """The attempt history as a plain-text table. ``names``: node id → readable name (a
+    ``LocalCluster`` node name, a host name); unknown nodes show the id's first 12 characters.
+    Errors wrap onto continuation lines (at most 4) rather than being cut mid-word."""
+    import textwrap
+
+    names = names or {}
+    rows = [("#", "market", "node", "queue", "secs", "outcome", "kind", "error")]
+    extra: dict[int, list[str]] = {}
     for r in history:
         d = r.duration
+        err = textwrap.wrap(r.error or "", width=width, break_on_hyphens=False)[:4]
+        if len(err) == 4:
+            err[-1] = err[-1][: width - 1] + "…"
         rows.append(
             (
                 str(r.attempt),
-                str(r.user_attempt),
-                str(r.system_failures),
                 str(r.market),
+                names.get(r.node_id) or (r.node_id or "-")[:12],
                 r.queue,
-                (r.node_id or "-")[:12],
                 f"{d:.2f}" if d is not None else "-",
                 r.outcome,
-                (r.error or "")[:60],
+                r.failure_kind or "-",
+                err[0] if err else "",
             )
         )
+        if len(err) > 1:
+            extra[len(rows) - 1] = err[1:]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = []
+    for n, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+        pad = " " * (sum(widths[:-1]) + 2 * (len(widths) - 1))
+        lines.extend(pad + more for more in extra.get(n, []))
     return "\n".join(lines)

@@ -170,12 +170,18 @@ class _RayTasks:
         )
         key = (self.streaming, req.market, req.queue, placement.mode, *self.view.declares())
         hit = memo_get(call.spec.memo, key)
-        if hit is not None:
-            return hit
-        opts = placement.options(dict(call.spec.ray_options), req.market, req.queue)
-        fn = self.remote_function(call.task)
-        bound = fn.options(num_returns="streaming", **opts) if self.streaming else fn.options(**opts)
-        return memo_put(call.spec.memo, key, (bound, opts))
+        if hit is None:
+            opts = placement.options(dict(call.spec.ray_options), req.market, req.queue)
+            # Ray's dashboard lists the attempt as "<fqn> #<attempt> (<market>)"
+            opts.setdefault("name", f"{call.spec.fqn} #0 ({req.market})")
+            fn = self.remote_function(call.task)
+            bound = fn.options(num_returns="streaming", **opts) if self.streaming else fn.options(**opts)
+            hit = memo_put(call.spec.memo, key, (bound, opts, fn))
+        bound, opts, fn = hit
+        if req.attempt:  # a retry (rare): its own name, one .options() call
+            named = {**opts, "name": f"{call.spec.fqn} #{req.attempt} ({req.market})"}
+            bound = fn.options(num_returns="streaming", **named) if self.streaming else fn.options(**named)
+        return bound, opts
 
     @staticmethod
     def payload(call: "Call", req: AttemptRequest) -> tuple:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import re
 import sys
 import time
@@ -19,7 +20,7 @@ from ..storage import Storage
 from ..storage.limits import redact_url
 from .tables import build_tree
 
-__all__ = ["runs_main", "show_main", "parse_since"]
+__all__ = ["runs_main", "show_main", "report_main", "parse_since"]
 
 _SINCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -86,4 +87,55 @@ def show_main(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
         print(f"  run error: {log.summary.error}", file=out)
     for s in log.skipped[:10]:
         print(f"  skipped: {s}", file=out)
+    return 0
+
+
+def report_main(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
+    p = argparse.ArgumentParser(
+        prog="flyte-ray report",
+        description="What a run (or every run of a period) cost, what it saved against on-demand, and what "
+        "preemptions threw away; --html also draws the timeline.",
+    )
+    p.add_argument("run", nargs="?", help="a run name (or use --since)")
+    p.add_argument("--since", default=None, help="every run started within, e.g. 7d")
+    p.add_argument(
+        "--prices",
+        default=None,
+        help="price table YAML (default: $FLYTE_RAY_PRICES; format: examples/prices.example.yaml)",
+    )
+    p.add_argument("--cluster-config", default=None, help="a ray up YAML: node type -> instance type")
+    p.add_argument("--html", default=None, metavar="FILE", help="also write the timeline page to FILE")
+    p.add_argument("--storage", help="storage URL (default: $FLYTE_RAY_STORAGE or ~/.flyte-ray/storage)")
+    a = p.parse_args(list(argv))
+    if (a.run is None) == (a.since is None):
+        p.error("give a run name or --since (e.g. --since 7d), not both")
+    from .cost import cost_report
+    from .prices import PriceTable, load_prices
+
+    try:
+        since = parse_since(a.since) if a.since else None
+        source = a.prices or os.environ.get("FLYTE_RAY_PRICES")
+        table = load_prices(source) if source else None
+        if a.cluster_config:
+            base = PriceTable.from_cluster_config(a.cluster_config)
+            table = base.merged(table) if table is not None else base
+    except (ValueError, OSError) as e:
+        p.error(str(e))
+    storage = _storage(a.storage)
+    names = [a.run] if a.run else [s.run for s in list_runs(storage, since=since, limit=10_000)]
+    events = []
+    for name in names:
+        events.extend(load_run(storage, name).events)
+    if not events:
+        print(f"no records of {a.run or 'any run since ' + a.since} under {redact_url(storage.url)}", file=out)
+        return 1
+    report = cost_report(events, table)
+    scope = f"run {a.run}" if a.run else f"{len(names)} runs since {_when(since)}"
+    print(f"{scope}\n{report.to_text()}", file=out)
+    if a.html:
+        from .timeline import timeline_html
+
+        with open(a.html, "w", encoding="utf-8") as f:
+            f.write(timeline_html(events, title=scope))
+        print(f"timeline: {a.html}", file=out)
     return 0
