@@ -91,31 +91,6 @@ def expected_weight(steps: int) -> float:
     return sum(0.5 * (s + 1) for s in range(steps))
 
 
-def _table(run: "flyte.Run", cluster: LocalCluster, progress: str, say: Any) -> None:
-    rows = [("attempt", "market", "node", "steps done", "outcome", "failure")]
-    for r in run.history:
-        p = {}
-        path = os.path.join(progress, f"attempt-{r.attempt}")
-        if os.path.exists(path):
-            p = json.loads(open(path).read())
-        steps = f"{p.get('resumed_from', 0)}→{p.get('step', 0)}" if p else "-"
-        rows.append(
-            (
-                str(r.attempt),
-                r.market,
-                cluster.name_of(r.node_id) or r.node_id[:8] or "-",
-                steps,
-                r.outcome,
-                r.failure_kind or "-",
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for i, row in enumerate(rows):
-        say("  ".join(c.ljust(w) for c, w in zip(row, widths)))
-        if i == 0:
-            say("  ".join("-" * w for w in widths))
-
-
 def main(out: Any = sys.stdout, notice: bool = False) -> int:
     def say(msg: str = "") -> None:
         print(msg, file=out, flush=True)
@@ -170,7 +145,7 @@ def main(out: Any = sys.stdout, notice: bool = False) -> int:
                 f"{'equal' if result['w'] == expected_weight(STEPS) else 'DIFFERENT'}"
             )
             say(f"the final attempt resumed from step {result['resumed_from']} instead of 0\n")
-            _table(run, cluster, progress, say)
+            say(run.history_table())
             saved = result["resumed_from"]
             say(
                 f"\ncheckpoint saved {saved} of {STEPS} steps ({saved * STEP_SECONDS:.1f}s of work) from being "
@@ -251,7 +226,7 @@ def _notice_demo(say: Any) -> int:
             )
             redone = p["step"] - result["resumed_from"] if result["resumed_from"] < p["step"] else 0
             say(f"  it resumed from step {result['resumed_from']}: {redone} steps redone\n")
-            _table(run, cluster, progress, say)
+            say(run.history_table())
             ok = result["w"] == expected_weight(STEPS) and result["resumed_from"] == saved["step"]
             say(
                 f"\nresult: w={result['w']} (uninterrupted run: {expected_weight(STEPS)}) — "

@@ -19,7 +19,7 @@ def test_the_demo_survives_two_preemptions_and_falls_back_to_ondemand(tmp_path):
     assert "equal" in out and "resumed from step 14" in out
     table = [line.split() for line in out.splitlines() if line[:1].isdigit() and ("spot" in line or "ondemand" in line)]
     assert [row[1] for row in table] == ["spot", "spot", "spot", "ondemand"]
-    assert [row[-2] for row in table] == ["preemption", "preemption", "spot_unavailable", "succeeded"]
+    assert [row[5] for row in table] == ["preemption", "preemption", "spot_unavailable", "succeeded"]
     assert "user retries used: 0" in out
 
 
@@ -34,5 +34,5 @@ def test_the_notice_demo_saves_moves_and_redoes_nothing(tmp_path):
     assert "drained Ray node" in out and "for PREEMPTION" in out
     assert "0 steps redone" in out and "equal" in out and "while spot-" in out
     table = [line.split() for line in out.splitlines() if line[:1].isdigit() and "spot" in line]
-    assert [row[-2] for row in table] == ["preemption", "succeeded"]
+    assert [row[5] for row in table] == ["preemption", "succeeded"]
     assert table[0][2] != table[1][2]  # the next attempt ran on the other spot node
