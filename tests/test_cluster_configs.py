@@ -1930,3 +1930,140 @@ def test_preemption_watcher_checks_catch_mistakes():
     assert kr(lambda cr: pod(cr, "cpu-spot").update(volumes=[{"name": "flyte-ray-preemption",
                                                               "configMap": {"name": "something-else"}}]))
     assert kr(lambda cr: watcher(cr).update(volumeMounts=[{"name": "flyte-ray-preemption", "mountPath": "/opt/x"}]))
+
+
+# ======================================================= run-record labels (cost report) ===
+# Every node declares which node type it is and which instance type it runs on, as Ray node
+# labels that flyte-ray's run records read from ray.nodes() (flyte_ray/_ray/recording.py,
+# NODE_LABEL_TYPE / NODE_LABEL_INSTANCE) and the cost report prices by (flyte_ray/report/cost.py:
+# the node type's price, else the instance type's).  ray up: the node type's name, and the
+# instance type flyte_ray.report.prices.PriceTable.from_cluster_config derives from its
+# node_config (AWS InstanceType, GCP machineType + guestAccelerators), so a price table keyed by
+# either matches.  KubeRay: the group's name (the head: Ray's autoscaler calls it "headgroup");
+# a pod has no instance type (from_cluster_config refuses a RayCluster), so the label is
+# declared and priced by node type.
+from ray.autoscaler._private.kuberay.autoscaling_config import _HEAD_GROUP_NAME  # noqa: E402
+
+from flyte_ray.report.prices import PriceTable  # noqa: E402
+
+NODE_TYPE_LABEL = "flyte-ray.io/node-type"           # = flyte_ray._ray.recording.NODE_LABEL_TYPE
+INSTANCE_TYPE_LABEL = "flyte-ray.io/instance-type"   # = flyte_ray._ray.recording.NODE_LABEL_INSTANCE
+
+
+def instance_type_label(instance_type: str) -> str:
+    """The label form of an instance type named by PriceTable.from_cluster_config.  A Ray label
+    value (ray/_private/label_utils.py, as Kubernetes) holds only letters, digits, `-`, `_`, `.`
+    (at most 63, starting and ending with a letter or digit); from_cluster_config names a GCP
+    node type with GPUs `<machineType>+<n>x<accelerator>`, whose `+` Ray rejects, so the label
+    writes `_` there (n1-standard-8_1xnvidia-tesla-t4; GCP machine and accelerator names hold
+    no `_`).  A no-op once the prices module uses `_` itself."""
+    return instance_type.replace("+", "_")
+
+
+def record_label_problems(name: str, labels: Dict[str, Any], node_type: str,
+                          instance_type: Optional[str]) -> List[str]:
+    """One node type / group: both labels declared, valid Ray label values, the node type's own
+    name, and (instance_type not None) the given instance type."""
+    p: List[str] = []
+    for key in (NODE_TYPE_LABEL, INSTANCE_TYPE_LABEL):
+        if key not in labels:
+            p.append(f"{name}: no {key} label (run records and the cost report read it)")
+            continue
+        try:
+            validate_label_value(labels[key])
+        except ValueError as e:
+            p.append(f"{name}: Ray rejects the value of {key!r}: {e}")
+    if NODE_TYPE_LABEL in labels and labels[NODE_TYPE_LABEL] != node_type:
+        p.append(f"{name}: label {NODE_TYPE_LABEL}={labels[NODE_TYPE_LABEL]!r}, its node type is {node_type!r}")
+    if instance_type is not None and INSTANCE_TYPE_LABEL in labels and labels[INSTANCE_TYPE_LABEL] != instance_type:
+        p.append(f"{name}: label {INSTANCE_TYPE_LABEL}={labels[INSTANCE_TYPE_LABEL]!r}, its node_config "
+                 f"launches {instance_type!r} (PriceTable.from_cluster_config, in label form)")
+    return p
+
+
+def ray_up_record_label_problems(config: dict) -> List[str]:
+    table = PriceTable.from_cluster_config(config)
+    p: List[str] = []
+    for name, nt in config["available_node_types"].items():
+        derived = table.instance_type_of(name)
+        if not derived:
+            p.append(f"{name}: PriceTable.from_cluster_config reads no instance type from its node_config")
+        p += record_label_problems(name, nt.get("labels") or {}, name, instance_type_label(derived))
+    return p
+
+
+def kuberay_record_label_problems(cr: dict) -> List[str]:
+    p: List[str] = []
+    for name, group in _kuberay_groups(cr):
+        node_type = _HEAD_GROUP_NAME if group is cr["spec"]["headGroupSpec"] else name
+        p += record_label_problems(name, group.get("labels") or {}, node_type, None)
+    return p
+
+
+@pytest.mark.parametrize("name", _ray_up_names())
+def test_ray_up_run_record_labels(name):
+    problems = ray_up_record_label_problems(prepared(name))
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("name", _kuberay_names())
+def test_kuberay_run_record_labels(name):
+    problems = kuberay_record_label_problems(_load(name))
+    assert not problems, "\n".join(problems)
+    # Ray's own KubeRay parser hands them to the autoscaler, under the node type names it uses
+    for node_type, nt in _kuberay_autoscaling_config(name)["available_node_types"].items():
+        assert nt["labels"].get(NODE_TYPE_LABEL) == node_type, node_type
+        assert INSTANCE_TYPE_LABEL in nt["labels"], node_type
+
+
+def test_run_record_label_names_match_the_recorder():
+    from flyte_ray._ray import recording
+
+    assert (recording.NODE_LABEL_TYPE, recording.NODE_LABEL_INSTANCE) == (NODE_TYPE_LABEL, INSTANCE_TYPE_LABEL)
+    for key in (NODE_TYPE_LABEL, INSTANCE_TYPE_LABEL):
+        assert validate_label_key(key) is None
+
+
+def test_run_record_label_checks_catch_mistakes():
+    def ray_up(name, mutate):
+        config = _load(name)
+        mutate(config)
+        return ray_up_record_label_problems(prepare_config(config))
+
+    nts = lambda c: c["available_node_types"]  # noqa: E731
+    for name in _ray_up_names():
+        assert ray_up(name, lambda c: None) == []
+        key = "InstanceType" if "aws" in name else "machineType"
+        other = "m5.4xlarge" if "aws" in name else "n2-standard-16"
+        # a label missing (the head's too), the wrong node type (a copied pool), the instance type
+        # changed without its label, a value Ray rejects
+        assert ray_up(name, lambda c: nts(c)["cpu-spot"]["labels"].pop(NODE_TYPE_LABEL))
+        assert ray_up(name, lambda c: nts(c)["head"]["labels"].pop(INSTANCE_TYPE_LABEL))
+        assert ray_up(name, lambda c: nts(c)["etl-pool-spot"]["labels"].update({NODE_TYPE_LABEL: "etl-pool"}))
+        assert ray_up(name, lambda c, key=key, other=other: nts(c)["etl-pool"]["node_config"].update({key: other}))
+        assert ray_up(name, lambda c: nts(c)["gpu-spot"]["labels"].update({INSTANCE_TYPE_LABEL: "x+y"}))
+    # GCP: the GPUs are part of the instance type (n1-standard-8_1x... -> _2x...); and, while
+    # from_cluster_config writes it with `+`, that form is not a label value Ray accepts
+    assert ray_up("gcp-spot.yaml", lambda c: nts(c)["gpu-ondemand"]["node_config"]["guestAccelerators"][0].update(
+        acceleratorCount=2))
+    gcp_gpu = PriceTable.from_cluster_config(prepared("gcp-spot.yaml")).instance_type_of("gpu-spot")
+    if "+" in gcp_gpu:
+        assert ray_up("gcp-spot.yaml", lambda c: nts(c)["gpu-spot"]["labels"].update({INSTANCE_TYPE_LABEL: gcp_gpu}))
+    with pytest.raises(ValueError):
+        validate_label_value("n1-standard-8+1xnvidia-tesla-t4")
+
+    name = _kuberay_names()[0]
+    assert kuberay_record_label_problems(_load(name)) == []
+
+    def kr(mutate):
+        cr = _load(name)
+        mutate(cr)
+        return kuberay_record_label_problems(cr)
+
+    head = lambda cr: cr["spec"]["headGroupSpec"]  # noqa: E731
+    last = lambda cr: cr["spec"]["workerGroupSpecs"][-1]  # noqa: E731
+    assert kr(lambda cr: last(cr)["labels"].pop(INSTANCE_TYPE_LABEL))
+    assert kr(lambda cr: last(cr)["labels"].pop(NODE_TYPE_LABEL))
+    assert kr(lambda cr: last(cr)["labels"].update({NODE_TYPE_LABEL: "cpu-spot"}))
+    assert kr(lambda cr: head(cr)["labels"].update({NODE_TYPE_LABEL: "head"}))
+    assert kr(lambda cr: head(cr)["labels"].update({INSTANCE_TYPE_LABEL: "n2-standard-8+1xnvidia-tesla-t4"}))

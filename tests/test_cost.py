@@ -369,8 +369,8 @@ def test_from_cluster_config_gcp():
         "head": ("n2-standard-4", "ondemand"),
         "cpu-spot": ("n2-standard-8", "spot"),
         "cpu-ondemand": ("n2-standard-8", "ondemand"),
-        "gpu-spot": ("n1-standard-8+1xnvidia-tesla-t4", "spot"),
-        "gpu-ondemand": ("n1-standard-8+1xnvidia-tesla-t4", "ondemand"),
+        "gpu-spot": ("n1-standard-8_1xnvidia-tesla-t4", "spot"),
+        "gpu-ondemand": ("n1-standard-8_1xnvidia-tesla-t4", "ondemand"),
         "etl-pool": ("n2-highmem-16", "ondemand"),
         "etl-pool-spot": ("n2-highmem-16", "spot"),
     }

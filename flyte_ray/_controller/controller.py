@@ -39,6 +39,7 @@ from .._core.records import AttemptRecord, AttemptRequest, Outcome
 from .._ray import waiting
 from .._ray.drains import DrainMonitor
 from .._ray.executors import ClientTaskExecutor, Executor, StreamingTaskExecutor, TaskExecutor, client_mode
+from .._ray.metrics import Metrics
 from .._ray.placement import ONDEMAND, cluster_view
 from .._ray.port import BLOCKING, LOOP, Port
 from .._ray.recording import RunRecorder
@@ -90,10 +91,12 @@ class RayController:
         # runtime history (what "short" means); drains seen while attempts run (preemption
         # notices); the run's records (batched to its storage)
         self.recorder = PROCESS.part(RunRecorder)
+        self.metrics = PROCESS.part(Metrics)
         self.observers: list[AttemptObserver] = [
             PROCESS.part(RuntimeHistory),
             PROCESS.part(DrainMonitor),
             self.recorder,
+            self.metrics,  # last: it reads records the others have filled in
         ]
         self._observer = _Observers(self.observers)
 
@@ -114,8 +117,10 @@ class RayController:
             if cache is not None and cache.enabled:
                 t0 = time.time()
                 value = await cached_call(call, port, lambda c: self._hosted(c, port))
-                if not call.state.history:  # answered from the cache: no attempt ran
+                hit = not call.state.history  # answered from the cache: no attempt ran
+                if hit:
                     self.recorder.cache_hit(call, t0)
+                self.metrics.cache(call.spec.fqn, hit)
                 return value
             return await self._hosted(call, port)
         finally:

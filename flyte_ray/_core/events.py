@@ -38,6 +38,7 @@ __all__ = [
     "encode_batch",
     "decode_batch",
     "with_lost_work",
+    "lost_seconds",
     "parent_of",
 ]
 
@@ -231,11 +232,14 @@ def with_lost_work(events: list[AttemptEvent]) -> list[tuple[AttemptEvent, Optio
             out.append((e, None))
             continue
         nxt = ordered[i + 1] if i + 1 < len(ordered) else None
-        end = e.ended if e.ended is not None else None
-        resumed = nxt.ckpt_resumed_from if nxt is not None else None
-        if resumed is None or end is None:
-            out.append((e, ran))
-            continue
-        begin = end - ran  # when its user code started, by its own runtime
-        out.append((e, max(0.0, min(ran, end - max(begin, resumed)))))
+        out.append((e, lost_seconds(ran, e.ended, nxt.ckpt_resumed_from if nxt is not None else None)))
     return out
+
+
+def lost_seconds(ran: float, ended: Optional[float], resumed_from: Optional[float]) -> float:
+    """Seconds of an attempt's ``ran`` seconds (ending at ``ended``) after ``resumed_from``, the
+    save time of the checkpoint the next attempt resumed from: all of them without one."""
+    if resumed_from is None or ended is None:
+        return ran
+    begin = ended - ran  # when its user code started, by its own runtime
+    return max(0.0, min(ran, ended - max(begin, resumed_from)))

@@ -82,6 +82,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import ray
 
+from .._core.events import lost_seconds
 from .._core.process import PROCESS
 from .._core.records import AttemptRecord, AttemptRequest, Outcome
 
@@ -219,6 +220,15 @@ class Metrics:
                     self._observe(("queued", task, market), QUEUED_BOUNDS, max(started - record.submitted, 0.0))
                 if runtime is not None:
                     self._observe(("runtime", task, market), RUNTIME_BOUNDS, max(runtime, 0.0))
+            hist = call.state.history
+            if len(hist) >= 2 and hist[-2].failure_kind == "system" and hist[-1] is record:
+                # the attempt after a system failure: what that one ran past the checkpoint this
+                # one resumed from was lost (the rule of flyte_ray._core.events.with_lost_work)
+                prev = hist[-2]
+                ran = prev.runtime if prev.runtime is not None else prev.duration
+                if ran is not None:
+                    resumed = out.ckpt[2] if out.ckpt else None
+                    self.lost_work(task, lost_seconds(ran, prev.ended, resumed))
             if not self._wake.is_set():
                 self._kick()
         except Exception as e:  # noqa: BLE001 - metrics never fail a call

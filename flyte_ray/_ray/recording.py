@@ -252,7 +252,7 @@ def _event(
 ) -> AttemptEvent:
     opts = spec.ray_options or {}
     name, ntype, itype, ncpu, ngpu = node or ("", "", "", 0.0, 0.0)
-    saved, restored, resumed_from, last_saved = ckpt or (0, 0, None, None)
+    saved, restored, resumed_from, last_saved = (ckpt or (0, 0, None, None))[:4]
     return AttemptEvent(
         run=run,
         call_id=call_id,

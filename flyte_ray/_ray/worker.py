@@ -26,6 +26,7 @@ from ..context import TaskContext, reset_context, set_context
 from ..errors import RuntimeSystemError, RuntimeUserError, TaskInterruptedError, format_exception
 from . import waiting
 from .drains import DrainMonitor
+from .metrics import Metrics
 from .recording import RunRecorder
 from .wire import VERSION, AttemptPayload, AttemptResult, Started, decode, encode
 
@@ -71,6 +72,7 @@ _MISSING = object()
 _STATE = PROCESS.part(WorkerState)
 _DRAINS = PROCESS.part(DrainMonitor)
 _RECORDER = PROCESS.part(RunRecorder)
+_METRICS = PROCESS.part(Metrics)
 
 
 def _state() -> WorkerState:
@@ -96,9 +98,17 @@ def portable(exc: BaseException) -> BaseException:
 
 
 def _ckpt(context: Optional[TaskContext]) -> Optional[tuple]:
-    """What the attempt's checkpoint moved: (saved, restored bytes, resumed from, last saved)."""
+    """What the attempt's checkpoint moved: (saved, restored bytes, resumed from, last saved,
+    seconds saving, seconds restoring); also reported to the metrics."""
     cp = None if context is None else context._checkpoint
-    return None if cp is None else cp.stats()
+    if cp is None or context is None:
+        return None
+    stats = cp.stats()
+    if stats[0]:
+        _METRICS.checkpoint_saved(context.fqn, stats[4], stats[0])
+    if stats[1]:
+        _METRICS.checkpoint_restored(context.fqn, stats[5], stats[1])
+    return stats
 
 
 def failed(

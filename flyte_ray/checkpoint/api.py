@@ -89,22 +89,34 @@ class Checkpoint:
         self._restored_bytes = 0
         self._resumed_from: float | None = None  # save time of the first version this object read
         self._last_saved: float | None = None
+        self._save_s = 0.0
+        self._restore_s = 0.0
 
-    def stats(self) -> tuple[int, int, float | None, float | None]:
-        """``(bytes saved, bytes restored, resumed from, last saved at)`` by this object: the
-        save time (epoch seconds) of the first version it read or restored, and of its last save."""
-        return (self._saved_bytes, self._restored_bytes, self._resumed_from, self._last_saved)
+    def stats(self) -> tuple[int, int, float | None, float | None, float, float]:
+        """``(bytes saved, bytes restored, resumed from, last saved at, seconds saving, seconds
+        restoring)`` by this object: the save time (epoch seconds) of the first version it read
+        or restored, and of its last save."""
+        return (
+            self._saved_bytes,
+            self._restored_bytes,
+            self._resumed_from,
+            self._last_saved,
+            self._save_s,
+            self._restore_s,
+        )
 
-    def _restored(self, m: dict[str, Any]) -> None:
+    def _restored(self, m: dict[str, Any], seconds: float = 0.0) -> None:
         self._restored_bytes += int(m.get("size") or 0)
+        self._restore_s += seconds
         if self._resumed_from is None:
             try:
                 self._resumed_from = int(str(m["version"])[:NS_DIGITS]) / 1e9
             except (KeyError, ValueError):
                 pass
 
-    def _saved(self, nbytes: int) -> None:
+    def _saved(self, nbytes: int, seconds: float = 0.0) -> None:
         self._saved_bytes += max(0, int(nbytes))
+        self._save_s += seconds
         self._last_saved = time.time()
 
     # ---- pickling -----------------------------------------------------------------------
@@ -232,9 +244,10 @@ class Checkpoint:
 
     def write(self, data: bytes | bytearray | memoryview, *, metadata: dict[str, Any] | None = None) -> None:
         """Save ``data`` as a new single-blob checkpoint (flytekit ``write``)."""
+        t0 = time.perf_counter()
         data = bytes(data) if not isinstance(data, bytes) else data
         self._commit(upload_bytes(data), metadata, blob=True)
-        self._saved(len(data))
+        self._saved(len(data), time.perf_counter() - t0)
 
     def _save(
         self,
@@ -252,18 +265,19 @@ class Checkpoint:
         if isinstance(src, (bytes, bytearray, memoryview)):
             self.write(src, metadata=metadata)
             return
+        t0 = time.perf_counter()
         if hasattr(src, "read") and not isinstance(src, (str, os.PathLike)):
             self._commit(upload_reader(src), metadata, replayable=False, blob=True)
             newest = self._versions.markers.get(self._versions.known_max or "")
-            self._saved(int(newest.get("size") or 0) if newest else 0)
+            self._saved(int(newest.get("size") or 0) if newest else 0, time.perf_counter() - t0)
             return
         local = pathlib.Path(os.fspath(src)).expanduser()
         if local.is_dir():
             self._commit(upload_dir(local), metadata)
-            self._saved(sum(p.stat().st_size for p in local.rglob("*") if p.is_file()))
+            self._saved(sum(p.stat().st_size for p in local.rglob("*") if p.is_file()), time.perf_counter() - t0)
         elif local.is_file():
             self._commit(upload_file(local), metadata, blob=True)
-            self._saved(local.stat().st_size)
+            self._saved(local.stat().st_size, time.perf_counter() - t0)
         else:
             raise FileNotFoundError(f"checkpoint source does not exist: {local}")
 
@@ -294,9 +308,10 @@ class Checkpoint:
             return got
 
         self._wait_background()
+        t0 = time.perf_counter()
         out = resolve_and(self._versions, self._fresh_vids, fetch, warm=warm)
         if out is not None and hit:
-            self._restored(hit[-1])
+            self._restored(hit[-1], time.perf_counter() - t0)
         return out
 
     def restore(self, dest_dir: str | os.PathLike[str] | None = None) -> pathlib.Path | None:
@@ -330,6 +345,7 @@ class Checkpoint:
                 out[1].unlink(missing_ok=True)
 
         self._wait_background()
+        t0 = time.perf_counter()
         try:
             got = resolve_and(self._versions, self._fresh_vids, fetch, discard, warm)
         except BaseException:
@@ -344,7 +360,7 @@ class Checkpoint:
         if partial is not None:
             os.replace(partial, final)
         if hit:
-            self._restored(hit[-1])
+            self._restored(hit[-1], time.perf_counter() - t0)
         return final
 
     # ---- flyte-sdk style ----------------------------------------------------------------

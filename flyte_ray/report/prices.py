@@ -268,7 +268,7 @@ class PriceTable:
         last part of a URL), Azure ``node_config.azure_arm_parameters.vmSize``. GCP bills
         ``guestAccelerators`` apart from the machine type, so a GCP node type with accelerators
         gets the instance type ``<machineType>+<count>x<acceleratorType>`` (for instance
-        ``n1-standard-8+1xnvidia-tesla-t4``): price that name (the whole node, GPUs included) or
+        ``n1-standard-8_1xnvidia-tesla-t4``): price that name (the whole node, GPUs included) or
         the node type itself; the machine type's price alone never prices it. Market: spot when
         AWS ``InstanceMarketOptions.MarketType`` is ``spot``, GCP ``scheduling.provisioningModel``
         is ``SPOT`` or ``scheduling.preemptible`` is true, or Azure ``priority`` is ``Spot``;
@@ -404,7 +404,7 @@ def _cloud_node(nc: Mapping[str, Any]) -> tuple[str, str]:
         for acc in accs if isinstance(accs, list) else []:
             if isinstance(acc, Mapping) and acc.get("acceleratorType"):
                 kind = str(acc["acceleratorType"]).rstrip("/").rsplit("/", 1)[-1]
-                instance_type += f"+{acc.get('acceleratorCount', 1)}x{kind}"
+                instance_type += f"_{acc.get('acceleratorCount', 1)}x{kind}"  # a valid Ray label value (no '+')
         sched = nc.get("scheduling")
         # Ray's own GCP defaults write scheduling as a list of one-key mappings
         parts = sched if isinstance(sched, list) else [sched]

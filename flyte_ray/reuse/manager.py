@@ -32,6 +32,7 @@ import ray
 import ray.exceptions as rex
 
 from .._ray.drains import draining_nodes
+from .._ray.metrics import metrics
 from .replica import RemoteAsyncReplica, RemoteReplica
 
 __all__ = ["PoolManager", "RemoteManager", "TICK_S", "RETIRE_GRACE_S"]
@@ -319,6 +320,8 @@ class PoolManager:
             ]
             if idle:
                 self._retire(min(idle, key=lambda r: r.last_active))
+
+        metrics().replicas(self.name, self.cfg["market"], len(self._live()))
 
         # retired replicas: killed after the grace period, once idle
         for r in list(self.reps.values()):
