@@ -18,22 +18,42 @@ import tasks_records as tr
 pytestmark = pytest.mark.timeout(300)
 
 
+PRICES = {"version": 1, "currency": "USD", "instance_types": {"m5.large": {"ondemand": 0.10, "spot": 0.03}}}
+
+
+def _labels(node_type):
+    return {"flyte-ray.io/node-type": node_type, "flyte-ray.io/instance-type": "m5.large"}
+
+
 @pytest.fixture(scope="module")
 def recorded_run(tmp_path_factory):
     flyte.shutdown()
     storage = str(tmp_path_factory.mktemp("store"))
     flag = str(tmp_path_factory.mktemp("flags") / "f")
-    nodes = [NodeSpec("spot-1", market="spot"), NodeSpec("spot-2", market="spot"),
-             NodeSpec("od-1", market="ondemand", cpus=2)]
-    with LocalCluster(nodes, storage=storage, spot_wait=5) as cluster:
-        run = flyte.run(tr.parent, flag)
-        wait_until(lambda: os.path.exists(flag + ".node0"), timeout=90)
-        time.sleep(3)  # past step 20's checkpoint
-        victim = cluster.name_of(open(flag + ".node0").read())
-        cluster.preempt(victim)
-        out = run.outputs(timeout=180)
-        tree = run.tree()
-        yield run, out, tree, storage, victim
+    nodes = [NodeSpec("spot-1", market="spot", labels=_labels("cpu-spot")),
+             NodeSpec("spot-2", market="spot", labels=_labels("cpu-spot")),
+             NodeSpec("od-1", market="ondemand", cpus=2, labels=_labels("cpu-ondemand"))]
+    old = os.environ.get("RAY_metrics_report_interval_ms")
+    os.environ["RAY_metrics_report_interval_ms"] = "1000"  # Ray exports metrics every second
+    try:
+        with LocalCluster(nodes, storage=storage, spot_wait=5) as cluster:
+            yield from _run(cluster, storage, flag)
+    finally:
+        if old is None:
+            os.environ.pop("RAY_metrics_report_interval_ms", None)
+        else:
+            os.environ["RAY_metrics_report_interval_ms"] = old
+
+
+def _run(cluster, storage, flag):
+    run = flyte.run(tr.parent, flag)
+    wait_until(lambda: os.path.exists(flag + ".node0"), timeout=90)
+    time.sleep(3)  # past step 20's checkpoint
+    victim = cluster.name_of(open(flag + ".node0").read())
+    cluster.preempt(victim)
+    out = run.outputs(timeout=180)
+    tree = run.tree()
+    yield run, out, tree, storage, victim
 
 
 def test_every_call_and_attempt_is_in_the_tree(recorded_run):
@@ -73,3 +93,93 @@ def test_flyte_ray_show_prints_the_tree_from_a_fresh_process(recorded_run):
     r = subprocess.run([sys.executable, "-m", "flyte_ray.cli", "runs"], capture_output=True, text=True,
                        timeout=120, env=env)
     assert r.returncode == 0 and run.name in r.stdout and "rec_od.parent" in r.stdout
+
+
+def test_the_cost_report_prices_node_time_as_documented(recorded_run):
+    """Checked by hand from the records, rule by rule (flyte_ray/report/cost.py's docstring)."""
+    run, _, tree, _, _ = recorded_run
+    report = run.cost(PRICES)
+    cost = all_od = lost_cost = spot_s = od_s = 0.0
+    lost_by = {(e.call_id, e.attempt): lw for n in _walk(tree.roots) for e, lw in n.attempts}
+    for e in tree.events:
+        if e.outcome in ("cached", "spot_unavailable") or e.ended is None:
+            continue
+        share = e.share or 1.0
+        node_s = e.seconds * share
+        price = 0.03 if e.market == "spot" else 0.10
+        lost = min(lost_by[(e.call_id, e.attempt)] or 0.0, e.seconds)
+        cost += node_s / 3600 * price
+        all_od += (e.seconds - lost) * share / 3600 * 0.10
+        lost_cost += lost * share / 3600 * price
+        spot_s += node_s if e.market == "spot" else 0.0
+        od_s += node_s if e.market == "ondemand" else 0.0
+    assert report.missing == [] or not report.missing
+    assert report.spot_node_seconds == pytest.approx(spot_s) and report.ondemand_node_seconds == pytest.approx(od_s)
+    assert report.cost == pytest.approx(cost) and report.all_ondemand_cost == pytest.approx(all_od)
+    assert report.lost_cost == pytest.approx(lost_cost) and report.lost_cost > 0
+    assert report.savings == pytest.approx(all_od - cost)
+    assert report.preemptions == 1 and report.cache_hits == 1
+    text = report.to_text()
+    assert "USD" in text and "savings" in text
+    # without prices it says so and still counts node time
+    bare = run.cost()  # init() was given no price table
+    assert bare.cost is None and bare.missing and "missing" in bare.to_text().lower()
+    assert bare.spot_node_seconds == pytest.approx(spot_s)
+
+
+def test_the_timeline_has_one_bar_per_attempt(recorded_run, tmp_path):
+    import xml.etree.ElementTree as ET
+
+    run, _, tree, _, victim = recorded_run
+    page = run.timeline()
+    svg = ET.fromstring(page.svg())
+    bars = [el for el in svg.iter() if el.get("data-call")]
+    drawn = [e for e in tree.events if e.outcome != "cached"]
+    assert len(bars) == len(drawn)
+    preempted = [b for b in bars if b.get("data-outcome") == "preemption"]
+    assert len(preempted) == 1 and preempted[0].get("data-market") == "spot"
+    path = page.save(str(tmp_path / "t.html"))
+    assert open(path).read().startswith("<!DOCTYPE html>")
+
+
+def test_the_metrics_of_the_run_reach_prometheus(recorded_run):
+    """The supervising processes (here the parent task's worker) export through Ray's metrics."""
+    import re
+    import urllib.request
+
+    import ray
+
+    urls = [f"http://{n['NodeManagerAddress']}:{n['MetricsExportPort']}/metrics" for n in ray.nodes()
+            if n.get("Alive") and n.get("MetricsExportPort")]
+    sample = re.compile(r'^(ray_flyte_ray_attempts_total)\{([^}]*)\} ([0-9.e+]+)$')
+
+    def attempts():
+        got = {}
+        for url in urls:
+            try:
+                text = urllib.request.urlopen(url, timeout=5).read().decode()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                m = sample.match(line)
+                if m:
+                    labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
+                    key = (labels.get("task"), labels.get("outcome"))
+                    got[key] = got.get(key, 0.0) + float(m.group(3))
+        return got
+
+    deadline = time.time() + 30
+    want = {("rec_spot.steps", "preemption"): 1.0, ("rec_light.flaky", "failed"): 1.0,
+            ("rec_light.flaky", "succeeded"): 1.0}
+    while True:
+        got = attempts()
+        if all(got.get(k) == v for k, v in want.items()):
+            break
+        assert time.time() < deadline, got
+        time.sleep(1)
+
+
+def _walk(nodes):
+    for n in nodes:
+        yield n
+        yield from _walk(n.children)
