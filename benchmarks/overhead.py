@@ -13,6 +13,13 @@ Inside the spot parent, calls of a task whose runs are short (``init(inline_unde
 supervising actor instead, to show what that hop costs.
 
 Prints each figure and the ratio flyte-ray / raw (latency: lower is better; throughput: higher).
+
+``--record`` (default on) also measures what recording a run's attempts costs: the driver figures
+again with every call recorded (``init(record="all")``: each plain call is a run of its own, the
+worst case) and with recording off (``record="off"``), alternated in the same run; the ratio of
+the two flyte-ray ratios is the recording's cost. (The default, ``record="runs"``, records only
+runs started with ``flyte.run``, so plain driver calls do not pay it at all.)
+
 Run: ``python benchmarks/overhead.py [--seq 300] [--fanout 2000] [--repeat 3]``.
 """
 
@@ -23,6 +30,7 @@ import asyncio
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -95,11 +103,42 @@ def report(title: str, f: dict) -> None:
     print(f"  fan-out throughput : raw {f['raw_fan']:7.0f} /s   flyte-ray {f['fr_fan']:7.0f} /s   ratio {thr:.2f}x")
 
 
+def record_figures(a: argparse.Namespace) -> None:
+    """What recording costs, alternated in one run (two rounds each): (1) the realistic case, the
+    in-task figures of a parent started with ``flyte.run`` (its children are recorded) with
+    recording on (``record="runs"``, the default) and off; (2) the worst case, the driver figures
+    with every plain call a recorded run of its own (``record="all"``) and off."""
+    cases = {"in-task, run recorded": [], "in-task, recording off": [], "driver, every call recorded": [],
+             "driver, recording off": []}
+    for _ in range(2):
+        for mode, name in (("runs", "in-task, run recorded"), ("off", "in-task, recording off")):
+            flyte.init(address="auto", record=mode)
+            f = flyte.run(ot.parent_bench, a.seq, a.fanout, a.repeat).outputs()
+            f.pop("market")
+            cases[name].append(f)
+        for mode, name in (("all", "driver, every call recorded"), ("off", "driver, recording off")):
+            flyte.init(address="auto", record=mode)
+            cases[name].append(driver_figures(a.seq, a.fanout, a.repeat))
+    flyte.init(address="auto", record="runs")
+    keys = ("raw_seq", "fr_seq", "raw_fan", "fr_fan")
+    med = {name: {k: statistics.median(r[k] for r in rows) for k in keys} for name, rows in cases.items()}
+    for name, f in med.items():
+        report(name, f)
+    for on, off in (("in-task, run recorded", "in-task, recording off"),
+                    ("driver, every call recorded", "driver, recording off")):
+        lat = (med[on]["fr_seq"] / med[on]["raw_seq"]) / (med[off]["fr_seq"] / med[off]["raw_seq"])
+        thr = (med[on]["fr_fan"] / med[on]["raw_fan"]) / (med[off]["fr_fan"] / med[off]["raw_fan"])
+        print(f"  recording's cost, {on.split(',')[0]}: latency ratio x{lat:.3f}, fan-out ratio x{thr:.3f} (on / off)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seq", type=int, default=300)
     ap.add_argument("--fanout", type=int, default=2000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--record", action=argparse.BooleanOptionalAction, default=True,
+                    help="also compare the driver figures with recording on (record='all') and off")
+    ap.add_argument("--only-record", action="store_true", help="run only the recording comparison")
     ap.add_argument("--actor", action=argparse.BooleanOptionalAction, default=True,
                     help="also measure in-task calls with every call through the supervising actor")
     a = ap.parse_args()
@@ -107,7 +146,11 @@ def main() -> None:
     # the fan-outs should be bound by overhead, not by a slot count the two sides use differently
     # (a blocking ray.get lends its slot to children; an event loop awaiting them does not).
     nodes = [NodeSpec("spot-1", market="spot", cpus=4), NodeSpec("od-1", market="ondemand", cpus=2)]
-    with LocalCluster(nodes):
+    with LocalCluster(nodes, storage=tempfile.mkdtemp(prefix="bench-overhead-")):
+        if a.record or a.only_record:
+            record_figures(a)
+        if a.only_record:
+            return
         d = driver_figures(a.seq, a.fanout, a.repeat)
         report("from the driver", d)
         inside = ot.parent_bench(a.seq, a.fanout, a.repeat)
