@@ -46,6 +46,7 @@ from .compat import (
 )
 from .context import TaskContext, ctx
 from .environment import TaskEnvironment
+from .progressbar import progress
 from .resources import GPU, TPU, Device, Resources
 from .retry import Backoff, RetryStrategy
 from .reuse import ReusePolicy
@@ -61,6 +62,7 @@ __all__ = [
     "CacheRequest",
     "Checkpoint",
     "PreemptionNotice",
+    "progress",
     "Device",
     "GPU",
     "Image",

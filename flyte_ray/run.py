@@ -19,6 +19,7 @@ from ._core.validation import SHORT_NAME_RE, check_name, normalize
 from ._duration import short_repr
 from ._ray.port import BLOCKING
 from ._ray.recording import node_facts_for, recorded, recorder
+from .progressbar import Progress
 from .report.cost import CostReport, cost_report
 from .report.tables import RunTree, build_tree
 from .report.timeline import timeline_html, timeline_svg
@@ -87,14 +88,51 @@ class Run:
         return self._future.done()
 
     def wait(self, timeout: Optional[float] = None) -> "Run":
-        """Block until the run ends (or ``timeout`` seconds pass); never raises the task's error."""
+        """Block until the run ends (or ``timeout`` seconds pass); never raises the task's error.
+        Where someone watches (``init(progress="auto")``), a bar shows the run's calls done,
+        failed and retried and its spot share as its records arrive."""
+        bar = Progress(None, f"run {self.name}") if self._recorded and not self.done() else None
+        end = None if timeout is None else time.monotonic() + timeout
         try:
-            _result(self._future, timeout)
-        except concurrent.futures.TimeoutError:
-            pass
-        except BaseException:  # noqa: BLE001 - the error is for outputs()
-            pass
+            while True:
+                step = 2.0 if bar is not None and bar.bar is not None else None
+                left = None if end is None else max(0.0, end - time.monotonic())
+                wait_s = left if step is None else (step if left is None else min(step, left))
+                try:
+                    _result(self._future, wait_s)
+                    break
+                except concurrent.futures.TimeoutError:
+                    if end is not None and time.monotonic() >= end:
+                        break
+                    if bar is not None:
+                        self._progress(bar)
+                except Exception:  # noqa: BLE001 - the task's error is for outputs()
+                    break
+        except KeyboardInterrupt:  # Ctrl-C in the driver cancels the run, then stops
+            self.cancel()
+            raise
+        finally:
+            if bar is not None:
+                if self.done():
+                    self._progress(bar)
+                bar.close()
         return self
+
+    def _progress(self, bar: Progress) -> None:
+        try:
+            tree = build_tree(self.name, self.events(), self.phase)
+        except Exception:  # noqa: BLE001 - progress is a nicety
+            return
+        t = tree.totals()
+        finished = [n for n in _walk(tree.roots) if n.attempts and n.attempts[-1][0].outcome in _FINAL]
+        if bar.bar is not None:
+            bar.bar.n = len(finished)
+            bar.note(
+                calls=t["calls"],
+                failed=t["user_failures"],
+                preempted=t["preemptions"],
+                spot=f"{100 * t['spot_seconds'] / max(t['spot_seconds'] + t['ondemand_seconds'], 1e-9):.0f}%",
+            )
 
     def outputs(self, timeout: Optional[float] = None) -> Any:
         """The task's return value (waits for it); raises the task's error if it failed."""
@@ -199,6 +237,15 @@ class TimelinePage:
 
     def _repr_html_(self) -> str:
         return self.svg()
+
+
+_FINAL = {"succeeded", "cached"}
+
+
+def _walk(nodes: list) -> Iterator[Any]:
+    for n in nodes:
+        yield n
+        yield from _walk(n.children)
 
 
 def _node_names(ids: set) -> Dict[str, str]:
@@ -345,16 +392,23 @@ def map(task: TaskTemplate, *iterables: Iterable[Any], return_exceptions: bool =
     """
     if not isinstance(task, TaskTemplate):
         raise TypeError(f"map: expected a task (made with @env.task), got {task!r}")
-    futures = [_submit(task._make_call(tuple(args), {})) for args in zip(*iterables)]
+    calls = [task._make_call(tuple(args), {}) for args in zip(*iterables)]
+    futures = [_submit(c) for c in calls]
+    bar = Progress(len(calls), f"map {task.name}")
     try:
-        for f in futures:
+        for call, f in zip(calls, futures):
             try:
-                yield _result(f)
+                value = _result(f)
             except Exception as e:  # noqa: BLE001
+                bar.done(call, False)
                 if not return_exceptions:
                     raise
                 yield e
+                continue
+            bar.done(call, True)
+            yield value
     finally:
+        bar.close()
         for f in futures:
             if not f.done():
                 f.cancel()

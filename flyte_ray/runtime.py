@@ -21,6 +21,7 @@ from typing import Any, Optional, Union
 import ray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from . import progressbar as progress_mode
 from ._controller.controller import ensure_supervisor
 from ._core.process import PROCESS
 from ._core.settings import DriverSettings, Settings
@@ -67,6 +68,7 @@ class _ConfigFile(BaseModel):
     ship_package: Union[bool, str] = "auto"
     allow_local_storage: bool = False
     record: Union[bool, str] = "runs"
+    progress: Union[bool, str] = "auto"
 
     @field_validator("supervisor")
     @classmethod
@@ -142,6 +144,7 @@ def init(
     allow_local_storage: bool = False,
     record: Union[bool, str] = "runs",
     prices: Any = None,
+    progress: Union[bool, str] = "auto",
 ) -> Settings:
     """Connect flyte-ray to Ray and set its options.
 
@@ -195,6 +198,8 @@ def init(
             format: ``examples/prices.example.yaml``; default ``$FLYTE_RAY_PRICES``), merged over
             the node type → instance type map of a ``ray up`` ``cluster_config``. flyte-ray ships
             no prices: a report says which node time it could not price.
+        progress: progress bars for ``map`` and ``Run.wait()``: ``"auto"`` (only where stderr is
+            a terminal or in Jupyter), ``True`` or ``False``.
 
     If Ray is already initialized in this process (by an earlier ``init`` or by the user's own
     ``ray.init``), flyte-ray keeps that connection, applies the new settings and logs that it did;
@@ -206,6 +211,7 @@ def init(
     """
     ship_mode = ship.check_ship_package(ship_package)
     price_table = _price_table(prices, cluster_config)
+    progress_mode.set_mode(progress)
     if not isinstance(allow_local_storage, bool):
         raise TypeError(f"allow_local_storage: expected True or False, got {type(allow_local_storage).__name__}")
     args = check_init_args(
