@@ -59,7 +59,7 @@ def train(steps: int, progress_dir: str) -> dict:
 
 NOTICE_EVERY = 10  # --notice: the task checkpoints every 10 steps, and on a notice
 NOTICE_AFTER = 12  # --notice: the step after which the cloud announces the node's preemption
-NOTICE_S = 10.0  # --notice: how far ahead (AWS gives 120 s)
+NOTICE_S = 6.0  # --notice: how far ahead (AWS gives 120 s)
 
 
 @env.task(retries=1)

@@ -21,7 +21,6 @@ from typing import Any, Optional, Union
 import ray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from . import progressbar as progress_mode
 from ._controller.controller import ensure_supervisor
 from ._core.process import PROCESS
 from ._core.settings import DriverSettings, Settings
@@ -33,6 +32,7 @@ from ._ray.node_types import read_node_types
 from ._ray.placement import cluster_view, offers
 from .checkpoint import Storage
 from .context import current_settings
+from .progressbar import set_mode as set_progress_mode
 
 __all__ = ["Settings", "init", "init_from_config", "shutdown", "current_settings", "is_initialized"]
 
@@ -211,7 +211,7 @@ def init(
     """
     ship_mode = ship.check_ship_package(ship_package)
     price_table = _price_table(prices, cluster_config)
-    progress_mode.set_mode(progress)
+    set_progress_mode(progress)
     if not isinstance(allow_local_storage, bool):
         raise TypeError(f"allow_local_storage: expected True or False, got {type(allow_local_storage).__name__}")
     args = check_init_args(

@@ -149,6 +149,8 @@ class LocalCluster:
             (:class:`~flyte_ray.preemption.emulator.MetadataEmulator`) and run flyte-ray's notice
             watcher (``flyte-ray watch-preemption``) for each node against it; then
             :meth:`notify` announces a preemption the way that cloud would. ``None``: neither.
+        dashboard: start Ray's dashboard on the head (``cluster.dashboard_url``; ``Run.url``
+            points at it): each attempt shows there as ``<task> #<attempt> (<market>)``.
         init_kwargs: extra ``flyte_ray.init`` settings (``system_retries``, ``storage``…).
     """
 
@@ -161,6 +163,7 @@ class LocalCluster:
         node_placement: str = "markers",
         temp_dir: Optional[str] = None,
         notices: Optional[str] = None,
+        dashboard: bool = False,
         **init_kwargs: Any,
     ) -> None:
         self._specs = [
@@ -180,6 +183,7 @@ class LocalCluster:
         if notices is not None and notices not in ("aws", "gcp", "azure"):
             raise ValueError(f"LocalCluster(notices=...): expected 'aws', 'gcp', 'azure' or None, got {notices!r}")
         self.notices = notices
+        self._dashboard = bool(dashboard)
         self._metadata: Any = None  # the MetadataEmulator when notices is set
         self._watchers: Dict[str, Any] = {}  # node name -> (Popen, log path)
 
@@ -207,7 +211,7 @@ class LocalCluster:
                     "resources": {**resources, "flyte-ray-node:head": 1},
                     "labels": head.ray_labels(),
                     "temp_dir": self.temp_dir,
-                    "include_dashboard": False,
+                    "include_dashboard": self._dashboard,
                 },
             )
         for spec in self._specs:
@@ -243,6 +247,16 @@ class LocalCluster:
             self._cluster = None
         if self._own_temp:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    @property
+    def dashboard_url(self) -> Optional[str]:
+        """Ray's dashboard of this cluster (``LocalCluster(dashboard=True)``), else None."""
+        if not self._dashboard or self._cluster is None:
+            return None
+        url = getattr(self._cluster, "webui_url", None) or getattr(self._cluster.head_node, "webui_url", None)
+        if not url:
+            return None
+        return url if str(url).startswith("http") else f"http://{url}"
 
     @property
     def address(self) -> str:
@@ -416,10 +430,19 @@ class LocalCluster:
             self._metadata = MetadataEmulator()
         log_path = os.path.join(self.temp_dir, f"watch-preemption-{name}.log")
         log = open(log_path, "ab")
+        # Run the package the way the cluster configs deploy it: as its own top-level package
+        # (a link named flyte_ray_preemption), so the watcher imports neither flyte_ray nor its
+        # dependencies (a fraction of the start-up cost of `python -m flyte_ray.preemption`).
+        pkg_root = os.path.join(self.temp_dir, "watcher-pkg")
+        link = os.path.join(pkg_root, "flyte_ray_preemption")
+        if not os.path.exists(link):
+            os.makedirs(pkg_root, exist_ok=True)
+            os.symlink(os.path.join(os.path.dirname(os.path.abspath(__file__)), "preemption"), link)
+        env = dict(os.environ, PYTHONPATH=pkg_root)
         cmd = [
             sys.executable,
             "-m",
-            "flyte_ray.preemption",
+            "flyte_ray_preemption",
             "--provider",
             self.notices,
             "--interval",
@@ -432,7 +455,7 @@ class LocalCluster:
             self._metadata.url(name),
         ]
         try:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         finally:
             log.close()
         self._watchers[name] = (proc, log_path)

@@ -43,11 +43,11 @@ def test_notice_saves_stops_and_the_retry_resumes_elsewhere_at_once(cluster, tmp
     cluster.add_node(NodeSpec("spot-a", market="spot"))
     cluster.add_node(NodeSpec("spot-b", market="spot"))
     flag = str(tmp_path / "f")
-    run = flyte.run(tn.steps, flag)
+    run = flyte.run(tn.steps, flag, 120)  # the retry runs ~4 s after the notice
     first = cluster.name_of(tn.wait_file(flag + ".node0"))
     tn.wait_file(flag + ".go")
     other = "spot-b" if first == "spot-a" else "spot-a"
-    t, done = _notify_later(cluster, first, notice_s=12)
+    t, done = _notify_later(cluster, first, notice_s=6)
     out = run.outputs(timeout=120)
     t.join()
     # the task saw the notice, saved, stopped; the retry resumed from that step on the other

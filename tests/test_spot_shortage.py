@@ -4,6 +4,7 @@ run fails at once, or waits when a node type the cluster can launch offers it.""
 
 import logging
 import os
+import threading
 import time
 
 import pytest
@@ -83,3 +84,61 @@ def test_work_a_launchable_node_type_offers_waits_and_says_which(pair, tmp_path)
     finally:
         logging.getLogger("flyte_ray").removeHandler(handler)
         flyte.init(address="auto", spot_wait=3)
+
+
+# ---------------------------------------------------------------- under the default spot wait (300 s)
+# README's case: a spot attempt that no live node can run any more must move to on-demand at
+# once, not sit out the spot wait, whether the spot node was already gone when it was submitted
+# (the retry of a preempted attempt: the cluster view is refreshed after a lost node) or went away
+# while it waited (submitted while the last spot node drained: the pending watch cancels it and
+# records ``spot_unavailable``).
+
+
+@pytest.fixture
+def default_wait(pair):
+    flyte.init(address="auto")  # spot_wait: the default
+    try:
+        yield pair
+    finally:
+        flyte.init(address="auto", spot_wait=3)
+
+
+def _draining(node_id: str) -> bool:
+    from ray._private.state import state  # private (ray-here.md): the GCS's map of draining nodes
+
+    return node_id in state.get_draining_nodes()
+
+
+def test_the_retry_of_a_preempted_attempt_moves_at_once_under_the_default_wait(default_wait, tmp_path):
+    cluster = default_wait
+    cluster.add_node(NodeSpec("spot-d1", market="spot", cpus=1))
+    flag = str(tmp_path / "flag")
+    run = flyte.run(ts.steady, flag)
+    wait_until(lambda: os.path.exists(flag + ".node"), timeout=60)
+    cluster.preempt("spot-d1", notice_s=1)
+    out = run.outputs(timeout=90)  # far below the 300 s spot wait
+    assert out["market"] == "ondemand" and cluster.name_of(out["node"]) == "od-1"
+    assert [h.outcome for h in run.history] == ["preemption", "spot_unavailable", "succeeded"]
+    assert run.history[1].runtime == 0 or run.history[1].runtime is None or run.history[1].runtime < 60
+
+
+def test_a_call_waiting_on_a_draining_spot_node_moves_when_the_node_goes(default_wait, tmp_path):
+    cluster = default_wait
+    cluster.add_node(NodeSpec("spot-2", market="spot", cpus=1))
+    flag = str(tmp_path / "flag")
+    busy = flyte.run(ts.steady, flag)  # holds spot-2's one CPU (an idle node dies on drain at once)
+    wait_until(lambda: os.path.exists(flag + ".node"), timeout=60)
+    preempting = threading.Thread(target=cluster.preempt, args=("spot-2",), kwargs={"notice_s": 6})
+    preempting.start()
+    try:
+        wait_until(lambda: _draining(cluster.node_id("spot-2")), timeout=30)
+        # submitted while spot-2 drains: it is alive, so the call waits for it; then it goes
+        run = flyte.run(ts.where)
+        out = run.outputs(timeout=90)  # far below the 300 s spot wait
+    finally:
+        preempting.join()
+    assert out["market"] == "ondemand" and cluster.name_of(out["node"]) == "od-1"
+    assert [h.outcome for h in run.history] == ["spot_unavailable", "succeeded"]
+    assert "any more" in run.history[0].error
+    assert run.system_failures == 0 and run.user_failures == 0
+    assert [h.outcome for h in busy.history] == ["preemption", "spot_unavailable", "succeeded"]
