@@ -12,7 +12,7 @@ light = flyte.TaskEnvironment(name="rec_light", resources=flyte.Resources(cpu=0.
 
 
 @spot.task(retries=1)
-def steps(flag: str, n: int = 60) -> int:
+def steps(flag: str, n: int = 40) -> int:
     """Checkpoints every 10 steps; the test preempts its node once the first file appears."""
     c = flyte.ctx()
     raw = c.checkpoint.read()

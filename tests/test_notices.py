@@ -126,7 +126,7 @@ def test_an_attempt_pending_on_a_noticed_node_never_starts_there(cluster, tmp_pa
     waiting = flyte.run(tn.quick)  # pending: the only spot node is busy
     time.sleep(1)
     assert not waiting.done()
-    cluster.notify("spot-d", notice_s=4)
+    cluster.notify("spot-d", notice_s=2)
     out = waiting.outputs(timeout=120)
     assert cluster.name_of(out["node"]) != "spot-d" and out["market"] == "ondemand"
     assert [h.outcome for h in waiting.history] == ["spot_unavailable", "succeeded"]

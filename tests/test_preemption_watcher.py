@@ -228,11 +228,11 @@ def test_watcher_is_cheap_while_nothing_happens(meta):
     stop = threading.Event()
     t = threading.Thread(target=w.run, args=(stop,))
     t.start()
-    time.sleep(3.2)
+    time.sleep(2.2)
     stop.set()
     t.join(10)
     assert not t.is_alive()
-    assert meta.requests("q") <= 6 and gcs.drains == []
+    assert meta.requests("q") <= 5 and gcs.drains == []
 
 
 def test_bad_arguments_are_refused_by_name():
@@ -253,7 +253,7 @@ def test_the_cli_exits_cleanly_on_sigterm_and_once(meta):
     p = subprocess.Popen([sys.executable, "-m", "flyte_ray.preemption", "--provider", "gcp", "--interval", "1",
                           "--metadata-url", meta.url("c"), "--address", "127.0.0.1:1"],
                          stderr=subprocess.PIPE, text=True)
-    time.sleep(3)
+    time.sleep(1.5)
     p.terminate()
     _, err = p.communicate(timeout=20)
     assert p.returncode == 0 and "stopped" in err

@@ -58,7 +58,7 @@ def _run(cluster, storage, flag):
 
 def test_every_call_and_attempt_is_in_the_tree(recorded_run):
     run, out, tree, _, victim = recorded_run
-    assert out == [60, "ok", 70, 70]
+    assert out == [40, "ok", 70, 70]
     by_call = {}
     for e in tree.events:
         by_call.setdefault(e.fqn, []).append(e)
