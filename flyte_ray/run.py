@@ -135,8 +135,13 @@ class Run:
             )
 
     def outputs(self, timeout: Optional[float] = None) -> Any:
-        """The task's return value (waits for it); raises the task's error if it failed."""
-        return _result(self._future, timeout)
+        """The task's return value (waits for it); raises the task's error if it failed. Ctrl-C
+        while waiting cancels the run, then stops."""
+        try:
+            return _result(self._future, timeout)
+        except KeyboardInterrupt:
+            self.cancel()
+            raise
 
     def cancel(self) -> bool:
         """Cancel the run; its running attempt is cancelled on Ray."""

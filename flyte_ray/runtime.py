@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -69,6 +70,7 @@ class _ConfigFile(BaseModel):
     allow_local_storage: bool = False
     record: Union[bool, str] = "runs"
     progress: Union[bool, str] = "auto"
+    log_level: Union[int, str] = logging.WARNING
 
     @field_validator("supervisor")
     @classmethod
@@ -435,13 +437,49 @@ def _find_config(path: Union[str, os.PathLike, None]) -> Optional[Path]:
     return next((c for c in candidates if c.exists()), None)
 
 
-def init_from_config(path: Union[str, os.PathLike, None] = None, **overrides: Any) -> Settings:
+#: flyte-sdk's ``init_from_config`` arguments that mean nothing on Ray: accepted (so flyte-sdk
+#: code runs unchanged) and ignored, with one debug line.
+SDK_IGNORED = ("images", "sync_local_sys_paths")
+
+
+def init_from_config(
+    path_or_config: Union[str, os.PathLike, None] = None,
+    root_dir: Union[str, os.PathLike, None] = None,
+    log_level: Union[int, str, None] = None,
+    **overrides: Any,
+) -> Settings:
     """``init`` with settings read from a YAML or JSON file (keys: the ``init`` arguments).
 
-    With no ``path``: ``$FLYTE_RAY_CONFIG``, ``./flyte-ray.yaml``, ``./.flyte-ray.yaml``,
+    With no path: ``$FLYTE_RAY_CONFIG``, ``./flyte-ray.yaml``, ``./.flyte-ray.yaml``,
     ``~/.flyte-ray/config.yaml``; when none exists it behaves like ``init()``. Keyword
-    arguments override the file.
+    arguments override the file. ``await init_from_config.aio(...)`` from async code.
+
+    flyte-sdk's arguments: ``log_level`` is applied (Ray's log level, as ``init``);
+    ``root_dir`` (the project's root) goes on this driver's ``sys.path`` so its task modules
+    import, and Ray's workers import them the same way (run from that folder, or ship it with
+    ``runtime_env={"working_dir": ...}``); ``images`` and ``sync_local_sys_paths`` are accepted
+    and ignored (container images are not how Ray ships code). A flyte-sdk ``Config`` object is
+    refused with a ``TypeError``: pass a file path.
     """
+    path = overrides.pop("path", path_or_config)  # the keyword of earlier flyte-ray versions
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise TypeError(
+            f"init_from_config: expected the path of a YAML or JSON file of init settings, got "
+            f"{type(path).__name__} (a flyte-sdk Config object does not apply on Ray)"
+        )
+    for name in SDK_IGNORED:
+        if name in overrides:
+            overrides.pop(name)
+            logger.debug("init_from_config(%s=...): accepted for flyte-sdk code, ignored on Ray", name)
+    if log_level is not None:
+        overrides["log_level"] = log_level
+    if root_dir is not None:
+        root = os.fspath(root_dir)
+        if not os.path.isdir(root):
+            raise ValueError(f"init_from_config.root_dir: expected an existing folder, got {root!r}")
+        root = os.path.abspath(root)
+        if root not in sys.path:
+            sys.path.insert(0, root)
     p = _find_config(path)
     data: dict[str, Any] = {}
     if p is not None:
@@ -466,3 +504,20 @@ def init_from_config(path: Union[str, os.PathLike, None] = None, **overrides: An
         )
         raise ValueError(f"init_from_config: invalid settings in {p or 'arguments'}:\n{problems}") from None
     return init(**cfg.model_dump())
+
+
+async def _init_from_config_aio(
+    path_or_config: Union[str, os.PathLike, None] = None,
+    root_dir: Union[str, os.PathLike, None] = None,
+    log_level: Union[int, str, None] = None,
+    **overrides: Any,
+) -> Settings:
+    """``init_from_config`` from async code (it connects to Ray, which blocks: off the loop)."""
+    import asyncio
+
+    return await asyncio.get_running_loop().run_in_executor(
+        None, lambda: init_from_config(path_or_config, root_dir, log_level, **overrides)
+    )
+
+
+init_from_config.aio = _init_from_config_aio  # type: ignore[attr-defined]

@@ -20,6 +20,38 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_here, os.environ.get("PY
 import flyte_ray  # noqa: E402
 from flyte_ray.testing import LocalCluster, NodeSpec  # noqa: E402
 
+# The suite runs on two pytest-xdist workers (README's test command: ``-n 2 --dist loadgroup``).
+# Every module that starts Ray is in one group, so Ray tests still run one at a time on one
+# worker (two clusters at once on two cores would make their timing-sensitive checks meaningless),
+# while the modules below, which start no Ray, run beside them on the other worker.
+NO_RAY = {
+    "test_cache_serialize",
+    "test_cache_trust",
+    "test_checkpoint_store",
+    "test_checkpoint_trust",
+    "test_cluster_configs",
+    "test_core_loop",
+    "test_cost",
+    "test_docs",
+    "test_preemption_watcher",
+    "test_result_store",
+    "test_run_records_core",
+    "test_storage",
+    "test_storage_limits",
+    "test_structure",
+    "test_timeline",
+}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "xdist_group(name): pytest-xdist runs a group on one worker")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        item.add_marker(pytest.mark.xdist_group("no-ray" if name in NO_RAY else "ray"))
+
 from flyte_ray.testing import local_cluster  # noqa: E402,F401  (the public fixture)
 
 

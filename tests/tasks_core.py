@@ -111,3 +111,14 @@ def market_probe() -> dict:
 @spot_env.task(retries=2, interruptible=False)
 def market_probe_task_false() -> dict:
     return {"market": flyte.ctx().market}
+
+
+@env.task
+async def sync_map_inside_async(n: int) -> list:
+    """flyte-sdk allows a sync flyte.map inside an async task (#18: it deadlocked)."""
+    return list(flyte.map(double_it, range(n)))
+
+
+@env.task
+def double_it(x: int) -> int:
+    return 2 * x

@@ -185,3 +185,37 @@ async def blocks_its_loop(secs: float) -> str:
 @timeouts.task
 async def replica_pid() -> int:
     return os.getpid()
+
+
+# #18: a parent in a reusable environment calling a child of the same environment (flyte-sdk
+# documents 2 replicas as enough), and falling back to a regular environment.
+pair = flyte.TaskEnvironment(name="reuse_pair", resources=small,
+                             reusable=flyte.ReusePolicy(replicas=2, concurrency=1, idle_ttl=60))
+grow = flyte.TaskEnvironment(name="reuse_grow", resources=small,
+                             reusable=flyte.ReusePolicy(replicas=(1, 2), concurrency=1, idle_ttl=60))
+plain_small = flyte.TaskEnvironment(name="reuse_plain", resources=small)
+
+
+@pair.task
+def pair_child(x: int) -> int:
+    return x + 1
+
+
+@pair.task
+def pair_parent(x: int) -> list:
+    return [pair_child(x), pair_child(x + 1), plain_child(x)]
+
+
+@grow.task
+def grow_child(x: int) -> int:
+    return x * 3
+
+
+@grow.task
+def grow_parent(x: int) -> int:
+    return grow_child(x) + 1
+
+
+@plain_small.task
+def plain_child(x: int) -> int:
+    return -x

@@ -37,6 +37,12 @@ def test_nested_sync_and_async_on_one_cpu():
     assert asyncio.run(tc.async_calls_sync.aio(4)) == sum(i * i for i in range(4))
 
 
+@pytest.mark.timeout(60)  # before the fix: a deadlock (reproduced: it timed out)
+def test_a_sync_map_inside_an_async_task_does_not_deadlock():
+    """#18: the map's calls were scheduled on the worker loop that the sync map itself blocked."""
+    assert asyncio.run(tc.sync_map_inside_async.aio(4)) == [0, 2, 4, 6]
+
+
 def test_gather_fan_out_of_200():
     assert asyncio.run(tc.async_parent.aio(200)) == [i * i for i in range(200)]
 
@@ -156,6 +162,26 @@ def test_init_from_config(tmp_path):
     bad.write_text(json.dumps({"colour": 1}))
     with pytest.raises(ValueError, match="colour"):
         flyte.init_from_config(bad)
+    flyte.init(system_retries=3)
+
+
+def test_init_from_config_takes_flyte_sdks_arguments_and_has_aio(tmp_path):
+    """#18: flyte-sdk's examples call init_from_config(path, log_level=..., root_dir=...)."""
+    import logging
+    import sys
+
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("system_retries: 5\n")
+    s = flyte.init_from_config(str(cfg), log_level=logging.DEBUG, root_dir=tmp_path, images=("x",),
+                               sync_local_sys_paths=True)
+    assert s.system_retries == 5 and str(tmp_path) in sys.path
+    s = asyncio.run(flyte.init_from_config.aio(cfg, log_level=logging.WARNING))
+    assert s.system_retries == 5
+    with pytest.raises(TypeError, match="Config object"):
+        flyte.init_from_config(object())
+    with pytest.raises(ValueError, match="root_dir"):
+        flyte.init_from_config(cfg, root_dir=tmp_path / "missing")
+    sys.path.remove(str(tmp_path))
     flyte.init(system_retries=3)
 
 

@@ -291,3 +291,15 @@ def test_an_async_warm_call_that_times_out_never_keeps_its_replica_busy(fleet):
     # it ignored the cancel: its replica was replaced (a call to the blocked one would have waited
     # for it and come back from the same process)
     assert asyncio.run(tr.replica_pid.aio()) != pid
+
+
+def test_a_replica_calling_its_own_pool_does_not_starve(fleet):
+    """#18: a parent in a ReusePolicy(replicas=2, concurrency=1) environment calls children of
+    the same environment (and of a regular one): the children run on the other replica instead of
+    queueing behind their own caller; with replicas=(1, 2) the pool grows to serve them."""
+    assert tr.pair_parent(5) == [6, 7, -5]
+    assert tr.grow_parent(4) == 13
+    stats = {s["env"]: s for s in reuse.pool_stats()}
+    assert stats["reuse_grow"]["replicas"] == 2  # grew for the nested call
+    reuse.shutdown_pools("reuse_pair")
+    reuse.shutdown_pools("reuse_grow")

@@ -218,7 +218,17 @@ class _RunLoop:
 
 
 def background_loop() -> asyncio.AbstractEventLoop:
-    """The loop that hosts runs: the worker's loop inside a worker, else the driver's run loop."""
+    """The loop that hosts runs: the worker's loop inside a worker, else the driver's run loop.
+
+    Blocking code that runs *on* the worker's loop — a sync ``flyte.map`` / ``run(...).outputs()``
+    inside an ``async`` task — would wait for calls that only that (blocked) loop could drive: a
+    deadlock. Those calls go to a loop of their own instead (the run loop, on its own thread)."""
     if waiting.is_worker():
-        return waiting.worker_loop()
+        loop = waiting.worker_loop()
+        try:
+            on_it = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_it = False
+        if not on_it:
+            return loop
     return PROCESS.part(_RunLoop).get()

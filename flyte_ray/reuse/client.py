@@ -72,7 +72,7 @@ class PoolUnavailable(Exception):
 class Slot:
     """One replica as this process sees it."""
 
-    __slots__ = ("rid", "handle", "run", "inflight", "known")
+    __slots__ = ("rid", "handle", "run", "inflight", "known", "actor")
 
     def __init__(self, rid: str, handle: Any) -> None:
         self.rid = rid
@@ -80,6 +80,23 @@ class Slot:
         self.run = handle.run  # the bound method, made once (``handle.run`` builds one per access)
         self.inflight = 0
         self.known: set = set()  # static digests sent to this replica in full
+        self.actor = _actor_id(handle)
+
+
+def _actor_id(handle: Any) -> str:
+    try:
+        return str(handle._actor_id.hex())
+    except Exception:  # noqa: BLE001
+        return ""
+
+
+def _current_actor() -> str:
+    """The actor this process is (a replica calling into its own pool), else ""."""
+    try:
+        aid = ray.get_runtime_context().get_actor_id()
+        return str(aid) if aid else ""
+    except Exception:  # noqa: BLE001
+        return ""
 
 
 class PoolRegistry:
@@ -124,6 +141,11 @@ class PoolClient:
         self.rr = 0
         self.lock = threading.Lock()
         self.pending: Any = None  # an in-flight refresh, shared by concurrent callers
+        # A replica calling into its own pool (a parent task calling a child of the same reusable
+        # environment) must not queue the child behind itself: with concurrency=1 that call never
+        # starts. It uses the other replicas, and asks the manager for one when it is alone.
+        self.me = _current_actor()
+        self.at_max = False  # the manager said the pool cannot grow
 
     # ----------------------------------------------------------------- manager
     def _manager(self) -> Any:
@@ -143,14 +165,15 @@ class PoolClient:
     def _request(self, force: bool) -> Any:
         with self.lock:
             if self.pending is None:
-                self.pending = self._manager().replicas.remote(-1 if force else self.version)
+                self.pending = self._manager().replicas.remote(-1 if force else self.version, self.me or None)
             return self.pending
 
     def _apply(self, ref: Any, res: tuple) -> None:
         with self.lock:
             if self.pending is ref:
                 self.pending = None
-            version, listing = res
+            version, listing = res[0], res[1]
+            self.at_max = bool(res[2]) if len(res) > 2 else False
             if listing is not None:  # the manager's answer is authoritative
                 old = {s.rid: s for s in self.slots}
                 self.slots = [old.get(rid) or Slot(rid, h) for rid, h in listing]
@@ -181,6 +204,11 @@ class PoolClient:
     # ----------------------------------------------------------------- picking
     def _choose(self) -> Optional[Slot]:
         slots = self.slots
+        if self.me:
+            others = [s for s in slots if s.actor != self.me]
+            # alone in the pool: itself only when the pool cannot grow (then the user's
+            # concurrency decides), else none yet: the manager is starting another replica
+            slots = others or (slots if self.at_max else [])
         n = len(slots)
         if n == 0:
             return None

@@ -167,9 +167,12 @@ class PoolManager:
         return [(r.rid, r.handle) for r in (ready or live)]
 
     # ----------------------------------------------------------------- caller API
-    async def replicas(self, version: int) -> tuple:
-        """The replicas to use: ``(version, [(rid, handle)...])``, or ``(version, None)`` when
-        the caller's copy is current. A request revives a pool that is shutting down."""
+    async def replicas(self, version: int, caller: Optional[str] = None) -> tuple:
+        """The replicas to use: ``(version, [(rid, handle)...], at_max)``, with ``None`` for the
+        list when the caller's copy is current. A request revives a pool that is shutting down.
+        ``caller``: the actor id of a replica of this pool that calls into it (a nested call): when
+        it is the only live replica, another one is started so the call does not queue behind
+        its own caller; ``at_max`` says when the pool cannot grow."""
         self.last_demand = time.time()
         if self.closing_since is not None:
             self.closing_since = None
@@ -182,9 +185,15 @@ class PoolManager:
         self._start()
         if not self._live():
             self._create()
+        live = self._live()
+        if caller and len(live) < self.max and all(_actor_id(r.handle) == caller for r in live):
+            self._create()
+        at_max = len(self._live()) >= self.max
         if version == self.version:
-            return (self.version, None)
-        return (self.version, self._listing())
+            return (self.version, None, at_max)
+        if caller:  # a replica's nested call: starting replicas too (it must not wait on itself)
+            return (self.version, [(r.rid, r.handle) for r in self._live()], at_max)
+        return (self.version, self._listing(), at_max)
 
     async def lost(self, rid: str) -> str:
         """A caller's call to ``rid`` failed with an actor error: ``"retired"`` (killed on
@@ -328,6 +337,13 @@ class PoolManager:
             if r.retired_at is not None and now - r.retired_at >= RETIRE_GRACE_S and not (r.active or r.waiting):
                 self._drop(r.rid, kill=True)
         return False
+
+
+def _actor_id(handle: Any) -> str:
+    try:
+        return str(handle._actor_id.hex())
+    except Exception:  # noqa: BLE001
+        return ""
 
 
 async def _awaited(ref: Any) -> Any:
