@@ -157,7 +157,14 @@ def test_fan_out_of_50_survives_a_spot_preemption(fleet, tmp_path, graceful):
         _, i, _attempt = f.split("-")
         per_child[int(i)] = per_child.get(int(i), 0) + 1
     assert sorted(per_child) == list(range(50))
-    assert all(v == 1 for v in per_child.values()), per_child  # nothing ran again after success
+    # Nothing ran again after a success that reached its caller. A child that finished on the
+    # victim in the instant before it died (its file written, its result not yet delivered) runs
+    # again: that is the at-least-once rule of a lost node, so its first run was on the victim.
+    victim_id = fleet.node_id(victim)
+    for i, runs in per_child.items():
+        if runs > 1:
+            first = open(out / f"done-{i}-0").read()
+            assert runs == 2 and first == victim_id, (i, runs, first, victim_id)
 
 
 def test_cancelling_a_run_cancels_its_attempt(fleet, tmp_path):

@@ -183,3 +183,24 @@ def _walk(nodes):
     for n in nodes:
         yield n
         yield from _walk(n.children)
+
+
+def test_flyte_ray_report_from_a_fresh_process(recorded_run, tmp_path):
+    import json
+
+    run, _, _, storage, _ = recorded_run
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps(PRICES))
+    page = tmp_path / "t.html"
+    env = dict(os.environ, FLYTE_RAY_STORAGE=storage)
+    r = subprocess.run([sys.executable, "-m", "flyte_ray.cli", "report", run.name, "--prices", str(prices),
+                        "--html", str(page)], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    assert f"run {run.name}" in r.stdout and "savings" in r.stdout and "USD" in r.stdout
+    assert page.read_text().count("data-call=") >= 6
+    r = subprocess.run([sys.executable, "-m", "flyte_ray.cli", "report", "--since", "1h"], capture_output=True,
+                       text=True, timeout=120, env=env)
+    assert r.returncode == 0 and "runs since" in r.stdout and "prices" in r.stdout.lower()
+    r = subprocess.run([sys.executable, "-m", "flyte_ray.cli", "report"], capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert r.returncode == 2 and "--since" in r.stderr

@@ -192,6 +192,13 @@ async def run_user_code(
         return failed(err, node, time.perf_counter() - t0, context)
     except SystemExit as e:
         # Not re-raised: the worker would exit, and SystemExit reaching the caller would end it.
+        if _DRAINS.notice.is_set():
+            # The node is being taken away (a preemption notice) and Ray is shutting its workers
+            # down: the platform stopped the task, not the task itself.
+            down = RuntimeSystemError(
+                "NodeShutdown", "the worker was shut down while its node was being drained for preemption"
+            )
+            return failed(down, node, time.perf_counter() - t0, context)
         err = RuntimeUserError("SystemExit", f"the task called sys.exit({e.code!r})")
         return failed(err, node, time.perf_counter() - t0, context)
     except asyncio.CancelledError as e:
