@@ -14,7 +14,8 @@ Off the call path: ``attempt_finished`` appends a small tuple to a list (measure
 and writes one batch object per run every :data:`FLUSH_S` seconds, or sooner when
 :data:`BATCH` attempts wait. :meth:`RunRecorder.flush` writes at once: the driver calls it when a
 run ends, a worker when the attempt that made nested calls ends (before its result travels, so
-the parent's children are stored before the parent is seen done), and ``atexit``. A storage that
+the parent's children are stored before the parent is seen done; it waits at most
+:data:`WORKER_FLUSH_S` for that, so a stalled storage never holds a result back), and ``atexit``. A storage that
 fails is retried at the next flush; past :data:`MAX_PENDING` waiting attempts the oldest are
 dropped with one warning — recording never fails or blocks a call.
 """
@@ -37,11 +38,12 @@ from .._core.runlog import RunSummary, write_batch, write_summary
 if TYPE_CHECKING:
     from .._core.call import Call
 
-__all__ = ["RunRecorder", "recorder", "FLUSH_S", "BATCH", "MAX_PENDING", "node_facts_for"]
+__all__ = ["RunRecorder", "recorder", "FLUSH_S", "WORKER_FLUSH_S", "BATCH", "MAX_PENDING", "node_facts_for"]
 
 logger = logging.getLogger("flyte_ray")
 
 FLUSH_S = 2.0
+WORKER_FLUSH_S = 5.0  # a worker waits this long, at most, for its nested calls' records to be written
 BATCH = 2000
 MAX_PENDING = 200_000
 NODE_LABEL_TYPE = "flyte-ray.io/node-type"
@@ -228,6 +230,21 @@ class RunRecorder:
             if retry:
                 self.pending[:0] = retry
             return written
+
+    def flush_within(self, seconds: float) -> bool:
+        """Write what is pending, waiting at most ``seconds`` (a stalled storage must not hold
+        an attempt's result back): True when it was written in time; else the write goes on in
+        the background."""
+        t = threading.Thread(target=self._flush_quietly, name="flyte-ray-recorder-flush", daemon=True)
+        t.start()
+        t.join(seconds)
+        return not t.is_alive()
+
+    def _flush_quietly(self) -> None:
+        try:
+            self.flush()
+        except Exception:  # noqa: BLE001 - recording never fails a call
+            logger.debug("run recorder flush failed", exc_info=True)
 
     def _failed(self, url: str, e: BaseException) -> None:
         if url not in self.failed_once:

@@ -27,7 +27,7 @@ from ..errors import RuntimeSystemError, RuntimeUserError, TaskInterruptedError,
 from . import waiting
 from .drains import DrainMonitor
 from .metrics import Metrics
-from .recording import RunRecorder
+from .recording import WORKER_FLUSH_S, RunRecorder
 from .wire import VERSION, AttemptPayload, AttemptResult, Started, decode, encode
 
 __all__ = [
@@ -211,7 +211,7 @@ async def run_user_code(
         reset_context(token)
         _DRAINS.end()
         if _RECORDER.pending:  # this attempt's nested calls: stored before its result travels
-            _RECORDER.flush()
+            _RECORDER.flush_within(WORKER_FLUSH_S)
     return AttemptResult(
         VERSION, True, value, "", node, False, time.perf_counter() - t0, _DRAINS.notice.as_wire(), _ckpt(context)
     )
