@@ -16,6 +16,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -297,6 +298,29 @@ def init(
     return settings
 
 
+CLIENT_CONNECT_TRIES = 3
+
+
+def _init_remote(address: str, kwargs: dict[str, Any]) -> Any:
+    """``ray.init(address=...)``; a ``ray://`` connection whose server-side start fails (Ray
+    2.60's client server often fails a connection's first start: ray-project/ray#63202, and
+    "Initialization failure from server") is tried again, up to :data:`CLIENT_CONNECT_TRIES`
+    times, 1 s apart, with a log line each time."""
+    for attempt in range(1, CLIENT_CONNECT_TRIES + 1):
+        try:
+            return ray.init(address=address, **kwargs)
+        except ConnectionAbortedError as e:
+            if not address.startswith("ray://") or attempt == CLIENT_CONNECT_TRIES:
+                raise
+            logger.warning("Ray client connection to %s failed at its server (%s); trying again", address, e)
+            try:
+                ray.shutdown()
+            except Exception:  # noqa: BLE001 - nothing was connected
+                pass
+            time.sleep(1.0)
+    raise AssertionError("unreachable")
+
+
 def _price_table(prices: Any, cluster_config: Optional[str]) -> Any:
     """The driver's price table: ``prices`` (or ``$FLYTE_RAY_PRICES``) over the node type →
     instance type map of a ``ray up`` ``cluster_config``; None when neither gives anything.
@@ -371,7 +395,7 @@ def _connect(
             session.embedded, session.temp_dir = True, temp_dir
             session.address = ctx.address_info.get("gcs_address")  # type: ignore[attr-defined]  # RayContext
         else:
-            ctx = ray.init(address=address, **kwargs)
+            ctx = _init_remote(address, kwargs)
             session.embedded, session.address = False, address
     if plan.shipped:
         logger.debug("flyte_ray %s ships to the cluster's workers (runtime_env py_modules)", ship.package_dir())
