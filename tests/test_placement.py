@@ -164,7 +164,8 @@ def test_fan_out_of_50_survives_a_spot_preemption(fleet, tmp_path, graceful):
     for i, runs in per_child.items():
         if runs > 1:
             first = open(out / f"done-{i}-0").read()
-            assert runs == 2 and first == victim_id, (i, runs, first, victim_id)
+            # (its file may be empty: the node went while the first run was writing it)
+            assert runs == 2 and first in ("", victim_id), (i, runs, first, victim_id)
 
 
 def test_cancelling_a_run_cancels_its_attempt(fleet, tmp_path):
