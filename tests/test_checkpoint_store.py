@@ -717,7 +717,8 @@ def test_s3_request_counts(s3_server: dict[str, Any], tmp_path: pathlib.Path) ->
         assert ops(lambda: retry.restore(tmp_path / "r2"), retry) == ["ListObjectsV2", "GetObject"]
         assert (tmp_path / "r2" / "model.bin").read_bytes() == src.read_bytes()
         # with metadata: the folder layout, payload then marker
-        assert ops(lambda: cp.save(src, metadata={"step": 1})) == ["PutObject", "PutObject"]
+        saved = ops(lambda: cp.save(src, metadata={"step": 1}))  # (its background prune may DELETE)
+        assert [c for c in saved if c != "DeleteObject"] == ["PutObject", "PutObject"]
         assert ops(lambda: Checkpoint(url, options=s3_server["options"]).latest()) == ["ListObjectsV2", "GetObject"]
     finally:
         cp.fs.s3.meta.events.unregister("before-call.s3", record)
