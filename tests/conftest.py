@@ -43,14 +43,45 @@ NO_RAY = {
 }
 
 
+# Modules on flyte-ray's embedded one-CPU cluster (no multi-node fleet, no preemption timing): a
+# group of their own, which runs beside the multi-node group on the other worker (with the
+# modules above), so the suite fits its 10 minutes on two cores. The multi-node modules, whose
+# checks time real preemptions, still never share the machine with another multi-node cluster.
+EMBEDDED_RAY = {
+    "test_cache",
+    "test_core",
+    "test_failure_kinds",
+    "test_flyte_compat",
+    "test_metrics",
+    "test_progress",
+    "test_run_names",
+    "test_security",
+    "test_validation",
+}
+
+
+def _group(module: str) -> str:
+    if module in NO_RAY:
+        return "no-ray"
+    return "ray-embedded" if module in EMBEDDED_RAY else "ray"
+
+
 def pytest_configure(config):
+    # xdist hands out groups largest first (by test count) unless told not to: the multi-node
+    # group (fewest tests, longest to run) must start at once on a worker of its own, not queue
+    # behind another group. In collection order it comes first (test_attach.py).
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
     config.addinivalue_line("markers", "xdist_group(name): pytest-xdist runs a group on one worker")
 
 
+# tryfirst: xdist's own collection hook reads the marks to form groups; it must run after this one
+# (without it the marks came too late and Ray modules ran on both workers at once).
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
         name = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
-        item.add_marker(pytest.mark.xdist_group("no-ray" if name in NO_RAY else "ray"))
+        item.add_marker(pytest.mark.xdist_group(_group(name)))
 
 from flyte_ray.testing import local_cluster  # noqa: E402,F401  (the public fixture)
 
