@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from typing import Any, Callable
@@ -430,7 +431,11 @@ _CHILD = textwrap.dedent(
     import json, sys, time
     from flyte_ray.checkpoint import Checkpoint
     url, options, src, mode = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
-    if mode == "stream":
+    if mode == "background":  # the loop goes on while the upload runs; killed mid-upload
+        h = Checkpoint(url, options=options).save(src, background=True)
+        print("SNAPSHOT", h.state, flush=True)
+        h.wait()
+    elif mode == "stream":
         class Slow:  # a stream that never ends: the save is always killed mid-way
             def read(self, n):
                 time.sleep(0.02)
@@ -532,7 +537,7 @@ def test_sigkill_during_local_save(tmp_path: pathlib.Path, big_file: pathlib.Pat
     assert sorted(p.name for p in root.iterdir()) == [prev_vid, newest]
 
 
-@pytest.mark.parametrize("mode", ["path", "stream"])
+@pytest.mark.parametrize("mode", ["path", "stream", "background"])
 def test_sigkill_during_s3_save(
     s3_server: dict[str, Any], tmp_path: pathlib.Path, big_file: pathlib.Path, mode: str
 ) -> None:
@@ -722,3 +727,94 @@ def test_s3_request_counts(s3_server: dict[str, Any], tmp_path: pathlib.Path) ->
         assert ops(lambda: Checkpoint(url, options=s3_server["options"]).latest()) == ["ListObjectsV2", "GetObject"]
     finally:
         cp.fs.s3.meta.events.unregister("before-call.s3", record)
+
+
+# --------------------------------------------------------------------------------------------
+# background saves
+# --------------------------------------------------------------------------------------------
+
+
+def test_background_save_returns_after_the_snapshot_and_reads_see_it(
+    make_cp: Callable[..., Checkpoint], tmp_path: pathlib.Path
+) -> None:
+    cp = make_cp()
+    src = tmp_path / "state.bin"
+    src.write_bytes(b"v1" * 1000)
+    h = cp.save(src, background=True)
+    assert h is not None and h.blocked_s >= 0 and h.nbytes == 2000
+    src.write_bytes(b"changed after the save returned")  # the snapshot was taken: no effect
+    assert cp.read() == b"v1" * 1000  # a read of the same object waits for its own uploads
+    assert h.done() and h.state == "committed" and h.result() == cp.latest()["version"]  # type: ignore[index]
+    assert make_cp().read() == b"v1" * 1000  # a fresh object (a retry) sees it too
+    buf = bytearray(b"mutable")
+    h2 = cp.save(buf, background=True, metadata={"step": 2})
+    buf[:] = b"XXXXXXX"
+    assert h2.result(timeout=30) is not None
+    assert cp.read() == b"mutable" and cp.latest()["metadata"] == {"step": 2}  # type: ignore[index]
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "a.txt").write_bytes(b"a")
+    (tree / "sub" / "b.txt").write_bytes(b"b")
+    h3 = cp.save(tree, background=True)
+    shutil.rmtree(tree)  # gone before the upload ran: the snapshot has it
+    h3.result(timeout=30)
+    out = cp.restore(tmp_path / "restored")
+    assert out is not None and _tree(out) == {"a.txt": b"a", "sub/b.txt": b"b"}
+    assert cp.flush(timeout=30)
+
+
+def test_a_newer_background_save_supersedes_a_queued_one_and_one_uploads_at_a_time(
+    make_cp: Callable[..., Checkpoint],
+) -> None:
+    cp = make_cp(keep=5)
+    gate = threading.Event()
+    uploading = threading.Event()
+    real = cp._save_snapshot
+    active: list[int] = []
+    peak: list[int] = [0]
+
+    def slow(snap: Any) -> Any:  # the upload of the first save stalls until released
+        active.append(1)
+        peak[0] = max(peak[0], len(active))
+        uploading.set()
+        gate.wait(30)
+        try:
+            return real(snap)
+        finally:
+            active.pop()
+
+    cp._save_snapshot = slow  # type: ignore[method-assign]
+    cp._uploader = None
+    first = cp.save(b"one", background=True)
+    assert uploading.wait(10)
+    second = cp.save(b"two", background=True)
+    third = cp.save(b"three", background=True)
+    assert second.state == "superseded" and second.result() is None
+    assert first.state == "uploading" and third.state == "queued"
+    gate.set()
+    assert third.result(timeout=30) is not None and first.result(timeout=30) is not None
+    assert peak[0] == 1
+    assert [b for b in (cp.read(),)] == [b"three"]
+    assert len(cp.versions()) == 2  # "two" never uploaded
+
+
+def test_a_failed_background_upload_stays_on_its_handle_and_the_previous_version_restores(
+    make_cp: Callable[..., Checkpoint], tmp_path: pathlib.Path
+) -> None:
+    cp = make_cp()
+    cp.write(b"good")
+
+    def broken(snap: Any) -> Any:
+        raise OSError("the store went away")
+
+    cp._uploader = None
+    cp._save_snapshot = broken  # type: ignore[method-assign]
+    h = cp.save(b"bad", background=True)
+    with pytest.raises(OSError, match="went away"):
+        h.result(timeout=30)
+    assert h.state == "failed"
+    assert make_cp().read() == b"good"
+    with pytest.raises(FileNotFoundError):
+        cp.save(tmp_path / "missing", background=True)  # bad input fails at the call, not later
+    with pytest.raises(TypeError, match="background"):
+        cp.save(b"x", background="yes")  # type: ignore[arg-type]

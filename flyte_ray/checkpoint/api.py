@@ -22,6 +22,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pathlib
 import shutil
@@ -35,6 +36,7 @@ from fsspec.spec import AbstractFileSystem
 from ..storage import ObjectStore
 from ..storage import Storage as _BaseStorage
 from ..storage.keys import load_env_options, normalize_url
+from .background import SaveHandle, Snapshot, Uploader, snapshot
 from .layout import NS_DIGITS, data_key
 from .prune import PruneJob
 from .restore import download, resolve_and, warm_download, warm_read
@@ -82,6 +84,7 @@ class Checkpoint:
         self._lock = threading.RLock()
         # The helper thread of the last save (listing + best-effort pruning).
         self._bg: threading.Thread | None = None
+        self._uploader: Uploader | None = None  # background saves (created by the first one)
         self._workspace: tempfile.TemporaryDirectory[str] | None = None
         self._loaded: tuple[str, pathlib.Path] | None = None
         # What this object moved, for the run's records (stats()).
@@ -191,15 +194,20 @@ class Checkpoint:
         self._bg = job.thread
         job.thread.start()
 
-    def flush(self) -> None:
-        """Wait until the best-effort pruning started by this object's last save is done.
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until this object's background saves are uploaded (``save(..., background=True)``)
+        and the best-effort pruning started by its last save is done; False if ``timeout``
+        seconds passed while uploads were still pending.
 
         :meth:`save` returns at its commit point and retires old versions in a background
         thread; every later call on the same object waits for that first, so this is only
         needed to make sure the deletes happen before the process exits, or to time a save
         without its pruning spilling into whatever runs next.
         """
+        if not self._drain(timeout):
+            return False
         self._wait_background()
+        return True
 
     # ---- versions -----------------------------------------------------------------------
 
@@ -208,6 +216,7 @@ class Checkpoint:
         return self._versions.list_vids()
 
     def _fresh_vids(self) -> list[str]:
+        self._drain()  # read this object's own background saves
         self._wait_background()
         return self._list_vids()
 
@@ -244,6 +253,17 @@ class Checkpoint:
 
     def write(self, data: bytes | bytearray | memoryview, *, metadata: dict[str, Any] | None = None) -> None:
         """Save ``data`` as a new single-blob checkpoint (flytekit ``write``)."""
+        self._foreground()
+        self._write(data, metadata)
+
+    def _foreground(self) -> None:
+        """Before a foreground save: what is still queued is older (dropped), what uploads
+        goes first (waited for)."""
+        if self._uploader is not None:
+            self._uploader.drop_queued()
+            self._drain()
+
+    def _write(self, data: bytes | bytearray | memoryview, metadata: dict[str, Any] | None) -> None:
         t0 = time.perf_counter()
         data = bytes(data) if not isinstance(data, bytes) else data
         self._commit(upload_bytes(data), metadata, blob=True)
@@ -254,16 +274,58 @@ class Checkpoint:
         src: str | os.PathLike[str] | IO[bytes] | bytes,
         *,
         metadata: dict[str, Any] | None = None,
-    ) -> None:
+        background: bool = False,
+    ) -> SaveHandle | None:
         """Save a new checkpoint and make it the newest.
 
         ``src`` may be a file path (single-file checkpoint, the file name is kept), a directory
         path (the tree is uploaded file by file), a binary file-like object (streamed in 8 MiB
         chunks), or ``bytes`` (as :meth:`write`). ``metadata`` (JSON-serialisable) is stored in
         the commit marker and returned by :meth:`latest`.
+
+        ``background=True``: take a snapshot of ``src`` now (bytes as they are, a file, tree or
+        stream copied to a local staging folder) and upload it while the caller goes on; returns
+        a :class:`SaveHandle` (``wait()``, ``result()``, ``state``). At most one upload is in
+        flight per checkpoint; a newer save replaces one still queued. A killed upload never
+        publishes a partial version. Reads of this object and the end of the attempt wait for
+        pending uploads (see :mod:`flyte_ray.checkpoint.background`).
         """
+        if not isinstance(background, bool):
+            raise TypeError(f"Checkpoint.save: background must be True or False, got {type(background).__name__}")
+        if metadata is not None:
+            json.dumps(metadata)  # not JSON-serialisable: fail here, not in the upload
+        if background:
+            t0 = time.perf_counter()
+            snap = snapshot(src, metadata)
+            handle = SaveHandle(snap.nbytes, time.perf_counter() - t0)
+            if self._uploader is None:
+                with self._lock:
+                    if self._uploader is None:
+                        self._uploader = Uploader(self._save_snapshot, self._url)
+            self._uploader.submit(snap, handle)
+            return handle
+        self._foreground()
+        self._save_now(src, metadata)
+        return None
+
+    def _save_snapshot(self, snap: Snapshot) -> str | None:
+        """Upload one background snapshot (on the uploader's thread); the committed version id."""
+        self._save_now(snap.src, snap.metadata)
+        return self._versions.known_max
+
+    def _drain(self, timeout: float | None = None) -> bool:
+        """Wait for this object's queued and in-flight background uploads (False on timeout)."""
+        up = self._uploader
+        return True if up is None else up.flush(timeout)
+
+    def pending_saves(self) -> bool:
+        """True while a background save of this object is queued or uploading."""
+        up = self._uploader
+        return up is not None and up.pending()
+
+    def _save_now(self, src: str | os.PathLike[str] | IO[bytes] | bytes, metadata: dict[str, Any] | None) -> None:
         if isinstance(src, (bytes, bytearray, memoryview)):
-            self.write(src, metadata=metadata)
+            self._write(src, metadata)
             return
         t0 = time.perf_counter()
         if hasattr(src, "read") and not isinstance(src, (str, os.PathLike)):
