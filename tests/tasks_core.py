@@ -122,3 +122,34 @@ async def sync_map_inside_async(n: int) -> list:
 @env.task
 def double_it(x: int) -> int:
     return 2 * x
+
+
+class Counted:
+    """A big input that counts how often the process that made it pickled it."""
+
+    pickled = 0
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.nbytes = len(data)
+
+    def __reduce__(self):
+        Counted.pickled += 1
+        return (Counted, (self.data,))
+
+
+@env.task(retries=2)
+def fails_twice_with_big_input(big: Counted, marker_dir: str) -> int:
+    """Fails its first two attempts (a user error each), then returns the input's size."""
+    n = len(os.listdir(marker_dir))
+    open(os.path.join(marker_dir, str(n)), "w").close()
+    if n < 2:
+        raise ValueError(f"attempt {n} fails on purpose")
+    return len(big.data)
+
+
+@env.task
+def saves_in_background(n_mb: int) -> int:
+    """Saves a checkpoint in the background and returns at once: the attempt's end waits for it."""
+    h = flyte.ctx().checkpoint.save(b"s" * (n_mb << 20), background=True)
+    return 0 if h is None else h.nbytes

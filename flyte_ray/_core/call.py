@@ -44,7 +44,18 @@ class CallState:
 class Call:
     """One call of a task: what the controller runs, and its accounting."""
 
-    __slots__ = ("task", "spec", "run_name", "call_id", "args", "kwargs", "settings", "state", "run_overrides")
+    __slots__ = (
+        "task",
+        "spec",
+        "run_name",
+        "call_id",
+        "args",
+        "kwargs",
+        "settings",
+        "state",
+        "run_overrides",
+        "inputs_ref",
+    )
 
     def __init__(
         self,
@@ -66,6 +77,9 @@ class Call:
         self.settings = settings
         self.run_overrides = run_overrides
         self.state = CallState()
+        # Big inputs put in the object store once for all attempts (set by the executor that
+        # puts them; False: looked at, small enough to travel inline)
+        self.inputs_ref: Any = None
 
     def __repr__(self) -> str:
         return f"<call {self.spec.fqn}#{self.call_id} of run {self.run_name}>"

@@ -30,6 +30,7 @@ import ray.exceptions as rex
 
 from .._core.process import memo_get, memo_put
 from .._core.records import AttemptRequest, Kind, Market, Outcome
+from .._core.sizes import at_least
 from ..errors import RuntimeSystemError, TaskTimeoutError
 from .node_types import fits
 from .observe import outcome_of
@@ -117,6 +118,10 @@ def result_outcome(wire: tuple, started: Optional[float] = None) -> Outcome:
     )
 
 
+#: Inputs of at least this many bytes (estimated, flyte_ray._core.sizes) travel by object
+#: reference, put once per call. Ray inlines arguments up to 100 KiB into the task itself.
+BIG_INPUTS = 1 << 20
+
 SPOT_RECHECK_S = 10.0  # after the spot wait, how often a waiting spot attempt checks for spot capacity
 
 
@@ -186,6 +191,13 @@ class _RayTasks:
     @staticmethod
     def payload(call: "Call", req: AttemptRequest) -> tuple:
         ro = call.run_overrides
+        args, kwargs, ref = call.args, call.kwargs, call.inputs_ref
+        if ref is None:
+            # Big inputs go to the object store once for all of the call's attempts; Ray would
+            # otherwise serialise and store them again with every attempt's payload.
+            ref = call.inputs_ref = ray.put((args, kwargs)) if at_least(BIG_INPUTS, args, kwargs) else False
+        if ref is not False:
+            args, kwargs = (), {}
         return encode(
             AttemptPayload(
                 VERSION,
@@ -199,8 +211,9 @@ class _RayTasks:
                 req.queue,
                 pickled_once(call.settings),
                 None if ro is None else pickled_once(ro),
-                call.args,
-                call.kwargs,
+                args,
+                kwargs,
+                ref or None,
             )
         )
 

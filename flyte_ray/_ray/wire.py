@@ -97,7 +97,7 @@ def msgpack_safe(v: Any) -> bool:
 
 
 #: The wire version of every record below. Bump it when any record changes.
-VERSION = 2
+VERSION = 3
 
 
 class WireVersionError(RuntimeError):
@@ -158,6 +158,9 @@ class AttemptPayload(NamedTuple):
     overrides: Optional[bytes]  # the run's RunOverrides, pickled once per run (None: none)
     args: tuple
     kwargs: dict
+    # Big inputs (see flyte_ray._core.sizes): ``(args, kwargs)`` put in Ray's object store once
+    # per call, args/kwargs above empty; None when they travel inline.
+    inputs: Any = None
 
 
 @_record("attempt start")

@@ -14,6 +14,7 @@ Per-process worker state (the node id, unpickled settings) is the :class:`Worker
 from __future__ import annotations
 
 import asyncio
+import logging
 import pickle
 import time
 from typing import Any, Optional
@@ -29,6 +30,8 @@ from .drains import DrainMonitor
 from .metrics import Metrics
 from .recording import WORKER_FLUSH_S, RunRecorder
 from .wire import VERSION, AttemptPayload, AttemptResult, Started, decode, encode
+
+logger = logging.getLogger("flyte_ray")
 
 __all__ = [
     "WorkerState",
@@ -103,6 +106,16 @@ def _ckpt(context: Optional[TaskContext]) -> Optional[tuple]:
     cp = None if context is None else context._checkpoint
     if cp is None or context is None:
         return None
+    if cp.pending_saves():
+        # A background save still uploads: the attempt ends once it is stored (every storage
+        # request has its own time limit), so its record counts it and a retry finds it.
+        t0 = time.monotonic()
+        cp.flush()
+        logger.info(
+            "%s: waited %.1fs for background checkpoint uploads at the end of the attempt",
+            context.fqn,
+            time.monotonic() - t0,
+        )
     stats = cp.stats()
     if stats[0]:
         _METRICS.checkpoint_saved(context.fqn, stats[4], stats[0])
@@ -232,10 +245,19 @@ def _context_of(p: AttemptPayload) -> TaskContext:
     )
 
 
+def _inputs(p: AttemptPayload) -> tuple:
+    """The attempt's ``(args, kwargs)``: inline, or fetched from the object store (big inputs,
+    put once per call by the caller)."""
+    if p.inputs is None:
+        return p.args, p.kwargs
+    return ray.get(p.inputs)
+
+
 def run_attempt(task: Any, wire: tuple) -> tuple:
     """The body of a task's remote function: one attempt (records as they travel: see wire)."""
     p = decode(AttemptPayload, wire)
-    return encode(drive(run_user_code(task, _context_of(p), p.args, p.kwargs)))
+    args, kwargs = _inputs(p)
+    return encode(drive(run_user_code(task, _context_of(p), args, kwargs)))
 
 
 def run_streaming_attempt(task: Any, wire: tuple) -> Any:
@@ -243,4 +265,5 @@ def run_streaming_attempt(task: Any, wire: tuple) -> Any:
     runtime apart), then the result."""
     p = decode(AttemptPayload, wire)
     yield encode(Started(VERSION, current_node(), time.time()))
-    yield encode(drive(run_user_code(task, _context_of(p), p.args, p.kwargs)))
+    args, kwargs = _inputs(p)
+    yield encode(drive(run_user_code(task, _context_of(p), args, kwargs)))
