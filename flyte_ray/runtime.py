@@ -63,6 +63,7 @@ class _ConfigFile(BaseModel):
     runtime_env: Optional[dict[str, Any]] = None
     supervisor: str = "auto"
     inline_under: float = Field(0.1, ge=0)
+    supervisor_shards: int = Field(4, ge=1, le=64)
     storage_timeout: Optional[float] = Field(None, gt=0)
     spot_wait: Optional[float] = Field(300.0, ge=0)
     cluster_config: Optional[str] = None
@@ -138,6 +139,7 @@ def init(
     runtime_env: Optional[dict[str, Any]] = None,
     supervisor: str = "auto",
     inline_under: float = 0.1,
+    supervisor_shards: int = 4,
     log_level: Union[int, str] = logging.WARNING,
     storage_timeout: Optional[float] = None,
     spot_wait: Optional[float] = 300.0,
@@ -167,6 +169,8 @@ def init(
         namespace, runtime_env: passed to ``ray.init``.
         supervisor: ``"auto"`` or ``"inline"`` (see :class:`Settings`).
         inline_under: seconds; short calls from spot attempts stay in their caller (see :class:`Settings`).
+        supervisor_shards: the most supervising actors calls from spot attempts are spread over,
+            by parent (default 4; see :class:`Settings`).
         log_level: Ray's own log level for the embedded cluster.
         storage_timeout: the time limit of each storage operation in seconds (checkpoints, the
             cache), on top of the time to move its bytes; a stalled store fails the operation with
@@ -230,6 +234,7 @@ def init(
         runtime_env=runtime_env,
         supervisor=supervisor,
         inline_under=inline_under,
+        supervisor_shards=supervisor_shards,
         log_level=log_level,
         storage_timeout=storage_timeout,
         spot_wait=spot_wait,
@@ -287,7 +292,7 @@ def init(
         session.prices = price_table
         cluster_view().embedded = session.embedded
         if supervisor == "auto":
-            ensure_supervisor(settings.placement)
+            ensure_supervisor(settings.placement, settings.supervisor_shards)
         if store.url.startswith("memory://"):
             logger.warning(
                 "storage %r: memory:// lives inside one process, and every attempt runs in its own Ray "

@@ -4,13 +4,14 @@ import asyncio
 import os
 import signal
 import time
+import uuid
 
 import pytest
 import ray
 
 import flyte_ray as flyte
 from helpers import wait_until
-from flyte_ray._controller.supervision import Supervision
+from flyte_ray._controller.supervision import Supervision, shard_of
 from flyte_ray._core.process import PROCESS
 
 import tasks_reattach as tr
@@ -20,6 +21,18 @@ pytestmark = pytest.mark.timeout(180)
 
 def _done(outdir):
     return [f for f in os.listdir(outdir) if f.startswith("child-")]
+
+
+SHARDS = 4  # Settings.supervisor_shards' default
+
+
+def _shard(run_name):
+    """The shard that supervises the calls a run's root call makes."""
+    return shard_of(run_name, "root/child-0", SHARDS)
+
+
+def _actor(run_name):
+    return PROCESS.part(Supervision).handle(_shard(run_name))
 
 
 def test_preempted_parent_reattaches_to_its_children(fleet, tmp_path):
@@ -41,10 +54,11 @@ def test_short_calls_stay_in_the_caller_and_survive_its_preemption(fleet, tmp_pa
     calls itself and records their results with the actor; preempted, its retry gets them back."""
     out = tmp_path / "out"
     out.mkdir()
-    sup = PROCESS.part(Supervision).handle()
+    name = f"short-{uuid.uuid4().hex[:8]}"
+    sup = _actor(name)
     before = ray.get(sup.ping.remote())
     n = 30
-    run = flyte.run(tr.short_parent, n, str(out))
+    run = flyte.with_runcontext(name=name).run(tr.short_parent, n, str(out))
     wait_until(lambda: (out / "ready").exists())
     wait_until(lambda: ray.get(sup.ping.remote())["recorded"] - before["recorded"] >= n - 1)
     mid = ray.get(sup.ping.remote())
@@ -65,9 +79,10 @@ def test_three_level_async_fan_out_on_spot(fleet):
 def test_killing_the_supervisor_never_hangs_callers(fleet, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    run = flyte.run(tr.parent, 6, str(out), 1.0)
-    wait_until(lambda: ray.get(PROCESS.part(Supervision).handle().ping.remote())["running"] > 0)
-    pid = ray.get(PROCESS.part(Supervision).handle().ping.remote())["pid"]
+    name = f"kill-{uuid.uuid4().hex[:8]}"
+    run = flyte.with_runcontext(name=name).run(tr.parent, 6, str(out), 1.0)
+    wait_until(lambda: ray.get(_actor(name).ping.remote())["running"] > 0)
+    pid = ray.get(_actor(name).ping.remote())["pid"]
     os.kill(pid, signal.SIGKILL)
     t = time.time()
     try:
@@ -75,3 +90,44 @@ def test_killing_the_supervisor_never_hangs_callers(fleet, tmp_path):
     except flyte.errors.RuntimeSystemError:
         pass  # or a clear error
     assert time.time() - t < 45
+
+
+def test_spot_parents_spread_over_shards_and_losing_one_touches_only_its_own(fleet, tmp_path):
+    """Spot parents' children are supervised by the shard of their parent; SIGKILL one shard's
+    actor mid-fan-out: every parent still gets each child's result once, and the children in the
+    other shards never run twice."""
+    names: list = []
+    while len({_shard(n) for n in names}) < 3 or len(names) < 4:  # parents over 3+ shards
+        names.append(f"shards-{uuid.uuid4().hex[:8]}")
+    names = names[:8]
+    dirs = []
+    for i, _ in enumerate(names):
+        d = tmp_path / f"p{i}"
+        d.mkdir()
+        dirs.append(d)
+    n = 4
+    runs = [flyte.with_runcontext(name=nm).run(tr.parent, n, str(d), 0.5) for nm, d in zip(names, dirs)]
+    victim = _shard(names[0])
+    wait_until(lambda: ray.get(PROCESS.part(Supervision).handle(victim).ping.remote())["running"] > 0)
+    stats = ray.get(PROCESS.part(Supervision).handle(victim).ping.remote())
+    assert stats["shard"] == victim
+    os.kill(stats["pid"], signal.SIGKILL)
+    for r in runs:
+        assert r.outputs(timeout=120) == [i * 10 for i in range(n)]
+    for nm, d in zip(names, dirs):
+        counts = {f: open(d / f).read().count("ran") for f in _done(d)}
+        assert len(counts) == n
+        if _shard(nm) != victim:
+            assert set(counts.values()) == {1}, (nm, counts)  # another shard's loss did not touch them
+    hosted = {s: ray.get(PROCESS.part(Supervision).handle(s).ping.remote())["hosted"] for s in {_shard(n) for n in names}}
+    assert all(v > 0 for s, v in hosted.items() if s != victim), hosted  # each parent's shard hosted its calls
+
+    # The driver's shutdown removes the shards its calls created (detached actors outlive callers).
+    flyte.shutdown()
+    ray.init(address=fleet.address)
+    try:
+        left = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
+    finally:
+        ray.shutdown()
+        flyte.init(address=fleet.address, **fleet._init_kwargs)
+    assert not [a for a in left if a.startswith("flyte-ray-supervisor")], left

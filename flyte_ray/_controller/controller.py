@@ -45,7 +45,7 @@ from .._ray.port import BLOCKING, LOOP, Port
 from .._ray.recording import RunRecorder
 from ..cache import cached_call
 from ..reuse.executor import ReplicaExecutor
-from .supervision import ACTOR_NAME, Host, RuntimeHistory, Supervision, SupervisorActorBase
+from .supervision import Host, RuntimeHistory, Supervision, SupervisorActorBase, shard_name
 
 __all__ = ["Controller", "RayController", "get_controller", "ensure_supervisor", "background_loop"]
 
@@ -88,6 +88,7 @@ class RayController:
         self.client = ClientTaskExecutor()
         self.replicas = ReplicaExecutor()
         self.supervision = PROCESS.part(Supervision)
+        self.supervision.factory = _create_shard
         # runtime history (what "short" means); drains seen while attempts run (preemption
         # notices); the run's records (batched to its storage)
         self.recorder = PROCESS.part(RunRecorder)
@@ -167,27 +168,38 @@ class SupervisorActor(SupervisorActorBase):
 _RemoteSupervisor = ray.remote(SupervisorActor)  # bound under another name: the class pickles by reference
 
 
-def ensure_supervisor(placement: str = "auto") -> Any:
-    """Create the supervising actor (from the driver) if the cluster has markets; idempotent.
+def _shard_options(shard: int, placement: str) -> dict:
+    """A supervising shard's actor options: named, on on-demand capacity (by marker or by market
+    label as the cluster view chooses for ``placement``), restarted for ever."""
+    return dict(
+        name=shard_name(shard),
+        get_if_exists=True,
+        num_cpus=0,
+        **cluster_view().placement(placement, ONDEMAND, None).pinned(ONDEMAND),
+        max_restarts=-1,
+        max_task_retries=0,
+        max_concurrency=100_000,
+    )
 
-    It lands on on-demand capacity, by marker or by market label as the cluster view chooses for
-    ``placement`` (``Settings.placement``)."""
+
+def _create_shard(shard: int, placement: str) -> Any:
+    """Shard ``shard > 0``, created by the first caller that needs it: detached, so that it
+    outlives that caller (a spot attempt); the driver's shutdown removes it (see supervision)."""
+    return _RemoteSupervisor.options(lifetime="detached", **_shard_options(shard, placement)).remote(shard)
+
+
+def ensure_supervisor(placement: str = "auto", shards: int = 1) -> Any:
+    """Create supervising shard 0 (from the driver) if the cluster has markets; idempotent.
+    Shards ``1 .. shards-1`` start when calls first reach them."""
     sup = PROCESS.part(Supervision)
     view = cluster_view()
     if waiting.is_worker() or not view.has_markets(placement):
         return None
+    sup.shards = max(sup.shards, shards)
     if sup.owned is not None:
         return sup.owned
     # Keep the handle: a named actor is garbage-collected once its owner holds no handle.
-    sup.owned = _RemoteSupervisor.options(
-        name=ACTOR_NAME,
-        get_if_exists=True,
-        num_cpus=0,
-        **view.placement(placement, ONDEMAND, None).pinned(ONDEMAND),
-        max_restarts=-1,
-        max_task_retries=0,
-        max_concurrency=100_000,
-    ).remote()
+    sup.owned = _RemoteSupervisor.options(**_shard_options(0, placement)).remote(0)
     return sup.owned
 
 

@@ -2,8 +2,19 @@
 
 A task running on spot capacity can lose its node at any moment. If it supervised its own
 children, their supervision (and their finished results) would die with it. So calls made from a
-spot attempt are handed to one async actor on on-demand capacity, created by the driver
-(a named actor created from a worker would die with that worker):
+spot attempt are handed to a supervising actor: an async actor on on-demand capacity.
+
+There are up to ``Settings.supervisor_shards`` of them (*shards*), so that fifty spot parents
+fanning out at once do not all queue behind one actor, and losing one actor touches only its
+shard. A call goes to the shard of its *parent* (:func:`shard_of`: a hash of run name and parent
+call id), so siblings batch together and a retried parent, making the same calls, finds its
+children in the same shard. Shard 0 is created by the driver when ``init`` connects (owned by the
+driver: it goes when the driver goes); shard ``i > 0`` is created by the first caller that needs
+it, *detached* (an actor created from a worker would otherwise die with that worker), and
+removed by the driver's ``shutdown``; one whose driver went away without a shutdown (shard 0 is
+gone) exits on its own once it hosts nothing (:data:`ORPHAN_CHECK_S`). So the number of actors
+grows with the number of spot parents at work, up to the limit, and no idle shard ever starts.
+In each shard:
 
 * the actor runs the same attempt loop as everyone else (the controller's ``supervise``);
 * each call has a deterministic identity — run, call id (parent's call id + name + number) and a
@@ -42,6 +53,7 @@ import pickle
 import threading
 import time
 import weakref
+import zlib
 from collections import OrderedDict, deque
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
@@ -65,9 +77,20 @@ from ..errors import RuntimeSystemError, RuntimeUserError, SupervisorLostError, 
 if TYPE_CHECKING:
     pass
 
-__all__ = ["Host", "Supervision", "SupervisorActorBase", "RuntimeHistory", "call_key", "ACTOR_NAME"]
+__all__ = [
+    "Host",
+    "Supervision",
+    "SupervisorActorBase",
+    "RuntimeHistory",
+    "call_key",
+    "shard_of",
+    "shard_name",
+    "ACTOR_NAME",
+]
 
-ACTOR_NAME = "flyte-ray-supervisor"
+ACTOR_NAME = "flyte-ray-supervisor"  # shard 0; shard i > 0 is f"{ACTOR_NAME}-{i}"
+ORPHAN_CHECK_S = 10.0  # how often a detached shard checks that shard 0 (its driver) is still there
+ORPHAN_CHECKS = 3  # ... and how many failed checks in a row, while it hosts nothing, end it
 KEEP_RESULTS = 100_000  # finished calls remembered for re-attachment (LRU), at most
 KEEP_BYTES = 256 * 2**20  # ... and at most this many bytes of them (pickled)
 KEEP_SECONDS = 24 * 3600.0  # ... and none older than this
@@ -92,6 +115,20 @@ def call_key(call: Call) -> str:
     except Exception:  # noqa: BLE001 - unpicklable inputs would fail at submission anyway
         h.update(repr((call.args, call.kwargs)).encode())
     return f"{call.run_name}|{call.call_id}|{call.spec.fqn}|{h.hexdigest()[:16]}"
+
+
+def shard_name(shard: int) -> str:
+    """The named actor of supervising shard ``shard``."""
+    return ACTOR_NAME if shard == 0 else f"{ACTOR_NAME}-{shard}"
+
+
+def shard_of(run_name: str, call_id: str, shards: int) -> int:
+    """The shard that supervises a call: its parent's (run name + parent call id), so siblings
+    share a shard and a retried parent's calls land where its first attempt's did."""
+    if shards <= 1:
+        return 0
+    parent = call_id.rpartition("/")[0]
+    return zlib.crc32(f"{run_name}|{parent}".encode()) % shards
 
 
 def _result_of(call: Call, ok: bool, value: Any, tb: str = "", attached: bool = False) -> SupervisedResult:
@@ -176,17 +213,41 @@ class SupervisorActorBase:
     The controller subclasses it with :meth:`_supervise` (its attempt loop on the actor's loop).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, shard: int = 0) -> None:
+        self.shard = shard
         self.running: dict[str, asyncio.Future] = {}
         self.finished = ResultStore()
         self.hosted = 0  # calls whose attempt loop ran here
         self.recorded = 0  # short calls' results sent by the callers that supervised them
+        self._watch: Optional[asyncio.Task] = None
+
+    def _watch_orphan(self) -> None:
+        """A detached shard (i > 0) ends itself once its driver is gone (shard 0 with it) and it
+        hosts nothing; started by its first call (an event loop is running then)."""
+        if self.shard and self._watch is None:
+            self._watch = asyncio.ensure_future(self._orphan_loop())
+
+    async def _orphan_loop(self) -> None:
+        misses = 0
+        while True:
+            await asyncio.sleep(ORPHAN_CHECK_S)
+            try:
+                await asyncio.to_thread(ray.get_actor, ACTOR_NAME)
+                misses = 0
+            except ValueError:  # no shard 0: the driver that owned it is gone
+                misses += 1
+            except Exception:  # noqa: BLE001 - the GCS did not answer: ask again later
+                continue
+            if misses >= ORPHAN_CHECKS and not self.running:
+                ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+                return
 
     async def _supervise(self, call: Call) -> Any:
         raise NotImplementedError
 
     async def run(self, wire: tuple) -> tuple:
         """One :class:`SupervisedCall`; its :class:`SupervisedResult` (as they travel)."""
+        self._watch_orphan()
         sc = decode(SupervisedCall, wire)
         done = self.finished.get(sc.key)
         if done is not None:
@@ -197,6 +258,7 @@ class SupervisorActorBase:
 
     async def run_many(self, wires: list) -> list:
         """Many calls in one actor call (a burst of ``.aio()`` calls from one caller)."""
+        self._watch_orphan()
         out: list = [None] * len(wires)
         waits, where = [], []
         for i, wire in enumerate(wires):
@@ -244,6 +306,7 @@ class SupervisorActorBase:
     async def record_many(self, items: list) -> None:
         """Results of short calls that their (spot) callers supervised themselves, kept for a
         retried caller to re-attach to."""
+        self._watch_orphan()
         for wire in items:
             rec = decode(Recorded, wire)
             if rec.key not in self.running and self.finished.get(rec.key) is None:
@@ -252,6 +315,7 @@ class SupervisorActorBase:
 
     async def ping(self) -> dict:
         return {
+            "shard": self.shard,
             "node": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
             "running": len(self.running),
@@ -319,9 +383,9 @@ class _Recorder:
             self.items.append((call, value))
             self._start()
 
-    def run_ended(self, run_name: str) -> None:
+    def run_ended(self, run_name: str, shards: int) -> None:
         with self.lock:
-            self.ended.append(run_name)
+            self.ended.append((run_name, shards))
             self._start()
 
     def clear(self) -> None:
@@ -346,15 +410,25 @@ class _Recorder:
         # best effort: an unrecorded short call re-runs; an untold run ages out of the store
         if not ray.is_initialized():  # shut down meanwhile: a Ray call here would start Ray again
             return
-        try:
-            handle = self.supervision.handle()
-            if batch:
-                items = [encode(Recorded(VERSION, call_key(c), encode(_result_of(c, True, v)))) for c, v in batch]
-                handle.record_many.remote(items)  # fire and forget
-            if ended:
-                handle.forget_runs.remote(sorted(set(ended)))
-        except Exception:  # noqa: BLE001
-            pass
+        sup = self.supervision
+        by_shard: dict[int, list] = {}
+        for c, v in batch:
+            shard = shard_of(c.run_name, c.call_id, c.settings.supervisor_shards)
+            by_shard.setdefault(shard, []).append((c, v))
+        for shard, items in by_shard.items():
+            try:
+                handle = sup.handle(shard, placement=items[0][0].settings.placement)
+                wires = [encode(Recorded(VERSION, call_key(c), encode(_result_of(c, True, v)))) for c, v in items]
+                handle.record_many.remote(wires)  # fire and forget
+            except Exception:  # noqa: BLE001
+                pass
+        if ended:
+            runs = sorted({name for name, _ in ended})
+            for shard in range(max(n for _, n in ended)):
+                try:
+                    sup.handle(shard, create=False).forget_runs.remote(runs)
+                except Exception:  # noqa: BLE001 - a shard that never started holds nothing
+                    pass
 
 
 class _NotFound(Exception):
@@ -373,24 +447,25 @@ class _Batcher:
     def __init__(self, supervision: "Supervision", loop: asyncio.AbstractEventLoop) -> None:
         self.supervision = supervision
         self.loop = loop
-        self.pending: list = []
+        self.pending: dict[int, list] = {}  # shard -> [(call, future)]
 
-    def add(self, sc: SupervisedCall) -> asyncio.Future:
+    def add(self, sc: SupervisedCall, shard: int) -> asyncio.Future:
         fut = self.loop.create_future()
         if not self.pending:
             self.loop.call_soon(self._flush)
-        self.pending.append((sc, fut))
+        self.pending.setdefault(shard, []).append((sc, fut))
         return fut
 
     def _flush(self) -> None:
-        batch, self.pending = self.pending, []
-        # Chunks complete independently, so one slow call holds back at most BATCH-1 siblings.
-        for i in range(0, len(batch), BATCH):
-            self._send(batch[i : i + BATCH])
+        pending, self.pending = self.pending, {}
+        for shard, batch in pending.items():
+            # Chunks complete independently, so one slow call holds back at most BATCH-1 siblings.
+            for i in range(0, len(batch), BATCH):
+                self._send(batch[i : i + BATCH], shard)
 
-    def _send(self, batch: list) -> None:
+    def _send(self, batch: list, shard: int) -> None:
         try:
-            handle = self.supervision.cached_handle()
+            handle = self.supervision.cached_handle(shard)
             if handle is None:  # looked up meanwhile by nobody: the single path looks it up off the loop
                 raise _NotFound("no handle")
             ref = handle.run_many.remote([encode(sc) for sc, _ in batch])
@@ -422,16 +497,30 @@ class Supervision:
         self.history = PROCESS.part(RuntimeHistory)
         self.view = cluster_view()
         self.lock = threading.Lock()
-        self._handle: Any = None
-        self.owned: Any = None  # the driver's handle (keeps the actor alive)
+        self._handles: dict[int, Any] = {}  # shard -> actor handle, as looked up or created
+        self.owned: Any = None  # the driver's handle of shard 0 (keeps the actor alive)
+        self.shards = 1  # the driver's Settings.supervisor_shards (the detached shards to remove)
+        # Creates shard i > 0 (detached, on on-demand capacity): set by the controller, which
+        # knows the actor class.
+        self.factory: Optional[Callable[[int, str], Any]] = None
         self.batchers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Batcher]" = weakref.WeakKeyDictionary()
         self.recorder = _Recorder(self)
 
     def reset(self) -> None:
         self.recorder.clear()
-        self._handle = None
+        if self.owned is not None and ray.is_initialized():
+            self._remove_detached_shards()
+        self._handles = {}
         self.owned = None
         self.batchers = weakref.WeakKeyDictionary()
+
+    def _remove_detached_shards(self) -> None:
+        """The driver shuts down: the shards callers created (detached) go too."""
+        for shard in range(1, self.shards):
+            try:
+                ray.kill(ray.get_actor(shard_name(shard)), no_restart=True)
+            except Exception:  # noqa: BLE001 - never started, or gone already
+                pass
 
     # ---------------------------------------------------------------- where
     def where(self, call: Call) -> Host:
@@ -450,26 +539,32 @@ class Supervision:
         return Host.ACTOR
 
     # ---------------------------------------------------------------- the actor
-    def cached_handle(self) -> Any:
-        """The actor's handle if this process has looked it up (no GCS call), else None."""
-        return self._handle
+    def cached_handle(self, shard: int = 0) -> Any:
+        """Shard ``shard``'s handle if this process has looked it up (no GCS call), else None."""
+        return self._handles.get(shard)
 
-    def handle(self, refresh: bool = False) -> Any:
-        """The actor's handle; looks it up in the GCS (blocking) when unknown or ``refresh``."""
-        if self._handle is None or refresh:
+    def handle(self, shard: int = 0, refresh: bool = False, placement: str = "auto", create: bool = True) -> Any:
+        """Shard ``shard``'s handle; looks it up in the GCS (blocking) when unknown or ``refresh``,
+        and creates a missing shard ``i > 0`` when ``create`` (shard 0 is the driver's)."""
+        h = self._handles.get(shard)
+        if h is None or refresh:
             with self.lock:
-                if self._handle is None or refresh:
+                h = self._handles.get(shard)
+                if h is None or refresh:
                     try:
-                        self._handle = ray.get_actor(ACTOR_NAME)
-                    except ValueError as e:  # not created (yet) or being restarted
-                        raise _NotFound(str(e)) from e
-        return self._handle
+                        h = ray.get_actor(shard_name(shard))
+                    except ValueError as e:  # not created (yet), or gone for good
+                        if shard == 0 or not create or self.factory is None:
+                            raise _NotFound(str(e)) from e
+                        h = self.factory(shard, placement)
+                    self._handles[shard] = h
+        return h
 
     def run_ended(self, call: Call) -> None:
         """A root call ended: if its run may have handed calls to the actor (an attempt ran on
         spot) and this process knows the actor, the actor can drop the run's results."""
-        if (self.owned is not None or self._handle is not None) and any(r.market == "spot" for r in call.state.history):
-            self.recorder.run_ended(call.run_name)
+        if (self.owned is not None or self._handles) and any(r.market == "spot" for r in call.state.history):
+            self.recorder.run_ended(call.run_name, call.settings.supervisor_shards)
 
     # ---------------------------------------------------------------- hosting
     async def in_caller(self, call: Call, supervise: Supervise) -> Any:
@@ -492,31 +587,34 @@ class Supervision:
             call.settings,
             call.run_overrides,
         )
+        shard = shard_of(call.run_name, call.call_id, call.settings.supervisor_shards)
         if not port.blocking and not client_mode():
-            if self._handle is None:  # a GCS lookup: never on the loop thread
+            if shard not in self._handles:  # a GCS lookup (or a shard's creation): never on the loop thread
                 try:
-                    await port.offload(self.handle)
+                    await port.offload(self.handle, shard, False, call.settings.placement)
                 except _NotFound:
-                    return self._unpack(call, await self._single(call, sc, port))
+                    return self._unpack(call, await self._single(call, sc, port, shard))
             loop = asyncio.get_running_loop()
             b = self.batchers.get(loop)
             if b is None:
                 b = self.batchers[loop] = _Batcher(self, loop)
             try:
-                return self._unpack(call, await b.add(sc))
+                return self._unpack(call, await b.add(sc, shard))
             except _Fallback:
                 pass
-        return self._unpack(call, await self._single(call, sc, port))
+        return self._unpack(call, await self._single(call, sc, port, shard))
 
-    async def _single(self, call: Call, sc: SupervisedCall, port: Port) -> tuple:
+    async def _single(self, call: Call, sc: SupervisedCall, port: Port, shard: int) -> tuple:
         deadline = time.monotonic() + RECOVERY_S
         refresh = False
+        placement = call.settings.placement
         while True:
             try:
+                cached = self._handles.get(shard)
                 handle = (
-                    self._handle
-                    if (self._handle is not None and not refresh)
-                    else await port.offload(self.handle, refresh)
+                    cached
+                    if (cached is not None and not refresh)
+                    else await port.offload(self.handle, shard, refresh, placement)
                 )
                 ref = handle.run.remote(encode(sc))
                 return await port.get(ref, max(1.0, deadline - time.monotonic()) if refresh else None)

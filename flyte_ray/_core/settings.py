@@ -35,6 +35,10 @@ class Settings:
             the actor (the actor's hop would cost more than re-running it if the caller is
             preempted; its result is still recorded with the actor for re-attachment).
             ``0`` sends every such call through the actor.
+        supervisor_shards: the most supervising actors (shards) calls from spot attempts are spread
+            over: a call goes to the shard of its parent (by run and parent call id), so a retried
+            parent finds its children where they were; a shard's actor starts when the first call
+            reaches it, so their number grows with the number of spot parents at work.
         spot_wait: seconds a spot attempt may wait for spot capacity before it moves to on-demand
             (recorded as ``spot_unavailable``); ``None`` waits for ever (an explicit choice). A
             task's ``Timeout(max_queued_time=...)`` wins when set.
@@ -56,6 +60,7 @@ class Settings:
     checkpoint_keep: int = 2
     supervisor: str = "auto"
     inline_under: float = 0.1
+    supervisor_shards: int = 4
     spot_wait: Optional[float] = 300.0
     node_types: tuple = ()
     placement: str = "auto"

@@ -301,6 +301,7 @@ def check_init_args(
     runtime_env: Optional[dict[str, Any]] = None,
     supervisor: str = "auto",
     inline_under: float = 0.1,
+    supervisor_shards: int = 4,
     log_level: Union[int, str] = logging.WARNING,
     storage_timeout: Optional[float] = None,
     spot_wait: Optional[float] = 300.0,
@@ -359,6 +360,9 @@ def check_init_args(
     if supervisor not in ("auto", "inline"):
         raise ValueError(f"supervisor: expected 'auto' or 'inline', got {short_repr(supervisor)}")
     inline_s = seconds(inline_under, "inline_under")  # seconds >= 0 (0 = always the actor)
+    supervisor_shards = count(
+        supervisor_shards, "supervisor_shards", lo=1, hi=64, accepted="an int from 1 to 64 (supervising actors)"
+    )
     modes = " or ".join(repr(m) for m in PLACEMENT_MODES)
     if not isinstance(placement, str):
         raise TypeError(f"placement: expected {modes}, got {type(placement).__name__}")
@@ -425,6 +429,7 @@ def check_init_args(
         checkpoint_keep=checkpoint_keep,
         supervisor=supervisor,
         inline_under=inline_s,
+        supervisor_shards=supervisor_shards,
         placement=placement,
         record=record,
     )
