@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import time
 from typing import Any, Dict, Iterable, Iterator, List, Optional
@@ -35,6 +36,51 @@ NAME_CHECK_TIMEOUT_S = 30.0  # the one LIST that tells whether a run name was us
 def _submit(call: Call) -> concurrent.futures.Future:
     """Start ``call`` on the loop that hosts runs; its future."""
     return asyncio.run_coroutine_threadsafe(get_controller().submit(call), background_loop())
+
+
+def _submit_many(calls: List[Call]) -> tuple:
+    """Start every call of ``calls`` on the loop that hosts runs with one hop to that loop (not
+    one per call: at 10,000 calls the per-call hop cost a sync ``map`` about a third of its
+    throughput); their futures, and a function that cancels the ones still running."""
+    futures: List[concurrent.futures.Future] = [concurrent.futures.Future() for _ in calls]
+    loop = background_loop()
+    tasks: list = []
+
+    def start() -> None:
+        submit = get_controller().submit
+        for call, f in zip(calls, futures):
+            if f.cancelled():  # the caller gave up before this call started
+                continue
+            t = loop.create_task(submit(call))
+            t.add_done_callback(functools.partial(_settle, f))
+            tasks.append(t)
+
+    def cancel() -> None:
+        for f in futures:
+            f.cancel()
+
+        def stop() -> None:
+            for t in tasks:
+                t.cancel()
+
+        try:
+            loop.call_soon_threadsafe(stop)
+        except RuntimeError:  # the loop is gone
+            pass
+
+    loop.call_soon_threadsafe(start)
+    return futures, cancel
+
+
+def _settle(f: concurrent.futures.Future, t: "asyncio.Task") -> None:
+    if f.done():
+        return
+    if t.cancelled():
+        f.cancel()
+    elif t.exception() is not None:
+        f.set_exception(t.exception())
+    else:
+        f.set_result(t.result())
 
 
 def _result(fut: concurrent.futures.Future, timeout: Optional[float] = None) -> Any:
@@ -398,7 +444,7 @@ def map(task: TaskTemplate, *iterables: Iterable[Any], return_exceptions: bool =
     if not isinstance(task, TaskTemplate):
         raise TypeError(f"map: expected a task (made with @env.task), got {task!r}")
     calls = [task._make_call(tuple(args), {}) for args in zip(*iterables)]
-    futures = [_submit(c) for c in calls]
+    futures, cancel = _submit_many(calls)
     bar = Progress(len(calls), f"map {task.name}")
     try:
         for call, f in zip(calls, futures):
@@ -414,6 +460,5 @@ def map(task: TaskTemplate, *iterables: Iterable[Any], return_exceptions: bool =
             yield value
     finally:
         bar.close()
-        for f in futures:
-            if not f.done():
-                f.cancel()
+        if not all(f.done() for f in futures):
+            cancel()

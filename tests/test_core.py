@@ -298,13 +298,16 @@ def test_big_inputs_are_put_once_for_all_attempts(tmp_path):
     assert tc.square(7) == 49
 
 
-def test_a_background_checkpoint_save_is_stored_before_the_attempt_ends(embedded):
+def test_a_background_checkpoint_save_is_stored_before_the_attempt_ends():
     """The task returns right after a background save: its attempt ends only once the upload is
     stored, and the attempt's record counts the bytes."""
-    from flyte_ray.checkpoint import Storage
+    from flyte_ray._core.process import PROCESS
+    from flyte_ray._core.settings import DriverSettings
+    from flyte_ray.checkpoint import checkpoint_for
 
     run = flyte.run(tc.saves_in_background, 3)
     assert run.outputs() == 3 << 20
-    cp = Storage(embedded).checkpoint(run.name, tc.saves_in_background.name, "root")
+    storage = PROCESS.part(DriverSettings).value.storage  # where this driver's settings keep them
+    cp = checkpoint_for(storage, run.name, tc.saves_in_background.name, "root")
     assert cp.read() == b"s" * (3 << 20)
     assert [e.ckpt_saved_bytes for e in run.events() if e.call_id == "root"][-1] == 3 << 20

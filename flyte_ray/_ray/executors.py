@@ -37,7 +37,7 @@ from .observe import outcome_of
 from .placement import DEFAULT_QUEUE, Placement, cluster_view, describe, request_of
 from .port import INTERRUPTS, EndOfStream, Port, WaitTimeout
 from .watchdog import pending_watch
-from .wire import VERSION, AttemptPayload, AttemptResult, Started, decode, encode
+from .wire import VERSION, AttemptPayload, AttemptResult, Started, decode, payload_wire
 from .worker import run_attempt, run_streaming_attempt
 
 if TYPE_CHECKING:
@@ -198,7 +198,7 @@ class _RayTasks:
             ref = call.inputs_ref = ray.put((args, kwargs)) if at_least(BIG_INPUTS, args, kwargs) else False
         if ref is not False:
             args, kwargs = (), {}
-        return encode(
+        return payload_wire(
             AttemptPayload(
                 VERSION,
                 call.run_name,

@@ -9,15 +9,21 @@ result made only of msgpack types with msgpack, which costs less than pickle on 
 4% of a warm call per direction, measured) -- and is read back with :func:`decode`, which checks
 the version. Readers use field names only; the field order is defined here and nowhere else.
 
+The two records of every plain task call, :class:`AttemptPayload` and :class:`AttemptResult`,
+travel as a list when their values survive msgpack (:func:`payload_wire`, :func:`result_wire`)
+and as a tuple, pickled whole with their types intact, otherwise; :func:`decode` reads both.
+Measured on the driver of a 5,000-call fan-out: ~27 us of CPU less per call (256 → 229 us; raw
+Ray 227 us), which on two cores is throughput.
+
 A record of another version (a driver and workers that run different flyte-ray versions) fails
 with :class:`WireVersionError` naming both versions, never as a mis-read field.
 
 =====================  ========================================  =============================
 record                 from → to                                 on the wire
 =====================  ========================================  =============================
-AttemptPayload         caller → Ray task (one argument)          tuple (pickled)
+AttemptPayload         caller → Ray task (one argument)          list (msgpack) or tuple
 Started                streaming attempt → caller (1st item)     tuple
-AttemptResult          attempt / replica → caller                tuple
+AttemptResult          attempt / replica → caller                list (msgpack) or tuple
 WarmCall               caller → warm replica (one argument)      list (msgpack)
 WarmStatic             inside WarmCall, once per replica         list
 WarmValue              warm replica → caller (success)           list (msgpack)
@@ -38,6 +44,8 @@ __all__ = [
     "VERSION",
     "WireVersionError",
     "AttemptPayload",
+    "payload_wire",
+    "result_wire",
     "Started",
     "AttemptResult",
     "WarmCall",
@@ -161,6 +169,34 @@ class AttemptPayload(NamedTuple):
     # Big inputs (see flyte_ray._core.sizes): ``(args, kwargs)`` put in Ray's object store once
     # per call, args/kwargs above empty; None when they travel inline.
     inputs: Any = None
+
+    @property
+    def call_args(self) -> tuple:
+        a = self.args
+        return tuple(a) if a.__class__ is list else a
+
+
+def _msgpack_args(args: tuple) -> bool:
+    for a in args:
+        if a.__class__ not in SCALARS and not msgpack_safe(a):
+            return False
+    return True
+
+
+def payload_wire(p: AttemptPayload) -> Any:
+    """``p`` as it travels: a list (msgpack; ``args`` as a list) when its inputs survive msgpack
+    and are inline, else a tuple (pickled whole)."""
+    if p.inputs is None and _msgpack_args(p.args) and (not p.kwargs or msgpack_safe(p.kwargs)):
+        return [*p[:11], list(p.args), p.kwargs, None]
+    return tuple(p)
+
+
+def result_wire(r: "AttemptResult") -> Any:
+    """``r`` as it travels: a list (msgpack) for a success whose value survives msgpack and that
+    carries no notice or checkpoint figures, else a tuple (pickled whole)."""
+    if r.ok and r.notice is None and r.ckpt is None and msgpack_safe(r.value):
+        return list(r)
+    return tuple(r)
 
 
 @_record("attempt start")

@@ -29,7 +29,7 @@ from . import waiting
 from .drains import DrainMonitor
 from .metrics import Metrics
 from .recording import WORKER_FLUSH_S, RunRecorder
-from .wire import VERSION, AttemptPayload, AttemptResult, Started, decode, encode
+from .wire import VERSION, AttemptPayload, AttemptResult, Started, decode, encode, result_wire
 
 logger = logging.getLogger("flyte_ray")
 
@@ -249,7 +249,7 @@ def _inputs(p: AttemptPayload) -> tuple:
     """The attempt's ``(args, kwargs)``: inline, or fetched from the object store (big inputs,
     put once per call by the caller)."""
     if p.inputs is None:
-        return p.args, p.kwargs
+        return p.call_args, p.kwargs
     return ray.get(p.inputs)
 
 
@@ -257,7 +257,7 @@ def run_attempt(task: Any, wire: tuple) -> tuple:
     """The body of a task's remote function: one attempt (records as they travel: see wire)."""
     p = decode(AttemptPayload, wire)
     args, kwargs = _inputs(p)
-    return encode(drive(run_user_code(task, _context_of(p), args, kwargs)))
+    return result_wire(drive(run_user_code(task, _context_of(p), args, kwargs)))
 
 
 def run_streaming_attempt(task: Any, wire: tuple) -> Any:
@@ -266,4 +266,4 @@ def run_streaming_attempt(task: Any, wire: tuple) -> Any:
     p = decode(AttemptPayload, wire)
     yield encode(Started(VERSION, current_node(), time.time()))
     args, kwargs = _inputs(p)
-    yield encode(drive(run_user_code(task, _context_of(p), args, kwargs)))
+    yield result_wire(drive(run_user_code(task, _context_of(p), args, kwargs)))
