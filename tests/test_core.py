@@ -311,3 +311,10 @@ def test_a_background_checkpoint_save_is_stored_before_the_attempt_ends():
     cp = checkpoint_for(storage, run.name, tc.saves_in_background.name, "root")
     assert cp.read() == b"s" * (3 << 20)
     assert [e.ckpt_saved_bytes for e in run.events() if e.call_id == "root"][-1] == 3 << 20
+
+
+def test_20000_calls_in_flight_complete_correctly():
+    """20,000 calls submitted at once (all in flight before the first result is read) through a
+    sync map, each result in its place."""
+    n = 20_000
+    assert list(flyte.map(tc.square, range(n))) == [i * i for i in range(n)]
