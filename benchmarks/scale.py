@@ -17,12 +17,18 @@ the fan-outs are bound by per-call overhead, not by a slot count. Each figure is
 fresh driver process (it connects to that cluster, warms up, fans out once), so that no figure
 reuses memory an earlier fan-out freed, and raw and flyte-ray alternate.
 
-Run: ``python benchmarks/scale.py [--sizes 1000,10000,100000] [--modes gather,map,in-task]``.
+``--supervision 50,200``: instead, 50 spot parents each fanning out 200 children whose calls all
+go through the supervising actors (as children of unknown or long runtime do), with one actor
+(``--shards 1``) and with several, beside the same 10,000 children gathered by the driver.
+
+Run: ``python benchmarks/scale.py [--sizes 1000,10000,100000] [--modes gather,map,in-task]``
+or ``python benchmarks/scale.py --supervision 50,200 [--shards 1,4]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import json
 import os
@@ -82,6 +88,45 @@ def row(mode: str, raw: dict, fr: dict) -> str:
             f"{fr['per_call_b'] / 1024:6.2f} {mem:5.2f}x")
 
 
+def supervision(parents: int, children: int, shard_counts: list[int]) -> None:
+    """``parents`` spot parents each fanning out ``children`` children whose calls all go through
+    the supervising actors (``inline_under=0``: as for children of unknown or long runtime), with
+    one actor and with several, beside the same children gathered by the driver (no actor)."""
+    from flyte_ray.testing import LocalCluster, NodeSpec
+
+    nodes = [NodeSpec("spot-1", market="spot", cpus=parents + 4), NodeSpec("od-1", market="ondemand", cpus=8)]
+    total = parents * children
+    with LocalCluster(nodes, storage=tempfile.mkdtemp(prefix="bench-sup-")) as cluster:
+        def driver() -> float:
+            async def go():
+                return await asyncio.gather(*(st.noop.aio(i) for i in range(total)))
+
+            t = time.perf_counter()
+            assert len(asyncio.run(go())) == total
+            return time.perf_counter() - t
+
+        def spread(shards: int) -> float:
+            flyte.shutdown()
+            flyte.init(address=cluster.address, inline_under=0, supervisor_shards=shards, progress=False)
+            flyte.run(st.spot_parent, 20).outputs()  # warm: the parents' workers, the shard actors
+
+            async def go():
+                return await asyncio.gather(*(st.spot_parent.aio(children) for _ in range(parents)))
+
+            t = time.perf_counter()
+            assert asyncio.run(go()) == [sum(range(children))] * parents
+            return time.perf_counter() - t
+
+        driver()  # warm
+        rows = [("driver gathers every child (no actor)", driver())]
+        for k in shard_counts:
+            rows.append((f"{parents} spot parents, supervisor_shards={k}", spread(k)))
+        base = total / rows[0][1]
+        print(f"\n{parents} parents x {children} children = {total} calls, on {os.cpu_count()} cores")
+        for label, secs in rows:
+            print(f"  {label:45s} {total / secs:7.0f} calls/s  ({total / secs / base:4.2f}x the driver)")
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         mode, side, n, address, warmup = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], int(sys.argv[6])
@@ -92,7 +137,14 @@ def main() -> None:
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--cpus", type=int, default=8, help="logical CPUs of the embedded cluster")
     ap.add_argument("--warmup", type=int, default=2000)
+    ap.add_argument("--supervision", default="", help="PARENTS,CHILDREN (e.g. 50,200): the sharded supervision "
+                    "benchmark instead of the fan-outs")
+    ap.add_argument("--shards", default="1,4", help="supervisor_shards values for --supervision")
     a = ap.parse_args()
+    if a.supervision:
+        p, c = (int(x) for x in a.supervision.split(","))
+        supervision(p, c, [int(x) for x in a.shards.split(",")])
+        return
     sizes = [int(s) for s in a.sizes.split(",")]
     modes = [m for m in a.modes.split(",") if m]
     for m in modes:

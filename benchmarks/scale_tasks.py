@@ -100,3 +100,12 @@ async def fr_parent(n: int) -> dict:
     assert len(values) == n and values[-1] == n - 1, "wrong results"
     return {"n": n, "seconds": dt, "per_s": n / dt, "peak_mib": mem.peak / 2**20,
             "grew_mib": (mem.peak - mem.base) / 2**20, "per_call_b": max(mem.peak - mem.base, 0) / n}
+
+
+spot = flyte.TaskEnvironment(name="scale-spot", interruptible=True)
+
+
+@spot.task
+async def spot_parent(n: int) -> int:
+    """A parent on spot fanning out ``n`` children (supervised by the supervising actors)."""
+    return sum(await asyncio.gather(*(noop.aio(i) for i in range(n))))

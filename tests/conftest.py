@@ -43,10 +43,11 @@ NO_RAY = {
 }
 
 
-# Modules on flyte-ray's embedded one-CPU cluster (no multi-node fleet, no preemption timing): a
-# group of their own, which runs beside the multi-node group on the other worker (with the
-# modules above), so the suite fits its 10 minutes on two cores. The multi-node modules, whose
-# checks time real preemptions, still never share the machine with another multi-node cluster.
+# Modules whose Ray work times nothing (flyte-ray's embedded one-CPU cluster; test_ship's package
+# shipping to a `ray start` head): a group of their own, which runs beside the multi-node group on
+# the other worker (with the modules above), so the suite fits its 10 minutes on two cores. The
+# multi-node modules, whose checks time real preemptions, never share the machine with another
+# multi-node cluster.
 EMBEDDED_RAY = {
     "test_cache",
     "test_core",
@@ -56,6 +57,7 @@ EMBEDDED_RAY = {
     "test_progress",
     "test_run_names",
     "test_security",
+    "test_ship",
     "test_validation",
 }
 
