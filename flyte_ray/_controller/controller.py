@@ -105,8 +105,9 @@ class RayController:
         pass  # its parts reset themselves
 
     # ---------------------------------------------------------------- the facade
-    async def submit(self, call: Call) -> Any:
-        return await self._submit(call, LOOP)
+    def submit(self, call: Call) -> Any:
+        # the coroutine of _submit itself: one frame per call in flight, not two
+        return self._submit(call, LOOP)
 
     def submit_sync(self, call: Call) -> Any:
         return drive(self._submit(call, BLOCKING))
@@ -128,18 +129,21 @@ class RayController:
             if call.call_id == "root":
                 self.supervision.run_ended(call)
 
-    async def _hosted(self, call: Call, port: Port) -> Any:
+    def _hosted(self, call: Call, port: Port) -> Any:
+        # Plain functions returning the coroutine to await (here and in supervise): no frames of
+        # their own stay suspended for each call in flight.
         where = self.supervision.where(call)
         if where is Host.HERE:
-            return await self.supervise(call, port)
+            return self.supervise(call, port)
         if where is Host.ACTOR:
-            return await self.supervision.delegate(call, port)
-        return await self.supervision.in_caller(call, lambda c: self.supervise(c, port))
+            return self.supervision.delegate(call, port)
+        return self.supervision.in_caller(call, lambda c: self.supervise(c, port))
 
-    async def supervise(self, call: Call, port: Port) -> Any:
-        """Run ``call``'s attempt loop here, each attempt on the executor this call needs."""
+    def supervise(self, call: Call, port: Port) -> Any:
+        """The coroutine that runs ``call``'s attempt loop here, each attempt on the executor this
+        call needs."""
         executor = self.executor_for(call)
-        return await run_attempts(call, lambda req: executor.run(call, req, port), port.sleep, observer=self._observer)
+        return run_attempts(call, lambda req: executor.run(call, req, port), port.sleep, observer=self._observer)
 
     def executor_for(self, call: Call) -> Executor:
         spec = call.spec

@@ -242,13 +242,18 @@ def _future(ref: Any) -> Any:
     return c.future(ref)
 
 
-async def await_ref(ref: Any) -> Any:
-    """Await an ObjectRef; inside a worker, registered so the parked main thread releases the CPU."""
+def await_ref(ref: Any) -> Any:
+    """An awaitable of an ObjectRef's value; inside a worker, registered so the parked main thread
+    releases the CPU. (A plain function: outside workers the future itself, no coroutine frame.)"""
     if is_worker():
-        w = _waits()
-        w.register(ref)
-        try:
-            return await _future(ref)
-        finally:
-            w.unregister(ref)
-    return await _future(ref)
+        return _registered(ref)
+    return _future(ref)
+
+
+async def _registered(ref: Any) -> Any:
+    w = _waits()
+    w.register(ref)
+    try:
+        return await _future(ref)
+    finally:
+        w.unregister(ref)
