@@ -3,6 +3,9 @@
 import asyncio
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import time
 import uuid
 
@@ -131,3 +134,44 @@ def test_spot_parents_spread_over_shards_and_losing_one_touches_only_its_own(fle
         ray.shutdown()
         flyte.init(address=fleet.address, **fleet._init_kwargs)
     assert not [a for a in left if a.startswith("flyte-ray-supervisor")], left
+
+
+_ORPHAN_DRIVER = textwrap.dedent(
+    """
+    import os, sys
+    import flyte_ray as flyte
+    import tasks_reattach as tr
+    flyte.init(address=sys.argv[1], runtime_env={"env_vars": {"FLYTE_RAY_ORPHAN_CHECK_S": "0.5"}})
+    out = flyte.with_runcontext(name=sys.argv[2]).run(tr.parent, 2, sys.argv[3], 0.1).outputs()
+    import ray
+    names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                   if a["namespace"] == ray.get_runtime_context().namespace)
+    print("NAMESPACE", ray.get_runtime_context().namespace, ",".join(names), out, flush=True)
+    os._exit(0)  # gone without a shutdown: the shard its run created is left behind
+    """
+)
+
+
+def test_a_shard_left_behind_by_a_vanished_driver_ends_itself(fleet, tmp_path):
+    """A driver that exits without shutdown leaves the detached shard its spot parent created;
+    the shard sees shard 0 (the driver's) gone and ends itself once it hosts nothing."""
+    name = next(n for n in (f"orphan-{uuid.uuid4().hex[:8]}" for _ in range(100)) if _shard(n) != 0)
+    out = tmp_path / "out"
+    out.mkdir()
+    script = tmp_path / "driver.py"
+    script.write_text(_ORPHAN_DRIVER)
+    r = subprocess.run([sys.executable, str(script), fleet.address, name, str(out)], capture_output=True, text=True,
+                       timeout=120)
+    line = next((l for l in r.stdout.splitlines() if l.startswith("NAMESPACE")), None)
+    assert r.returncode == 0 and line is not None, r.stdout[-2000:] + r.stderr[-3000:]
+    namespace, names = line.split()[1], line.split()[2].split(",")
+    shard = f"flyte-ray-supervisor-{_shard(name)}"
+    assert shard in names, names  # the parent's calls went to (and created) their shard
+
+    def left() -> list:
+        return [a for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["namespace"] == namespace and a["name"].startswith("flyte-ray-supervisor")]
+
+    # the driver went with its shard 0; the detached shard outlives it, then ends itself
+    wait_until(lambda: [a["name"] for a in left()] in ([shard], []), timeout=30)
+    wait_until(lambda: not left(), timeout=30)

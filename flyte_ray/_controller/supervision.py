@@ -90,6 +90,7 @@ __all__ = [
 
 ACTOR_NAME = "flyte-ray-supervisor"  # shard 0; shard i > 0 is f"{ACTOR_NAME}-{i}"
 ORPHAN_CHECK_S = 10.0  # how often a detached shard checks that shard 0 (its driver) is still there
+# ($FLYTE_RAY_ORPHAN_CHECK_S in the job's environment overrides it)
 ORPHAN_CHECKS = 3  # ... and how many failed checks in a row, while it hosts nothing, end it
 KEEP_RESULTS = 100_000  # finished calls remembered for re-attachment (LRU), at most
 KEEP_BYTES = 256 * 2**20  # ... and at most this many bytes of them (pickled)
@@ -220,6 +221,10 @@ class SupervisorActorBase:
         self.hosted = 0  # calls whose attempt loop ran here
         self.recorded = 0  # short calls' results sent by the callers that supervised them
         self._watch: Optional[asyncio.Task] = None
+        try:
+            self.orphan_check_s = float(os.environ.get("FLYTE_RAY_ORPHAN_CHECK_S", ORPHAN_CHECK_S))
+        except ValueError:
+            self.orphan_check_s = ORPHAN_CHECK_S
 
     def _watch_orphan(self) -> None:
         """A detached shard (i > 0) ends itself once its driver is gone (shard 0 with it) and it
@@ -230,7 +235,7 @@ class SupervisorActorBase:
     async def _orphan_loop(self) -> None:
         misses = 0
         while True:
-            await asyncio.sleep(ORPHAN_CHECK_S)
+            await asyncio.sleep(self.orphan_check_s)
             try:
                 await asyncio.to_thread(ray.get_actor, ACTOR_NAME)
                 misses = 0
