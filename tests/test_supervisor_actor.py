@@ -144,8 +144,9 @@ _ORPHAN_DRIVER = textwrap.dedent(
     flyte.init(address=sys.argv[1], runtime_env={"env_vars": {"FLYTE_RAY_ORPHAN_CHECK_S": "0.5"}})
     out = flyte.with_runcontext(name=sys.argv[2]).run(tr.parent, 2, sys.argv[3], 0.1).outputs()
     import ray
+    ns = ray.get_runtime_context().namespace
     names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                   if a["namespace"] == ray.get_runtime_context().namespace)
+                   if a["namespace"] in (ns, "flyte-ray-" + ns))
     print("NAMESPACE", ray.get_runtime_context().namespace, ",".join(names), out, flush=True)
     os._exit(0)  # gone without a shutdown: the shard its run created is left behind
     """
@@ -170,7 +171,8 @@ def test_a_shard_left_behind_by_a_vanished_driver_ends_itself(fleet, tmp_path):
 
     def left() -> list:
         return [a for a in ray.util.list_named_actors(all_namespaces=True)
-                if a["namespace"] == namespace and a["name"].startswith("flyte-ray-supervisor")]
+                if a["namespace"] in (namespace, "flyte-ray-" + namespace)
+                and a["name"].startswith("flyte-ray-supervisor")]
 
     # the driver went with its shard 0; the detached shard outlives it, then ends itself
     wait_until(lambda: [a["name"] for a in left()] in ([shard], []), timeout=30)

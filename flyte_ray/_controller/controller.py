@@ -45,7 +45,7 @@ from .._ray.port import BLOCKING, LOOP, Port
 from .._ray.recording import RunRecorder
 from ..cache import cached_call
 from ..reuse.executor import ReplicaExecutor
-from .supervision import Host, RuntimeHistory, Supervision, SupervisorActorBase, shard_name
+from .supervision import Host, RuntimeHistory, Supervision, SupervisorActorBase, shard_name, shard_namespace
 
 __all__ = ["Controller", "RayController", "get_controller", "ensure_supervisor", "background_loop"]
 
@@ -177,6 +177,7 @@ def _shard_options(shard: int, placement: str) -> dict:
     label as the cluster view chooses for ``placement``), restarted for ever."""
     return dict(
         name=shard_name(shard),
+        namespace=shard_namespace(shard),
         get_if_exists=True,
         num_cpus=0,
         **cluster_view().placement(placement, ONDEMAND, None).pinned(ONDEMAND),
@@ -189,7 +190,10 @@ def _shard_options(shard: int, placement: str) -> dict:
 def _create_shard(shard: int, placement: str) -> Any:
     """Shard ``shard > 0``, created by the first caller that needs it: detached, so that it
     outlives that caller (a spot attempt); the driver's shutdown removes it (see supervision)."""
-    return _RemoteSupervisor.options(lifetime="detached", **_shard_options(shard, placement)).remote(shard)
+    job_namespace = ray.get_runtime_context().namespace
+    return _RemoteSupervisor.options(lifetime="detached", **_shard_options(shard, placement)).remote(
+        shard, job_namespace
+    )
 
 
 def ensure_supervisor(placement: str = "auto", shards: int = 1) -> Any:

@@ -10,7 +10,8 @@ shard. A call goes to the shard of its *parent* (:func:`shard_of`: a hash of run
 call id), so siblings batch together and a retried parent, making the same calls, finds its
 children in the same shard. Shard 0 is created by the driver when ``init`` connects (owned by the
 driver: it goes when the driver goes); shard ``i > 0`` is created by the first caller that needs
-it, *detached* (an actor created from a worker would otherwise die with that worker), and
+it, *detached* (an actor created from a worker would otherwise die with that worker; named in a
+namespace of the job's own, :func:`shard_namespace`), and
 removed by the driver's ``shutdown``; one whose driver went away without a shutdown (shard 0 is
 gone) exits on its own once it hosts nothing (:data:`ORPHAN_CHECK_S`). So the number of actors
 grows with the number of spot parents at work, up to the limit, and no idle shard ever starts.
@@ -123,6 +124,15 @@ def shard_name(shard: int) -> str:
     return ACTOR_NAME if shard == 0 else f"{ACTOR_NAME}-{shard}"
 
 
+def shard_namespace(shard: int) -> Optional[str]:
+    """Where shard ``shard``'s actor is named: shard 0 in the job's namespace (None), the detached
+    ones in ``flyte-ray-<job namespace>`` — a named namespace of this job's own, because Ray warns on
+    the console about every detached actor created in an anonymous one (a job's default)."""
+    if shard == 0:
+        return None
+    return f"flyte-ray-{ray.get_runtime_context().namespace}"
+
+
 def shard_of(run_name: str, call_id: str, shards: int) -> int:
     """The shard that supervises a call: its parent's (run name + parent call id), so siblings
     share a shard and a retried parent's calls land where its first attempt's did."""
@@ -214,8 +224,9 @@ class SupervisorActorBase:
     The controller subclasses it with :meth:`_supervise` (its attempt loop on the actor's loop).
     """
 
-    def __init__(self, shard: int = 0) -> None:
+    def __init__(self, shard: int = 0, job_namespace: Optional[str] = None) -> None:
         self.shard = shard
+        self.job_namespace = job_namespace  # where shard 0 is named (a detached shard lives elsewhere)
         self.running: dict[str, asyncio.Future] = {}
         self.finished = ResultStore()
         self.hosted = 0  # calls whose attempt loop ran here
@@ -237,7 +248,7 @@ class SupervisorActorBase:
         while True:
             await asyncio.sleep(self.orphan_check_s)
             try:
-                await asyncio.to_thread(ray.get_actor, ACTOR_NAME)
+                await asyncio.to_thread(ray.get_actor, ACTOR_NAME, self.job_namespace)
                 misses = 0
             except ValueError:  # no shard 0: the driver that owned it is gone
                 misses += 1
@@ -523,7 +534,7 @@ class Supervision:
         """The driver shuts down: the shards callers created (detached) go too."""
         for shard in range(1, self.shards):
             try:
-                ray.kill(ray.get_actor(shard_name(shard)), no_restart=True)
+                ray.kill(ray.get_actor(shard_name(shard), shard_namespace(shard)), no_restart=True)
             except Exception:  # noqa: BLE001 - never started, or gone already
                 pass
 
@@ -557,7 +568,7 @@ class Supervision:
                 h = self._handles.get(shard)
                 if h is None or refresh:
                     try:
-                        h = ray.get_actor(shard_name(shard))
+                        h = ray.get_actor(shard_name(shard), shard_namespace(shard))
                     except ValueError as e:  # not created (yet), or gone for good
                         if shard == 0 or not create or self.factory is None:
                             raise _NotFound(str(e)) from e
