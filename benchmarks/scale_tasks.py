@@ -62,8 +62,11 @@ def measure(n: int, fn: Callable[[], Any]) -> dict:
         t = time.perf_counter()
         values = fn()
         dt = time.perf_counter() - t
+    return _figures(n, dt, mem, values)
+
+
+def _figures(n: int, dt: float, mem: PeakRSS, values: list) -> dict:
     assert len(values) == n and values[0] == 0 and values[-1] == n - 1, "wrong results"
-    del values
     return {"n": n, "seconds": dt, "per_s": n / dt, "peak_mib": mem.peak / 2**20,
             "grew_mib": (mem.peak - mem.base) / 2**20, "per_call_b": max(mem.peak - mem.base, 0) / n}
 
@@ -92,14 +95,11 @@ def raw_parent(n: int) -> dict:
 @env.task
 async def fr_parent(n: int) -> dict:
     """flyte-ray from inside an async parent task: ``n`` children gathered."""
-    t = time.perf_counter()
-    mem = PeakRSS().__enter__()
-    values = await asyncio.gather(*(noop.aio(i) for i in range(n)))
-    dt = time.perf_counter() - t
-    mem.__exit__()
-    assert len(values) == n and values[-1] == n - 1, "wrong results"
-    return {"n": n, "seconds": dt, "per_s": n / dt, "peak_mib": mem.peak / 2**20,
-            "grew_mib": (mem.peak - mem.base) / 2**20, "per_call_b": max(mem.peak - mem.base, 0) / n}
+    with PeakRSS() as mem:
+        t = time.perf_counter()
+        values = await asyncio.gather(*(noop.aio(i) for i in range(n)))
+        dt = time.perf_counter() - t
+    return _figures(n, dt, mem, values)
 
 
 spot = flyte.TaskEnvironment(name="scale-spot", interruptible=True)

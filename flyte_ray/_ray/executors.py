@@ -144,6 +144,12 @@ def _spot_unavailable(missing: list, waited: float, why: str) -> Outcome:
     )
 
 
+def _spot_wait(req: AttemptRequest) -> Optional[float]:
+    """How long a spot attempt waits for spot capacity before checking whether any is left; None
+    when it does not (on-demand, no spot wait, or ``max_queued_time`` decides instead)."""
+    return req.spot_wait if req.max_queued_time is None else None
+
+
 def _limit(*values: Optional[float]) -> Optional[float]:
     vals = [v for v in values if v is not None]
     return min(vals) if vals else None
@@ -261,14 +267,11 @@ class _RayTasks:
             return _spot_unavailable(missing, 0.0, "no live or launchable node offers it")
         return Outcome(Kind.INFEASIBLE, missing=tuple(missing))
 
-    async def wait_result(self, req: AttemptRequest, ref: Any, opts: dict, port: Port) -> Any:
-        """The attempt's result. A spot attempt with a spot wait (and no ``max_queued_time``)
-        checks, once the wait has passed and every :data:`SPOT_RECHECK_S` after that, whether
-        any live node still offers it: when none does, it cannot be running, and it raises
-        :class:`_SpotGone`. Raises WaitTimeout when the call's deadline passes."""
-        spot_wait = req.spot_wait if req.max_queued_time is None else None
-        if spot_wait is None:
-            return await port.get(ref, req.deadline_left)
+    async def wait_spot_result(self, req: AttemptRequest, spot_wait: float, ref: Any, opts: dict, port: Port) -> Any:
+        """The result of a spot attempt with a spot wait (:func:`_spot_wait`): it checks, once the
+        wait has passed and every :data:`SPOT_RECHECK_S` after that, whether any live node still
+        offers it: when none does, it cannot be running, and it raises :class:`_SpotGone`.
+        Raises WaitTimeout when the call's deadline passes."""
         t0 = time.monotonic()
         check_at = spot_wait
         while True:
@@ -326,11 +329,12 @@ class TaskExecutor(_RayTasks):
             return out
         ref = bound.remote(self.payload(call, req))
         self.watch.add(ref, call.spec.fqn, req, opts, call.settings.node_types)
+        spot_wait = _spot_wait(req)
         try:
-            if req.spot_wait is None or req.max_queued_time is not None:
-                res = await port.get(ref, req.deadline_left)  # the common case: one frame less in flight
+            if spot_wait is None:  # the common case, awaited here: one coroutine frame less in flight
+                res = await port.get(ref, req.deadline_left)
             else:
-                res = await self.wait_result(req, ref, opts, port)
+                res = await self.wait_spot_result(req, spot_wait, ref, opts, port)
         except _SpotGone as gone:
             ray.cancel(ref, force=True)
             return _spot_unavailable(gone.missing, gone.waited, f"spot_wait={req.spot_wait:g}s")

@@ -46,6 +46,8 @@ __all__ = [
     "AttemptPayload",
     "payload_wire",
     "result_wire",
+    "args_msgpack_safe",
+    "args_from_wire",
     "Started",
     "AttemptResult",
     "WarmCall",
@@ -172,22 +174,32 @@ class AttemptPayload(NamedTuple):
 
     @property
     def call_args(self) -> tuple:
-        a = self.args
-        return tuple(a) if a.__class__ is list else a
+        return args_from_wire(self.args)
 
 
-def _msgpack_args(args: tuple) -> bool:
+def args_msgpack_safe(args: tuple) -> bool:
+    """Every positional argument survives msgpack (so the args can travel as a list)."""
     for a in args:
         if a.__class__ not in SCALARS and not msgpack_safe(a):
             return False
     return True
 
 
+def args_from_wire(a: Any) -> tuple:
+    """Positional arguments as a call takes them: a list that travelled by msgpack, as a tuple."""
+    return tuple(a) if a.__class__ is list else a
+
+
+_PAYLOAD_ARGS = AttemptPayload._fields.index("args")
+
+
 def payload_wire(p: AttemptPayload) -> Any:
     """``p`` as it travels: a list (msgpack; ``args`` as a list) when its inputs survive msgpack
     and are inline, else a tuple (pickled whole)."""
-    if p.inputs is None and _msgpack_args(p.args) and (not p.kwargs or msgpack_safe(p.kwargs)):
-        return [*p[:11], list(p.args), p.kwargs, None]
+    if p.inputs is None and args_msgpack_safe(p.args) and (not p.kwargs or msgpack_safe(p.kwargs)):
+        wire = list(p)
+        wire[_PAYLOAD_ARGS] = list(p.args)
+        return wire
     return tuple(p)
 
 
@@ -255,8 +267,7 @@ class WarmCall(NamedTuple):
 
     @property
     def call_args(self) -> tuple:
-        a = self.args
-        return tuple(a) if a.__class__ is list else a
+        return args_from_wire(self.args)
 
     @property
     def call_kwargs(self) -> dict:

@@ -183,16 +183,27 @@ class Checkpoint:
     # ---- background work ----------------------------------------------------------------
 
     def _wait_background(self) -> None:
-        """Let this object's previous save finish its (best-effort) pruning first, so that the
-        object's own view of the prefix is settled. Normally already done."""
+        """Let this object's previous saves finish first -- its queued and in-flight background
+        uploads, then the last save's (best-effort) pruning -- so that the object's own view of
+        the prefix is settled. Normally already done. (On the uploader's thread the uploads are
+        its own: only the pruning is waited for.)"""
+        self._drain()
+        self._join_prune()
+
+    def _join_prune(self) -> None:
+        """Wait for the last save's pruning only (what a commit needs, under the save lock: waiting
+        for uploads there would deadlock with an upload that needs the lock)."""
         bg = self._bg
         if bg is not None and bg is not threading.current_thread():
             bg.join()
-            self._bg = None
+            if self._bg is bg:  # not a newer save's, published meanwhile
+                self._bg = None
 
     def _start(self, job: PruneJob) -> None:
-        self._bg = job.thread
+        # started before it is published: another thread may join self._bg at any moment (a
+        # reader while a background upload commits)
         job.thread.start()
+        self._bg = job.thread
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until this object's background saves are uploaded (``save(..., background=True)``)
@@ -206,7 +217,7 @@ class Checkpoint:
         """
         if not self._drain(timeout):
             return False
-        self._wait_background()
+        self._join_prune()  # the uploads are done: only the last pruning is left
         return True
 
     # ---- versions -----------------------------------------------------------------------
@@ -216,7 +227,6 @@ class Checkpoint:
         return self._versions.list_vids()
 
     def _fresh_vids(self) -> list[str]:
-        self._drain()  # read this object's own background saves
         self._wait_background()
         return self._list_vids()
 
@@ -239,7 +249,7 @@ class Checkpoint:
         self, upload: Upload, metadata: dict[str, Any] | None, *, replayable: bool = True, blob: bool = False
     ) -> None:
         with self._lock:
-            self._wait_background()
+            self._join_prune()
             commit(
                 self._versions,
                 self._list_vids,

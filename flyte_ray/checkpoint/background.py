@@ -152,7 +152,6 @@ class Uploader:
         self._queued: Optional[tuple[Snapshot, SaveHandle]] = None
         self._busy = False  # an upload is in flight (or the thread is about to take the queue)
         self._thread: Optional[threading.Thread] = None
-        self.failures = 0
         _LIVE.add(self)
 
     def submit(self, snap: Snapshot, handle: SaveHandle) -> None:
@@ -163,17 +162,13 @@ class Uploader:
                 self._busy = True
                 self._thread = threading.Thread(target=self._run, name="flyte-ray-ckpt-upload", daemon=True)
                 self._thread.start()
-        if old is not None:
-            old[0].discard()
-            old[1]._end("superseded")
+        _supersede(old)
 
     def drop_queued(self) -> None:
         """A foreground save is about to commit: what is still queued would be older."""
         with self._cond:
             old, self._queued = self._queued, None
-        if old is not None:
-            old[0].discard()
-            old[1]._end("superseded")
+        _supersede(old)
 
     def pending(self) -> bool:
         with self._cond:
@@ -207,7 +202,6 @@ class Uploader:
             try:
                 version = self._save(snap)
             except BaseException as e:  # noqa: BLE001 - kept on the handle, never raised here
-                self.failures += 1
                 handle.upload_s = time.perf_counter() - t0
                 logger.warning("background checkpoint save under %s failed: %s: %s", self._url, type(e).__name__, e)
                 handle._end("failed", error=e)
@@ -216,6 +210,13 @@ class Uploader:
                 handle._end("committed", version=version)
             finally:
                 snap.discard()
+
+
+def _supersede(item: Optional[tuple[Snapshot, SaveHandle]]) -> None:
+    """A queued save that a newer one replaced: its snapshot goes, its handle ends superseded."""
+    if item is not None:
+        item[0].discard()
+        item[1]._end("superseded")
 
 
 _LIVE: "weakref.WeakSet[Uploader]" = weakref.WeakSet()

@@ -28,7 +28,17 @@ from .._ray.executors import pickled_once, result_outcome
 from .._ray.observe import outcome_of
 from .._ray.placement import cluster_view
 from .._ray.port import INTERRUPTS, Port, WaitTimeout
-from .._ray.wire import SCALARS, VERSION, Declined, WarmCall, WarmStatic, WarmValue, decode, encode, msgpack_safe
+from .._ray.wire import (
+    VERSION,
+    Declined,
+    WarmCall,
+    WarmStatic,
+    WarmValue,
+    args_msgpack_safe,
+    decode,
+    encode,
+    msgpack_safe,
+)
 from ..errors import RuntimeSystemError, TaskTimeoutError
 from .client import PoolUnavailable, Slot, route
 
@@ -58,12 +68,7 @@ def _payload(call: "Call", req: AttemptRequest, digest: bytes) -> list:
     """The call in the warm wire format (a list: see flyte_ray._ray.wire)."""
     ro = call.run_overrides
     args, kwargs = call.args, call.kwargs
-    for a in args:
-        if a.__class__ not in SCALARS and not msgpack_safe(a):
-            wire_args: object = args  # pickled whole, types intact
-            break
-    else:
-        wire_args = list(args)
+    wire_args: object = list(args) if args_msgpack_safe(args) else args  # else pickled whole, types intact
     wire_kwargs: object = kwargs if not kwargs or msgpack_safe(kwargs) else (kwargs,)
     return encode(
         WarmCall(
