@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Longest wait of one cleanup request (it runs after a failure already).
+#: Longest wait of one cleanup request (it runs after a failure already), whatever the store's
+#: own op_timeout.
 CLEANUP_S = 10.0
 
 
@@ -63,7 +64,10 @@ def abort(store: ObjectStore, prefix: str, *, exact: bool = False, older_than: f
     bucket, key, _ = fs.split_path(store.path(prefix))
     # A folder's prefix ends with "/": "a/cp" must not match the uploads of "a/cp2/...".
     listed = key if exact or not key else key.rstrip("/") + "/"
-    limit = min(store.limit() or CLEANUP_S, CLEANUP_S)
+    # Its own limit, not the store's op_timeout: the cleanup often runs *because* an operation ran
+    # out of a tight limit, and on a loaded machine the same limit can cut the cleanup short too,
+    # leaving the parts billed (seen in CI with op_timeout=0.3). Each request is small.
+    limit = CLEANUP_S
     try:
         uploads = store._run("list_uploads", prefix, limit, lambda: list_uploads(fs, bucket, listed))
     except Exception as e:  # noqa: BLE001 -- best-effort
