@@ -22,7 +22,7 @@ that tell a preemption (a *system* failure, its own budget) from a failure of yo
 Public names are re-exported here; the modules are small and named after what they hold.
 """
 
-from . import errors
+from . import durable, errors, report
 from ._core.notice import PreemptionNotice
 from ._core.records import AttemptRecord, format_history
 from ._version import __version__  # noqa: E402
@@ -44,7 +44,7 @@ from .compat import (
     trace,
     version,
 )
-from .context import TaskContext, ctx
+from .context import TaskContext, ctx, custom_context, get_custom_context
 from .environment import TaskEnvironment
 from .progressbar import progress
 from .resources import GPU, TPU, Device, Resources
@@ -85,6 +85,10 @@ __all__ = [
     "TimeoutType",
     "__version__",
     "ctx",
+    "custom_context",
+    "durable",
+    "get_custom_context",
+    "report",
     "current_group",
     "current_settings",
     "errors",

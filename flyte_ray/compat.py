@@ -11,8 +11,8 @@ Every name here says in its docstring exactly what it does on Ray. In short:
 ``group(name)``        a context manager that names a block of calls; kept in a ContextVar
                        (``current_group()``, a flyte-ray addition), not sent to Ray or shown
                        anywhere else.
-``trace``              runs the decorated function in-process, unchanged (no checkpointing of
-                       its result: a retried attempt runs it again).
+``trace``              records each call's result with the task call; a retried attempt replays
+                       it instead of running the function again (:mod:`flyte_ray.replay`).
 ``logger``             the ``logging.Logger`` named ``"flyte_ray.user"``: INFO by default, one
                        stream handler that prefixes each line with the task's action.
 ``Secret``             recorded only; flyte-ray injects no secrets.
@@ -301,45 +301,34 @@ def current_group() -> Optional[str]:
 
 # ---------------------------------------------------------------------------------------- trace
 def trace(func: F) -> F:
-    """Flyte's ``@flyte.trace``, as a *passthrough*: the function runs in-process, unchanged.
-
-    Flyte records a traced call's result so that a retried task replays it instead of running
-    it again. flyte-ray does not: on Ray every attempt runs traced functions again (use
-    ``flyte_ray.ctx().checkpoint`` for state that must survive a retry). Sync and ``async``
-    functions and (async) generators are supported, inside and outside tasks; the wrapper keeps
-    the function's name, signature and kind (``inspect.iscoroutinefunction`` etc.).
+    """Flyte's ``@flyte.trace``: inside a task, each call's result is recorded with the task call
+    and a retried attempt gets it back instead of running the function again, so a task resumes
+    after its last finished traced step (flyte-sdk's behaviour; the rules, storage and trust are
+    in :mod:`flyte_ray.replay`). Outside a task the function just runs. Sync and ``async``
+    functions are recorded; (async) generators run unchanged. The wrapper keeps the function's
+    name, signature and kind (``inspect.iscoroutinefunction`` etc.).
     """
+    from .replay import replayed
+
     if not callable(func):
         raise TypeError(f"trace: expected a function, got {func!r}")
-    if inspect.isasyncgenfunction(func):
+    wrapper: Any = replayed(func)
+    if wrapper is func:  # a generator: run unchanged, but marked as traced
+        if inspect.isasyncgenfunction(func):
 
-        @functools.wraps(func)
-        async def agen(*args: Any, **kwargs: Any) -> Any:
-            async for item in func(*args, **kwargs):
-                yield item
+            @functools.wraps(func)
+            async def agen(*args: Any, **kwargs: Any) -> Any:
+                async for item in func(*args, **kwargs):
+                    yield item
 
-        wrapper: Any = agen
-    elif inspect.iscoroutinefunction(func):
+            wrapper = agen
+        else:
 
-        @functools.wraps(func)
-        async def coro(*args: Any, **kwargs: Any) -> Any:
-            return await func(*args, **kwargs)
+            @functools.wraps(func)
+            def gen(*args: Any, **kwargs: Any) -> Any:
+                return (yield from func(*args, **kwargs))
 
-        wrapper = coro
-    elif inspect.isgeneratorfunction(func):
-
-        @functools.wraps(func)
-        def gen(*args: Any, **kwargs: Any) -> Any:
-            return (yield from func(*args, **kwargs))
-
-        wrapper = gen
-    else:
-
-        @functools.wraps(func)
-        def plain(*args: Any, **kwargs: Any) -> Any:
-            return func(*args, **kwargs)
-
-        wrapper = plain
+            wrapper = gen
     wrapper.__flyte_ray_trace__ = True
     return wrapper
 
@@ -406,30 +395,30 @@ class _Map:
         if not concurrency and group_name is None and not isinstance(task, functools.partial):
             return run_map(task, *iterables, return_exceptions=return_exceptions)
         task, pargs, pkw = _unpartial(task, "map")
-        return self._bounded(task, pargs, pkw, iterables, return_exceptions, concurrency, group_name)
+        calls = ((pargs + tuple(a), dict(pkw)) for a in zip(*iterables))
+        return self.bounded(task, calls, return_exceptions, concurrency, group_name)
 
     @staticmethod
-    def _bounded(
+    def bounded(
         task: Any,
-        pargs: tuple,
-        pkw: dict,
-        iterables: Tuple[Iterable[Any], ...],
+        calls: Iterator[Tuple[tuple, dict]],
         return_exceptions: bool,
         concurrency: int,
-        group_name: Optional[str],
+        group_name: Optional[str] = None,
     ) -> Iterator[Any]:
+        """``task(*args, **kwargs)`` for each ``(args, kwargs)`` of ``calls``, at most
+        ``concurrency`` in flight (0: all), results in input order (also flytekit's map_task)."""
         from .run import _result, _submit
 
         scope = group(group_name) if group_name else contextlib.nullcontext()
-        args = iter(zip(*iterables))
         window: collections.deque = collections.deque()
 
         def submit() -> bool:
-            nxt = next(args, None)
+            nxt = next(calls, None)
             if nxt is None:
                 return False
             with scope:
-                window.append(_submit(task._make_call(pargs + tuple(nxt), dict(pkw), None)))
+                window.append(_submit(task._make_call(nxt[0], nxt[1], None)))
             return True
 
         try:

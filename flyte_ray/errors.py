@@ -207,6 +207,55 @@ def _rebuild(cls: type, args: tuple, state: dict) -> BaseException:
     return exc
 
 
+_non_recoverable_classes: dict[type, type] = {}
+
+
+def as_non_recoverable(exc: BaseException) -> BaseException:
+    """``exc`` as an instance of both its own class and :class:`NonRecoverableError`, so the
+    call fails at once (no user retry) and ``except ValueError`` still catches it. The mark
+    survives pickling (Ray hops): the receiver rebuilds the same combination. Falls back to a
+    plain ``NonRecoverableError`` caused by ``exc`` when the class cannot be subclassed.
+    (flytekit's rule: only ``FlyteRecoverableException`` is retried; see flyte_ray.flytekit.)"""
+    if isinstance(exc, NonRecoverableError):
+        return exc
+    base = getattr(type(exc), "__flyte_ray_origin__", type(exc))
+    sub = _non_recoverable_classes.get(base)
+    if sub is None and base not in _non_recoverable_classes:
+        try:
+            sub = type(
+                base.__name__,
+                (base, NonRecoverableError),
+                {
+                    "__module__": base.__module__,
+                    "__qualname__": base.__qualname__,
+                    "__reduce__": lambda self: (_rebuild_non_recoverable, (base, self.args, dict(self.__dict__))),
+                    "__flyte_ray_origin__": base,
+                    "__str__": base.__str__,
+                },
+            )
+        except TypeError:  # incompatible layouts (e.g. OSError)
+            sub = None
+        _non_recoverable_classes[base] = sub  # type: ignore[assignment]
+    if sub is None:
+        out = NonRecoverableError(f"{base.__name__}: {exc}")
+        out.__cause__ = exc
+        return out
+    made = sub.__new__(sub)  # type: ignore[call-overload]  # an exception class made above
+    made.args = exc.args
+    try:
+        made.__dict__.update(exc.__dict__)
+    except AttributeError:
+        pass
+    made.code = "NonRecoverable"
+    made.__traceback__ = exc.__traceback__
+    made.__cause__ = exc.__cause__
+    return made
+
+
+def _rebuild_non_recoverable(cls: type, args: tuple, state: dict) -> BaseException:
+    return as_non_recoverable(_rebuild(cls, args, state))
+
+
 def format_exception(exc: BaseException) -> str:
     """Traceback text of ``exc``, as printed by Python."""
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

@@ -20,9 +20,11 @@ from ._core.validation import SHORT_NAME_RE, check_name, normalize
 from ._duration import short_repr
 from ._ray.port import BLOCKING
 from ._ray.recording import node_facts_for, recorded, recorder
+from .context import check_custom
 from .progressbar import Progress
 from .report.cost import CostReport, cost_report
 from .report.tables import RunTree, build_tree
+from .report.task_report import read_report
 from .report.timeline import timeline_html, timeline_svg
 from .runtime import current_prices, dashboard_url
 from .task import TaskTemplate
@@ -236,6 +238,12 @@ class Run:
         without one the report gives node time and says that prices are missing."""
         return cost_report(self.events(), prices if prices is not None else current_prices())
 
+    def report(self, call_id: str = "root", attempt: Optional[int] = None) -> Optional[str]:
+        """The HTML page a task made with ``report=True`` stored through ``flyte_ray.report`` for
+        ``call_id`` (``"root"``: the run's task; a child's id as in :meth:`tree`), of ``attempt``
+        (default: the newest that stored one); None when there is none."""
+        return read_report(self._call.settings.storage, self.name, call_id, attempt)
+
     def timeline(self) -> "TimelinePage":
         """The run's attempts as bars per node, coloured by market, preemptions and notices
         marked: renders inline in Jupyter; ``.save("run.html")`` writes a page for a browser."""
@@ -311,17 +319,24 @@ class RunContext:
     """Run-level settings from :func:`with_runcontext`; they apply to every call in the run,
     above task and environment settings (below an explicit ``task.override``)."""
 
-    def __init__(self, overrides: Dict[str, Any], name: Optional[str] = None, resume: bool = False) -> None:
+    def __init__(
+        self,
+        overrides: Dict[str, Any],
+        name: Optional[str] = None,
+        resume: bool = False,
+        custom_context: Optional[Dict[str, str]] = None,
+    ) -> None:
         self._overrides = RunOverrides(overrides) if overrides else None
         self._name = name
         self._resume = resume
+        self._custom = custom_context
 
     def run(self, task: TaskTemplate, *args: Any, **kwargs: Any) -> Run:
         """Start ``task(*args, **kwargs)`` as a run; returns at once with a :class:`Run`."""
         if not isinstance(task, TaskTemplate):
             raise TypeError(f"run: expected a task (made with @env.task), got {task!r}")
         # A run started here is recorded (init(record="runs")): the flag rides in its overrides.
-        overrides = RunOverrides(dict(self._overrides or {}), recorded=True)
+        overrides = RunOverrides(dict(self._overrides or {}), recorded=True, custom=self._custom)
         call = task._make_call(args, kwargs, overrides, self._name)
         if self._name is not None and not self._resume and call.call_id == "root":
             _refuse_a_used_name(call)
@@ -374,6 +389,7 @@ def with_runcontext(
     overwrite_cache: bool = False,
     env_vars: Optional[Dict[str, str]] = None,
     resume: bool = False,
+    custom_context: Optional[Dict[str, str]] = None,
     **unsupported: Any,
 ) -> RunContext:
     """Settings for one run: ``flyte_ray.with_runcontext(interruptible=False).run(task, x)``.
@@ -389,6 +405,9 @@ def with_runcontext(
         resume: with ``name``: continue the run of that name (its calls resume from their
             checkpoints). Without it, a name whose run left checkpoints is refused
             (``ValueError``), so reusing a name never resumes another run by accident.
+        custom_context: string pairs every call of the run sees in ``ctx().custom_context``
+            (metadata such as trace ids: not inputs, not part of cache keys); change them for a
+            block of calls with ``flyte_ray.custom_context(...)``.
     """
     if mode is not None and not isinstance(mode, str):
         raise TypeError(f"with_runcontext.mode: expected one of {_MODES} or None, got {type(mode).__name__}")
@@ -399,7 +418,7 @@ def with_runcontext(
     if unknown:
         raise TypeError(
             f"with_runcontext: unknown argument(s) {', '.join(unknown)}; accepted: "
-            "mode, name, interruptible, queue, overwrite_cache, env_vars, resume"
+            "mode, name, interruptible, queue, overwrite_cache, env_vars, resume, custom_context"
         )
     if name is not None:
         # The run's name prefixes its checkpoints and every call's identity: the short-name characters.
@@ -424,7 +443,8 @@ def with_runcontext(
             o[k] = v
     if overwrite_cache:
         o["_overwrite_cache"] = True
-    return RunContext(o, name or None, resume)
+    custom = check_custom(custom_context, "with_runcontext.custom_context") if custom_context is not None else None
+    return RunContext(o, name or None, resume, custom)
 
 
 def run(task: TaskTemplate, *args: Any, **kwargs: Any) -> Run:

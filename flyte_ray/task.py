@@ -18,7 +18,7 @@ from ._controller.controller import get_controller
 from ._core.call import Call
 from ._core.spec import CallSpec, resolve
 from ._core.validation import normalize
-from .context import ctx, current_settings
+from .context import block_overrides, ctx, current_settings
 from .runtime import ensure_init
 
 if TYPE_CHECKING:
@@ -190,6 +190,7 @@ class TaskTemplate:
         parent = ctx()
         if overrides is None and parent is not None:
             overrides = parent.run_overrides  # run-level settings reach every call in the run
+        overrides = block_overrides(overrides)  # an open custom_context block (flyte_ray.custom_context)
         spec = resolve(self, overrides) if overrides else self.spec
         if parent is not None:
             return Call(

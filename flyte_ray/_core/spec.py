@@ -94,17 +94,26 @@ def _shown_options(opts: Mapping[str, Any]) -> dict[str, Any]:
 
 class RunOverrides(Mapping[str, Any]):
     """Run-level settings (``with_runcontext``): validated, immutable, inherited by every call of
-    the run. Its pickled form is made once (``blob``) and travels with each attempt."""
+    the run. Its pickled form is made once (``blob``) and travels with each attempt.
 
-    __slots__ = ("_d", "blob", "recorded")
+    ``custom`` is the run's custom context (``with_runcontext(custom_context=...)``, changed for
+    a block of calls by ``flyte_ray.custom_context(...)``): string pairs every call sees in
+    ``ctx().custom_context``. It is not one of the mapping's settings, so it never changes a
+    call's spec or cache key (as in flyte-sdk) and an empty mapping with a custom context still
+    takes the no-overrides fast path."""
 
-    def __init__(self, values: Mapping[str, Any], recorded: bool = False) -> None:
+    __slots__ = ("_d", "blob", "recorded", "custom")
+
+    def __init__(
+        self, values: Mapping[str, Any], recorded: bool = False, custom: Optional[Mapping[str, str]] = None
+    ) -> None:
         self._d = dict(values)
         self.blob: Optional[bytes] = None
         # The run was started with flyte.run / with_runcontext(...).run: its calls' attempts are
         # recorded in storage (init(record="runs"), the default). Travels with the overrides, so
         # every call of the run, wherever it is supervised, knows.
         self.recorded = recorded
+        self.custom: Mapping[str, str] = dict(custom) if custom else {}
 
     def __getitem__(self, key: str) -> Any:
         return self._d[key]
@@ -117,10 +126,12 @@ class RunOverrides(Mapping[str, Any]):
 
     def __repr__(self) -> str:
         shown = {k: masked(v) if k == "env_vars" else v for k, v in self._d.items()}
-        return f"RunOverrides({shown!r})"
+        # custom context by key only: its values may be session ids
+        custom = f", custom_context keys={sorted(self.custom)}" if self.custom else ""
+        return f"RunOverrides({shown!r}{custom})"
 
     def __reduce__(self) -> Any:
-        return (RunOverrides, (self._d, self.recorded))
+        return (RunOverrides, (self._d, self.recorded, self.custom or None))
 
 
 def resolve(task: "TaskTemplate", run_overrides: Optional[Mapping[str, Any]] = None) -> CallSpec:

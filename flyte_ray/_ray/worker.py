@@ -188,6 +188,7 @@ async def run_user_code(
     task's coroutine runs on the worker's loop thread while the main thread parks.
     """
     node = context.node_id
+    context.report = task.report
     token = set_context(context)
     _DRAINS.begin(node)  # this process watches its node for a preemption notice while attempts run
     t0 = time.perf_counter()
@@ -223,6 +224,8 @@ async def run_user_code(
     finally:
         reset_context(token)
         _DRAINS.end()
+        if context._at_end:
+            context.run_at_end()
         if _RECORDER.pending:  # this attempt's nested calls: stored before its result travels
             _RECORDER.flush_within(WORKER_FLUSH_S)
     return AttemptResult(

@@ -60,9 +60,10 @@ def derive(material: str) -> bytes:
     return hashlib.sha256(_DOMAIN + data).digest()
 
 
-def secret_for(store: Any) -> Optional[bytes]:
+def secret_for(store: Any, warn: bool = True) -> Optional[bytes]:
     """The key for cache entries on ``store`` (an ObjectStore; None: a local folder), or None
-    when there is none (the module docstring's order; warns once per process)."""
+    when there is none (the module docstring's order; warns once per process unless ``warn`` is
+    False: a caller with its own message)."""
     env = os.environ.get(ENV_CACHE_KEY, "")
     if env.strip():
         key = _derived.get(env)
@@ -73,6 +74,8 @@ def secret_for(store: Any) -> Optional[bytes]:
         return key_file_secret()
     if not store.is_remote:  # memory://: nobody outside this process sees it
         return _process_key
+    if not warn:
+        return None
     _warn_once(
         "shared",
         "flyte-ray cache: not reading or writing cached outputs under %s: a shared storage needs a cache "

@@ -51,3 +51,22 @@ class sync_aio(Generic[T]):  # lower case: used like a decorator
         if obj is None:
             return self
         return BoundSyncAio(self._fn, obj)
+
+
+class SyncAioFunction(Generic[T]):
+    """A module-level function callable both ways: ``f(...)`` blocks, ``await f.aio(...)`` runs
+    it in a worker thread (flyte-sdk's module functions such as ``flyte.report.flush``)."""
+
+    def __init__(self, fn: Callable[..., T]):
+        self._fn = fn
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> T:
+        return self._fn(*args, **kwargs)
+
+    def aio(self, *args: Any, **kwargs: Any) -> Awaitable[T]:
+        """Run the blocking implementation in a worker thread and await it."""
+        return asyncio.to_thread(self._fn, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<sync+aio function {self._fn.__qualname__}>"

@@ -1,0 +1,97 @@
+"""flyte-sdk names beyond the task API, on the embedded one-CPU Ray: ``flyte.durable`` and
+``flyte.trace`` replayed on retry, ``custom_context``, ``flyte.report``; tasks in
+tests/tasks_dropin.py."""
+
+import json
+
+import pytest
+
+import flyte_ray as flyte
+import flyte_ray.durable
+
+import tasks_dropin as td
+
+pytestmark = pytest.mark.usefixtures("embedded")
+
+
+def _notes(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def test_durable_time_and_sleep_are_replayed_on_retry(tmp_path):
+    marker = str(tmp_path / "m")
+    out = td.durable_retry(marker, 2.0)
+    first, second = _notes(marker)
+    assert (first["attempt"], second["attempt"]) == (0, 1)
+    # the retry sees the first attempt's clock, to the bit
+    assert second["t"] == first["t"] == out["t"] and second["iso"] == first["iso"]
+    # attempt 0 slept its 2 s and failed after; the retry's deadline had passed: no second sleep
+    assert first["slept"] >= 2.0 and second["slept"] < first["slept"] / 2
+
+
+def test_durable_sleep_aio_is_replayed_on_retry(tmp_path):
+    marker = str(tmp_path / "m")
+    flyte.run(td.durable_retry_async, marker, 2.0).outputs()
+    first, second = _notes(marker)
+    assert first["slept"] >= 2.0 and second["slept"] < first["slept"] / 2
+
+
+def test_durable_outside_a_task_is_the_plain_clock():
+    import time
+
+    a = flyte_ray.durable.time()
+    assert abs(a - time.time()) < 60 and flyte_ray.durable.time() >= a
+    flyte_ray.durable.sleep(0)
+    with pytest.raises(ValueError, match="durable.sleep.seconds"):
+        flyte_ray.durable.sleep(-1)
+    with pytest.raises(TypeError, match="durable.sleep.seconds"):
+        flyte_ray.durable.sleep("5")
+
+
+def test_traced_steps_run_once_across_retries(tmp_path):
+    marker = str(tmp_path / "m")
+    out = flyte.run(td.traced_steps, marker).outputs()
+    assert out == [0, 10, 20, (7, "7"), 0]
+    notes = _notes(marker)
+    # every traced call ran in attempt 0 only: attempts 1 and 2 replayed all five
+    assert [n.get("step", n.get("pair")) for n in notes] == [0, 1, 2, 7, 0]
+
+
+def test_custom_context_flows_to_children_and_a_block_overrides_it():
+    run = flyte.with_runcontext(custom_context={"trace_id": "root-abc", "experiment": "v1"}).run(td.root_cc)
+    a, b, inside, c, parent = run.outputs()
+    assert a == c == parent == {"trace_id": "root-abc", "experiment": "v1"}
+    assert b == inside == {"trace_id": "override", "experiment": "v1", "extra": "x"}
+    assert flyte.get_custom_context() == {}
+    assert "root-abc" not in repr(run._call.run_overrides)  # values stay out of reprs
+
+
+def test_custom_context_rejects_bad_values():
+    with pytest.raises(TypeError, match=r"with_runcontext.custom_context\['n'\]: expected a string value"):
+        flyte.with_runcontext(custom_context={"n": 1})
+    with pytest.raises(TypeError, match="custom_context"):
+        with flyte.custom_context(n=1):
+            pass
+    with pytest.raises(ValueError, match="at most"):
+        flyte.with_runcontext(custom_context={"big": "x" * 70_000})
+    with flyte.custom_context(a="1"):
+        with flyte.custom_context(b="2"):
+            assert flyte.get_custom_context() == {"a": "1", "b": "2"}
+        assert flyte.get_custom_context() == {"a": "1"}
+
+
+def test_report_is_kept_with_the_run_and_flushed_at_the_end():
+    run = flyte.run(td.reporting)
+    assert run.outputs() == "ok"
+    page = run.report()
+    assert "<p>one</p>" in page and "<b>two</b>" in page and "Tab 2" in page
+    assert "<i>after the flush</i>" in page  # the attempt's end flushed what was left
+    assert run.report(attempt=0) == page and run.report(attempt=5) is None
+
+
+def test_report_without_report_true_keeps_nothing(caplog):
+    run = flyte.run(td.not_reporting)
+    assert run.outputs() == "ok" and run.report() is None
+    r = flyte_ray.report.current_report()  # the driver's dummy report
+    flyte_ray.report.log("<p>x</p>")
+    assert r.flush() is None and "<p>x</p>" in r.get_final_report()
