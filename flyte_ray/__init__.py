@@ -26,7 +26,7 @@ from . import durable, errors, report
 from ._core.notice import PreemptionNotice
 from ._core.records import AttemptRecord, format_history
 from ._version import __version__  # noqa: E402
-from .cache import Cache, CacheRequest
+from .cache import Cache, CachePolicy, CacheRequest, FunctionBodyPolicy, VersionParameters
 from .checkpoint import Checkpoint, Storage
 
 # Flyte's ``flyte.map`` extras (``map.aio``, ``concurrency``, ``group_name``) over run.map; a
@@ -59,7 +59,10 @@ __all__ = [
     "AttemptRecord",
     "Backoff",
     "Cache",
+    "CachePolicy",
     "CacheRequest",
+    "FunctionBodyPolicy",
+    "VersionParameters",
     "Checkpoint",
     "PreemptionNotice",
     "progress",

@@ -7,14 +7,40 @@ What the policy means for a call (keys, stored objects, serialisation) is descri
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Literal, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Iterable, Literal, Mapping, Optional, Protocol, Tuple, Union, runtime_checkable
 
 from ._duration import short_repr
 
-__all__ = ["Cache", "CacheRequest", "CacheBehavior", "as_cache"]
+__all__ = ["Cache", "CachePolicy", "CacheRequest", "CacheBehavior", "VersionParameters", "as_cache"]
 
 CacheBehavior = Literal["auto", "override", "disable"]
 _BEHAVIORS = ("auto", "override", "disable")
+
+
+@dataclass(frozen=True)
+class VersionParameters:
+    """What a :class:`CachePolicy` versions (flyte-sdk's name): the task's function; the image
+    and pod template fields exist for flyte-sdk policies and are None on Ray."""
+
+    func: Callable[..., Any]
+    container_image: Any = None
+    pod_template: Any = None
+    pod_template_name: Optional[str] = None
+
+
+@runtime_checkable
+class CachePolicy(Protocol):
+    """flyte-sdk's cache policy protocol: ``get_version(salt, params) -> str`` gives the cache
+    *version* of a task (``Cache(policies=[MyPolicy()])``; the default versions the function
+    body: ``flyte_ray.FunctionBodyPolicy``). flyte-ray also takes plain callables
+    ``(task, inputs) -> str`` in ``policies``, mixed into each call's *key*."""
+
+    def get_version(self, salt: str, params: VersionParameters) -> str: ...
+
+
+def is_version_policy(p: Any) -> bool:
+    """True for a flyte-sdk style policy object (``get_version``), False for a key callable."""
+    return callable(getattr(p, "get_version", None))
 
 
 @dataclass(frozen=True)
@@ -28,8 +54,10 @@ class Cache:
         serialize: concurrent identical calls run once; the others wait for the result.
         ignored_inputs: argument names left out of the cache key.
         salt: extra text mixed into the key.
-        policies: extra key policies: a callable ``(task, inputs) -> str`` or a sequence of
-            them; ``inputs`` maps every bound argument name to its value.
+        policies: flyte-sdk :class:`CachePolicy` objects (``get_version(salt, params)``: they
+            make the version when ``version_override`` is unset, instead of the function body),
+            and/or key policies: callables ``(task, inputs) -> str`` mixed into each call's key
+            (``inputs`` maps every bound argument name to its value); one or a sequence.
     """
 
     behavior: CacheBehavior = "auto"
@@ -66,15 +94,16 @@ class Cache:
         if not isinstance(self.serialize, bool):
             raise TypeError(f"Cache.serialize: expected True or False, got {type(self.serialize).__name__}")
         if self.policies is not None:
-            ps = (self.policies,) if callable(self.policies) else self.policies
+            one = callable(self.policies) or is_version_policy(self.policies)
+            ps = (self.policies,) if one else self.policies
             try:
                 ps = tuple(ps)
             except TypeError:
                 ps = None
-            if ps is None or not all(callable(p) for p in ps):
+            if ps is None or not all(callable(p) or is_version_policy(p) for p in ps):
                 raise TypeError(
-                    "Cache.policies: expected a callable (task, inputs) -> str or a sequence of them, "
-                    f"got {short_repr(self.policies)}"
+                    "Cache.policies: expected CachePolicy objects (with get_version(salt, params)) or callables "
+                    f"(task, inputs) -> str, one or a sequence, got {short_repr(self.policies)}"
                 )
 
     @property
@@ -85,7 +114,8 @@ class Cache:
     def _policies(self) -> Tuple[Callable[..., Any], ...]:
         if self.policies is None:
             return ()
-        return (self.policies,) if callable(self.policies) else tuple(self.policies)
+        one = callable(self.policies) or is_version_policy(self.policies)
+        return (self.policies,) if one else tuple(self.policies)
 
 
 CacheRequest = Union[CacheBehavior, Cache]

@@ -34,6 +34,27 @@ __all__ = ["TaskContext", "ctx", "current_settings", "custom_context", "get_cust
 CUSTOM_MAX_BYTES = 64 * 1024
 
 
+class ActionID(str):
+    """A call's action name (``"<fqn>#<call_id>"``) with flyte-sdk's ``ActionID`` attributes:
+    ``name`` (the call id within the run), ``run_name``; ``project``/``domain``/``org`` are
+    ``None`` (no Flyte backend)."""
+
+    name: str
+    run_name: str
+    project = None
+    domain = None
+    org = None
+
+    def __new__(cls, text: str, name: str, run_name: str) -> "ActionID":
+        out = super().__new__(cls, text)
+        out.name = name
+        out.run_name = run_name
+        return out
+
+    def __reduce__(self) -> Any:
+        return (ActionID, (str(self), self.name, self.run_name))
+
+
 @dataclass
 class TaskContext:
     """Facts about the running attempt, returned by :func:`flyte_ray.ctx` inside a task.
@@ -94,9 +115,10 @@ class TaskContext:
         return {**base, **block.values} if block is not None else dict(base)
 
     @property
-    def action(self) -> str:
-        """``"<fqn>#<call_id>"``: the call's name within its run."""
-        return f"{self.fqn}#{self.call_id}"
+    def action(self) -> "ActionID":
+        """``"<fqn>#<call_id>"``: the call's name within its run -- a string that also has
+        flyte-sdk's ``ActionID`` attributes (``.name``: the call id, ``.run_name``)."""
+        return ActionID(f"{self.fqn}#{self.call_id}", self.call_id, self.run_name)
 
     @property
     def checkpoint(self) -> "Checkpoint":

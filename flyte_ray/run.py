@@ -20,6 +20,7 @@ from ._core.validation import SHORT_NAME_RE, check_name, normalize
 from ._duration import short_repr
 from ._ray.port import BLOCKING
 from ._ray.recording import node_facts_for, recorded, recorder
+from .checkpoint.syncaio import sync_aio, with_aio
 from .context import check_custom
 from .progressbar import Progress
 from .report.cost import CostReport, cost_report
@@ -135,6 +136,7 @@ class Run:
     def done(self) -> bool:
         return self._future.done()
 
+    @sync_aio
     def wait(self, timeout: Optional[float] = None) -> "Run":
         """Block until the run ends (or ``timeout`` seconds pass); never raises the task's error.
         Where someone watches (``init(progress="auto")``), a bar shows the run's calls done,
@@ -182,6 +184,7 @@ class Run:
                 spot=f"{100 * t['spot_seconds'] / max(t['spot_seconds'] + t['ondemand_seconds'], 1e-9):.0f}%",
             )
 
+    @sync_aio
     def outputs(self, timeout: Optional[float] = None) -> Any:
         """The task's return value (waits for it); raises the task's error if it failed. Ctrl-C
         while waiting cancels the run, then stops."""
@@ -331,6 +334,7 @@ class RunContext:
         self._resume = resume
         self._custom = custom_context
 
+    @sync_aio
     def run(self, task: TaskTemplate, *args: Any, **kwargs: Any) -> Run:
         """Start ``task(*args, **kwargs)`` as a run; returns at once with a :class:`Run`."""
         if not isinstance(task, TaskTemplate):
@@ -451,9 +455,12 @@ def run(task: TaskTemplate, *args: Any, **kwargs: Any) -> Run:
     """Start ``task(*args, **kwargs)`` on Ray and return a :class:`Run` at once.
 
     ``run(...).outputs()`` waits for and returns the value; ``.history_table()`` shows where each
-    attempt ran and how it ended.
+    attempt ran and how it ended. ``await run.aio(task, ...)`` from async code.
     """
     return with_runcontext().run(task, *args, **kwargs)
+
+
+with_aio(run)
 
 
 def map(task: TaskTemplate, *iterables: Iterable[Any], return_exceptions: bool = False) -> Iterator[Any]:

@@ -33,6 +33,7 @@ from ._ray.hosts import local_storage_error
 from ._ray.node_types import read_node_types
 from ._ray.placement import cluster_view, offers
 from .checkpoint import Storage
+from .checkpoint.syncaio import with_aio
 from .context import current_settings
 from .progressbar import set_mode as set_progress_mode
 
@@ -535,18 +536,5 @@ def init_from_config(
     return init(**cfg.model_dump())
 
 
-async def _init_from_config_aio(
-    path_or_config: Union[str, os.PathLike, None] = None,
-    root_dir: Union[str, os.PathLike, None] = None,
-    log_level: Union[int, str, None] = None,
-    **overrides: Any,
-) -> Settings:
-    """``init_from_config`` from async code (it connects to Ray, which blocks: off the loop)."""
-    import asyncio
-
-    return await asyncio.get_running_loop().run_in_executor(
-        None, lambda: init_from_config(path_or_config, root_dir, log_level, **overrides)
-    )
-
-
-init_from_config.aio = _init_from_config_aio  # type: ignore[attr-defined]
+with_aio(init)
+with_aio(init_from_config)

@@ -94,3 +94,9 @@ def not_reporting() -> str:
     flyte_ray.report.log("<p>kept nowhere</p>")
     flyte_ray.report.flush()
     return "ok"
+
+
+@env.task
+def action_names() -> tuple:
+    a = flyte.ctx().action
+    return (str(a), a.name, a.run_name)

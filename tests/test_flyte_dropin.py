@@ -95,3 +95,58 @@ def test_report_without_report_true_keeps_nothing(caplog):
     r = flyte_ray.report.current_report()  # the driver's dummy report
     flyte_ray.report.log("<p>x</p>")
     assert r.flush() is None and "<p>x</p>" in r.get_final_report()
+
+
+def test_flyte_sdk_cache_policy_objects_make_the_version():
+    from flyte_ray.cache import cache_key
+
+    class BodyAndTag:
+        def get_version(self, salt, params):
+            return f"{params.func.__name__}:{salt}:v2"
+
+    def f(x):
+        return x
+
+    pinned = flyte.Cache(policies=[BodyAndTag()])
+    assert isinstance(BodyAndTag(), flyte.CachePolicy)
+    v1, k1 = cache_key(f, (1,), policy=pinned)
+    assert (v1, k1) == cache_key(f, (1,), policy=flyte.Cache(policies=BodyAndTag()))  # one or a list
+    assert v1 != cache_key(f, (1,), policy=flyte.Cache())[0]  # the policy, not the body, versions it
+    assert cache_key(f, (1,), policy=flyte.Cache(policies=BodyAndTag(), salt="s"))[0] != v1
+    both = flyte.Cache(policies=[flyte.FunctionBodyPolicy(), lambda task, inputs: "k"])
+    assert cache_key(f, (1,), policy=both)[1] != cache_key(f, (1,), policy=flyte.Cache(policies=[flyte.FunctionBodyPolicy()]))[1]
+    with pytest.raises(TypeError, match="CachePolicy objects"):
+        flyte.Cache(policies=[object()])
+
+
+def test_checkpoint_save_and_load_are_awaitable_in_async_code_and_block_in_sync_code(tmp_path):
+    import asyncio
+
+    cp = flyte.Checkpoint(str(tmp_path / "cp"))
+    assert cp.save(b"sync") is None and cp.read() == b"sync"  # flytekit: blocks
+
+    async def flyte_sdk_style():
+        await cp.save(b"async")
+        path = await cp.load()
+        unawaited = cp.save(b"not awaited")  # still saved: the work does not depend on the await
+        await unawaited
+        handle = cp.save(b"background", background=True)  # a handle at once, either way
+        handle.wait()
+        return path.read_bytes()
+
+    assert asyncio.run(flyte_sdk_style()) == b"async"
+    assert cp.read() == b"background"
+
+
+def test_run_aio_init_aio_and_action_id(tmp_path):
+    import asyncio
+
+    assert callable(flyte.init.aio) and callable(flyte.init_from_config.aio)
+
+    async def main():
+        run = await flyte.run.aio(td.action_names)
+        await run.wait.aio()
+        return await run.outputs.aio()
+
+    text, name, run_name = asyncio.run(main())
+    assert text.startswith("dropin.action_names#root") and name == "root" and run_name

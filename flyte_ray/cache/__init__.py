@@ -39,16 +39,19 @@ without the variable the cache neither reads nor writes -- calls run uncached, w
 per process -- rather than trusting the storage.
 """
 
-from ..cache_policy import Cache, CacheBehavior, CacheRequest, as_cache
+from ..cache_policy import Cache, CacheBehavior, CachePolicy, CacheRequest, VersionParameters, as_cache
 from .auth import ENV_CACHE_KEY
 from .flow import cached_call
-from .keys import cache_key, cache_url, cache_version, stable_hash
+from .keys import FunctionBodyPolicy, cache_key, cache_url, cache_version, stable_hash
 from .store import LEASE_TTL, MAGIC, MAX_FAILURES, CacheRunFailed
 
 __all__ = [
     "Cache",
     "CacheBehavior",
+    "CachePolicy",
     "CacheRequest",
+    "FunctionBodyPolicy",
+    "VersionParameters",
     "as_cache",
     "cache_version",
     "cache_key",

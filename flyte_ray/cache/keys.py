@@ -62,9 +62,9 @@ import uuid
 import weakref
 from typing import Any, Mapping, Optional, Tuple
 
-from ..cache_policy import Cache
+from ..cache_policy import Cache, VersionParameters, is_version_policy
 
-__all__ = ["stable_hash", "cache_version", "cache_key", "cache_url"]
+__all__ = ["FunctionBodyPolicy", "stable_hash", "cache_version", "cache_key", "cache_url"]
 
 
 # ============================================================================================
@@ -372,9 +372,15 @@ def cache_key(
         raise TypeError(f"{fqn}{sig}: {e}") from None
     bound.apply_defaults()
     inputs = bound.arguments
-    version = policy.version_override or cache_version(func)
+    policies = policy._policies
+    versioners = [p for p in policies if is_version_policy(p)]
+    version = policy.version_override or (
+        _policy_version(fqn, versioners, policy.salt, func) if versioners else cache_version(func)
+    )
     out: list = [b"flyte-ray-cache/1", _part(fqn.encode()), _part(version.encode()), _part(policy.salt.encode())]
-    for p in policy._policies:
+    for p in policies:
+        if is_version_policy(p):
+            continue
         r = p(task, dict(inputs))
         if not isinstance(r, str):
             raise TypeError(f"{fqn}: cache policy {p!r} returned {type(r).__name__}, expected str")
@@ -390,6 +396,29 @@ def cache_key(
         except _Unhashable as e:
             raise TypeError(_unhashable_message(e, n, fqn)) from None
     return version, hashlib.sha256(b"".join(out)).hexdigest()
+
+
+def _policy_version(fqn: str, versioners: list, salt: str, func: Any) -> str:
+    """The version flyte-sdk style policies give (SHA-256 of their versions, in order)."""
+    params = VersionParameters(func=func)
+    h = hashlib.sha256(b"flyte-ray-policies/1")
+    for p in versioners:
+        v = p.get_version(salt, params)
+        if not isinstance(v, str):
+            raise TypeError(f"{fqn}: cache policy {p!r}.get_version returned {type(v).__name__}, expected str")
+        h.update(_part(v.encode()))
+    return h.hexdigest()
+
+
+class FunctionBodyPolicy:
+    """flyte-sdk's default cache policy: the version is the hash of the function's body (see
+    :func:`cache_version`), with the salt mixed in."""
+
+    def get_version(self, salt: str, params: VersionParameters) -> str:
+        return hashlib.sha256((salt + cache_version(params.func)).encode()).hexdigest()
+
+    def __repr__(self) -> str:
+        return "FunctionBodyPolicy()"
 
 
 def cache_url(storage: Any, fqn: str, version: str, key: str) -> str:

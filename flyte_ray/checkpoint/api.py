@@ -14,9 +14,11 @@ Rules:
 * Every storage request runs under a time limit (the store's ``op_timeout``, plus time for the
   bytes moved, :mod:`flyte_ray.storage.limits`): a stalled store fails the call with
   :class:`~flyte_ray.storage.StorageTimeoutError` instead of hanging it.
-* ``save`` / ``load`` block when called and have ``.aio`` for awaiting (:mod:`.syncaio`);
-  ``save_sync`` / ``load_sync`` / ``save_async`` / ``load_async`` / ``restore_async`` are the
-  explicit forms. ``path`` is a local workspace directory that ``load`` fills.
+* ``save`` / ``load`` block when called from sync code (flytekit) and return an awaitable when
+  called from async code (flyte-sdk's ``await cp.save(x)``; :class:`.syncaio.sync_or_await`), and
+  have ``.aio``; ``save_sync`` / ``load_sync`` / ``save_async`` / ``load_async`` /
+  ``restore_async`` are the explicit forms. A background save (``background=True``) returns its
+  handle at once either way. ``path`` is a local workspace directory that ``load`` fills.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from .layout import NS_DIGITS, data_key
 from .prune import PruneJob
 from .restore import download, resolve_and, warm_download, warm_read
 from .save import Upload, commit, upload_bytes, upload_dir, upload_file, upload_reader
-from .syncaio import sync_aio
+from .syncaio import sync_or_await
 from .versions import Versions
 
 
@@ -456,10 +458,10 @@ class Checkpoint:
         self._loaded = (newest["version"], out) if (out is not None and newest is not None) else None
         return out
 
-    # ``save``/``load`` block when called and have ``.aio`` for awaiting (flyte-sdk @syncify
-    # shape); flytekit code calls ``save(...)`` synchronously and is unaffected.
-    save = sync_aio(_save)
-    load = sync_aio(_load)
+    # flytekit calls ``save(...)`` synchronously, flyte-sdk awaits ``save``/``load`` (its
+    # ``async def``): both work (module docstring).
+    save = sync_or_await(_save, direct=("background",))
+    load = sync_or_await(_load)
 
     def save_sync(
         self, src: str | os.PathLike[str] | IO[bytes] | bytes, *, metadata: dict[str, Any] | None = None

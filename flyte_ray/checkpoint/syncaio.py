@@ -1,9 +1,17 @@
 """Methods callable both ways, the shape of flyte-sdk's ``@syncify``: ``obj.m(...)`` blocks and
 ``await obj.m.aio(...)`` is its async form.
 
-Rules: no awaitable-detection magic -- the plain call always blocks (what flytekit code expects),
-and ``.aio`` is a plain coroutine function that runs the same blocking implementation in a worker
-thread (``asyncio.to_thread``), so it never blocks the caller's event loop.
+Rules:
+
+* :class:`sync_aio`: the plain call always blocks (what flytekit code expects), and ``.aio`` is a
+  plain coroutine function that runs the same blocking implementation in a worker thread
+  (``asyncio.to_thread``), so it never blocks the caller's event loop.
+* :class:`sync_or_await`, for the few methods whose *name* two APIs use both ways
+  (``Checkpoint.save``/``load``: flytekit calls them synchronously, flyte-sdk awaits them):
+  called where no event loop runs in this thread, it blocks and returns the value; called on a
+  running loop's thread (async code), it starts the same implementation in a worker thread *at
+  once* and returns an asyncio future to await. The work never depends on being awaited: a save
+  made from async code without ``await`` still completes (its result is just not waited for).
 """
 
 from __future__ import annotations
@@ -51,6 +59,50 @@ class sync_aio(Generic[T]):  # lower case: used like a decorator
         if obj is None:
             return self
         return BoundSyncAio(self._fn, obj)
+
+
+class sync_or_await(sync_aio[T]):  # lower case: used like a decorator
+    """Descriptor: blocks outside an event loop, returns an awaitable future on one (module
+    docstring). ``direct``: keyword arguments that, when truthy, make the call run directly
+    either way (a call that returns at once by itself, e.g. a background save's handle)."""
+
+    def __init__(self, fn: Callable[..., T], direct: tuple[str, ...] = ()):
+        super().__init__(fn)
+        self._direct = direct
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self
+        return _BoundSyncOrAwait(self._fn, obj, self._direct)
+
+
+class _BoundSyncOrAwait(BoundSyncAio[T]):
+    __slots__ = ("_direct",)
+
+    def __init__(self, fn: Callable[..., T], obj: Any, direct: tuple[str, ...]):
+        super().__init__(fn, obj)
+        self._direct = direct
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return self._fn(self._obj, *args, **kwargs)
+        if any(kwargs.get(k) for k in self._direct):
+            return self._fn(self._obj, *args, **kwargs)
+        return loop.run_in_executor(None, functools.partial(self._fn, self._obj, *args, **kwargs))
+
+
+def with_aio(fn: Callable[..., T]) -> Callable[..., T]:
+    """Give the plain function ``fn`` an ``.aio`` attribute that runs it in a worker thread and
+    awaits it (``flyte.init.aio``, ``flyte.run.aio``); ``fn`` itself stays a plain function."""
+
+    async def aio(*args: Any, **kwargs: Any) -> T:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    aio.__doc__ = f"``{fn.__name__}`` from async code: runs it in a worker thread and awaits it."
+    fn.aio = aio  # type: ignore[attr-defined]
+    return fn
 
 
 class SyncAioFunction(Generic[T]):
