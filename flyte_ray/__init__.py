@@ -22,7 +22,7 @@ that tell a preemption (a *system* failure, its own budget) from a failure of yo
 Public names are re-exported here; the modules are small and named after what they hold.
 """
 
-from . import durable, errors, report
+from . import durable, errors, io, report
 from ._core.notice import PreemptionNotice
 from ._core.records import AttemptRecord, format_history
 from ._version import __version__  # noqa: E402
@@ -99,6 +99,7 @@ __all__ = [
     "group",
     "init",
     "init_from_config",
+    "io",
     "is_initialized",
     "logger",
     "map",

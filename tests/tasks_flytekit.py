@@ -108,3 +108,55 @@ def context_facts() -> dict:
     with open(os.path.join(wd, "x"), "w") as f:
         f.write("x")
     return {"run": p.execution_id.name, "task": p.task_id.name, "wd": wd, "secret": p.secrets.get("grp", "key")}
+
+
+# ---- flyte_ray.io between nodes (test_checkpoint_resume.py's fleet: od-1 and gpu-od) ----------
+import flyte_ray  # noqa: E402
+from flyte_ray.io import Dir, File  # noqa: E402
+
+io_w = flyte_ray.TaskEnvironment(name="io-w", interruptible=False)
+io_r = flyte_ray.TaskEnvironment(name="io-r", queue="gpu-pool", interruptible=False)
+
+
+@io_w.task
+def io_write(text: str, tree: dict) -> tuple:
+    import tempfile
+
+    root = tempfile.mkdtemp()
+    p = os.path.join(root, "note.txt")
+    with open(p, "w") as f:
+        f.write(text)
+    f_ = File.from_local_sync(p)
+    os.remove(p)  # the reader cannot find it on this node's disk: only in storage
+    folder = os.path.join(root, "tree")
+    for rel, body in tree.items():
+        os.makedirs(os.path.dirname(os.path.join(folder, rel)), exist_ok=True)
+        with open(os.path.join(folder, rel), "w") as f:
+            f.write(body)
+    d = Dir.from_local_sync(folder)
+    import shutil
+
+    shutil.rmtree(root)
+    c = flyte_ray.ctx()
+    return f_, d, c.node_id, c.run_name
+
+
+@io_r.task
+def io_read(f: File, d: Dir) -> tuple:
+    got = open(f.download_sync()).read()
+    with f.open_sync("rb") as fh:
+        streamed = fh.read().decode()
+    where = d.download_sync()
+    tree = {}
+    for dirpath, _, files in os.walk(where):
+        for name in files:
+            full = os.path.join(dirpath, name)
+            tree[os.path.relpath(full, where)] = open(full).read()
+    return got, streamed, tree, flyte_ray.ctx().node_id
+
+
+@io_w.task
+def io_pipeline(text: str, tree: dict) -> tuple:
+    f, d, wnode, run = io_write(text, tree)
+    got, streamed, back, rnode = io_read(f, d)
+    return f.path, run, wnode, rnode, got, streamed, back

@@ -1,6 +1,9 @@
-"""A checkpointed loop resumes after a real preemption, on a local folder, S3 (moto) and memory://."""
+"""A checkpointed loop resumes after a real preemption, on a local folder, S3 (moto) and memory://;
+and the Flyte drop-in on the same fleet: a flytekit-style loop across a preemption, flyte_ray.io
+between nodes."""
 
 import os
+import tempfile
 import time
 import uuid
 
@@ -97,3 +100,41 @@ def test_memory_storage_round_trip_in_process():
     cp.write(b"one")
     cp.write(b"two")
     assert flyte.Checkpoint(cp.url).read() == b"two"
+
+
+# ---------------------------------------------------------------- the Flyte drop-in on a fleet
+def test_flytekit_checkpointed_loop_resumes_across_a_real_preemption(fleet, tmp_path):
+    """flytekit's intratask-checkpoint pattern (tests/tasks_flytekit.py, only the import names
+    flyte_ray) on spot: the node is preempted mid-loop and the retry resumes from the checkpoint
+    as a system retry, leaving the task's own retries untouched."""
+    import tasks_flytekit as fk
+
+    flyte.init(storage=str(tmp_path / "store"))
+    progress = str(tmp_path / "progress")
+    run = flyte.run(fk.train, STEPS, progress)
+    wait_until(lambda: any(l[0] == "step" and int(l[2]) >= 6 for l in _lines(progress)))
+    node = [l for l in _lines(progress) if l[0] == "step"][-1][3]
+    assert fleet.market_of(node) == "spot"
+    fleet.preempt(fleet.name_of(node), replace=True)
+    out = run.outputs()
+    done0 = max(int(l[2]) for l in _lines(progress) if l[0] == "step" and l[1] == "0")
+    assert out["resumed_from"] >= 6 and out["resumed_from"] >= done0 - 1  # at most one step redone
+    assert [r.outcome for r in run.history] == ["preemption", "succeeded"]
+    assert run.user_failures == 0  # the preemption spent none of retries=2
+
+
+def test_io_file_and_dir_pass_between_tasks_on_different_nodes(fleet, s3_server):
+    """flyte_ray.io on S3 (moto): written on od-1, read on gpu-od, after the writer deleted its
+    local copies -- the bytes can only have come through storage."""
+    import tasks_flytekit as fk
+    from tasks_io import TREE
+
+    root = f"s3://{s3_server['bucket']}/{uuid.uuid4().hex}"
+    flyte.init(storage=root, storage_options=s3_server["options"])
+    try:
+        path, run, wnode, rnode, got, streamed, back = flyte.run(fk.io_pipeline, "across nodes", TREE).outputs()
+    finally:
+        flyte.init(storage=tempfile.mkdtemp())
+    assert fleet.name_of(wnode) == "od-1" and fleet.name_of(rnode) == "gpu-od"
+    assert got == streamed == "across nodes" and back == TREE
+    assert path.startswith(f"{root}/runs/{run}/io/")
