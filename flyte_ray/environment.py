@@ -18,6 +18,8 @@ from .timeout import TimeoutType
 __all__ = ["TaskEnvironment"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+#: flyte-sdk ``env.task`` keywords with no meaning on Ray: accepted and ignored.
+_TASK_IGNORED = ("pod_template", "links", "max_inline_io_bytes", "entrypoint", "produces_artifacts", "task_resolver")
 _NAME_RE = re.compile(r"[a-z0-9]+(?:[_-][a-z0-9]+)*", re.ASCII)
 
 
@@ -206,14 +208,26 @@ class TaskEnvironment:
             timeout: seconds, ``timedelta`` or ``Timeout(max_runtime, max_queued_time, deadline)``.
             interruptible: overrides the environment's; ``None`` inherits.
             queue: overrides the environment's; ``None`` inherits.
-            report, docs: recorded for flyte-sdk compatibility.
+            report: the task keeps an HTML report (``flyte_ray.report``; ``Run.report()``).
+            docs: recorded for flyte-sdk compatibility.
+
+        flyte-sdk's ``pod_template``, ``links``, ``max_inline_io_bytes``, ``entrypoint``,
+        ``produces_artifacts`` and ``task_resolver`` are accepted and ignored (Kubernetes, UI and
+        backend settings); ``triggers`` is refused (schedules need a Flyte backend).
         """
         from .task import TaskTemplate
 
-        if unsupported:
+        if unsupported.get("triggers"):
+            raise ValueError(
+                f"{self.name}.task.triggers: schedules need a Flyte backend; on Ray start runs from your own "
+                "scheduler (cron, Airflow, a Ray job)"
+            )
+        unknown = sorted(k for k in unsupported if k not in _TASK_IGNORED and k != "triggers")
+        if unknown:
             raise TypeError(
-                f"{self.name}.task: unknown argument(s) {', '.join(sorted(unsupported))}; accepted: "
-                "short_name, cache, retries, timeout, interruptible, queue, report, docs"
+                f"{self.name}.task: unknown argument(s) {', '.join(unknown)}; accepted: "
+                "short_name, cache, retries, timeout, interruptible, queue, report, docs "
+                f"(accepted and ignored: {', '.join(_TASK_IGNORED)})"
             )
         # Checked now, at definition time, even before the decorator meets its function.
         where = f"{self.name}.task"

@@ -381,7 +381,24 @@ _ACCEPTED_IGNORED = (
     "version",
     "raw_data_path",
     "run_base_dir",
+    # flyte-sdk settings of its backend, its logs and its UI: no meaning on Ray
+    "service_account",
+    "copy_bundle_to",
+    "interactive_mode",
+    "log_format",
+    "user_log_level",
+    "reset_root_logger",
+    "cache_lookup_scope",
+    "notifications",
+    "tracked",
+    "tracked_strict",
+    "run_start_time",
 )
+#: flyte-sdk settings refused with a reason: ignoring them would change what the run does.
+_REFUSED = {
+    "dry_run": "flyte-ray has no dry run: the run would execute; do not call run() to not run",
+    "max_action_concurrency": "not supported on Ray; bound fan-outs with flyte_ray.map(..., concurrency=N)",
+}
 
 
 def with_runcontext(
@@ -394,6 +411,7 @@ def with_runcontext(
     env_vars: Optional[Dict[str, str]] = None,
     resume: bool = False,
     custom_context: Optional[Dict[str, str]] = None,
+    disable_run_cache: bool = False,
     **unsupported: Any,
 ) -> RunContext:
     """Settings for one run: ``flyte_ray.with_runcontext(interruptible=False).run(task, x)``.
@@ -412,17 +430,22 @@ def with_runcontext(
         custom_context: string pairs every call of the run sees in ``ctx().custom_context``
             (metadata such as trace ids: not inputs, not part of cache keys); change them for a
             block of calls with ``flyte_ray.custom_context(...)``.
+        disable_run_cache: no call of the run reads or writes the cache (it runs every task).
     """
     if mode is not None and not isinstance(mode, str):
         raise TypeError(f"with_runcontext.mode: expected one of {_MODES} or None, got {type(mode).__name__}")
     if mode is not None and mode not in _MODES:
         raise ValueError(f"with_runcontext.mode: expected one of {_MODES} or None, got {short_repr(mode)}")
     # flyte-sdk settings with no meaning on Ray are accepted and ignored, so its examples run.
-    unknown = sorted(k for k in unsupported if k not in _ACCEPTED_IGNORED)
+    for k in unsupported:
+        if k in _REFUSED and unsupported[k] not in (None, False):
+            raise ValueError(f"with_runcontext.{k}: {_REFUSED[k]}")
+    unknown = sorted(k for k in unsupported if k not in _ACCEPTED_IGNORED and k not in _REFUSED)
     if unknown:
         raise TypeError(
             f"with_runcontext: unknown argument(s) {', '.join(unknown)}; accepted: "
-            "mode, name, interruptible, queue, overwrite_cache, env_vars, resume, custom_context"
+            "mode, name, interruptible, queue, overwrite_cache, env_vars, resume, custom_context, disable_run_cache "
+            f"(accepted and ignored: {', '.join(_ACCEPTED_IGNORED)})"
         )
     if name is not None:
         # The run's name prefixes its checkpoints and every call's identity: the short-name characters.
@@ -445,8 +468,14 @@ def with_runcontext(
         v = normalize(k, v, "with_runcontext")
         if v is not None:
             o[k] = v
+    if not isinstance(disable_run_cache, bool):
+        raise TypeError(
+            f"with_runcontext.disable_run_cache: expected True or False, got {type(disable_run_cache).__name__}"
+        )
     if overwrite_cache:
         o["_overwrite_cache"] = True
+    if disable_run_cache:
+        o["cache"] = normalize("cache", "disable", "with_runcontext")  # the run level beats task and env
     custom = check_custom(custom_context, "with_runcontext.custom_context") if custom_context is not None else None
     return RunContext(o, name or None, resume, custom)
 

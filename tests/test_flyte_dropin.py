@@ -150,3 +150,18 @@ def test_run_aio_init_aio_and_action_id(tmp_path):
 
     text, name, run_name = asyncio.run(main())
     assert text.startswith("dropin.action_names#root") and name == "root" and run_name
+
+
+def test_with_runcontext_flyte_sdk_arguments(tmp_path):
+    import tasks_flytekit as fk
+
+    marker = str(tmp_path / "m")
+    assert flyte.run(fk.cached, x=5, marker=marker).outputs() == 6
+    assert flyte.with_runcontext(disable_run_cache=True).run(fk.cached, x=5, marker=marker).outputs() == 6
+    assert flyte.run(fk.cached, x=5, marker=marker).outputs() == 6  # the cache still answers
+    assert open(marker).read().count("ran") == 2
+    flyte.with_runcontext(log_format="json", service_account="sa", notifications=None)  # ignored on Ray
+    with pytest.raises(ValueError, match="dry_run: flyte-ray has no dry run"):
+        flyte.with_runcontext(dry_run=True)
+    with pytest.raises(ValueError, match="max_action_concurrency"):
+        flyte.with_runcontext(max_action_concurrency=4)
