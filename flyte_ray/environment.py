@@ -65,6 +65,10 @@ class TaskEnvironment:
         description: free text (at most 255 characters).
         pod_template: recorded for flyte-sdk compatibility; Ray has no pods (use runtime_env /
             the cluster config instead).
+        include: recorded (flyte-sdk bundles these files with the code); on Ray ship them with
+            ``init(runtime_env={"working_dir": ...})`` or ``{"py_modules": [...]}``.
+        plugin_config: recorded only (flyte-sdk backend plugins: Spark, Ray jobs, ... do not apply
+            when the tasks already run on Ray).
     """
 
     name: str
@@ -79,6 +83,8 @@ class TaskEnvironment:
     depends_on: Sequence["TaskEnvironment"] = ()
     description: Optional[str] = None
     pod_template: Any = None
+    include: Sequence[str] = ()
+    plugin_config: Any = None
     _tasks: Dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
     _norm: Dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -111,6 +117,11 @@ class TaskEnvironment:
                 f"got {type(self.depends_on).__name__}"
             )
         self.depends_on = tuple(self.depends_on)
+        if isinstance(self.include, str) or not isinstance(self.include, Iterable):
+            raise TypeError(
+                f"TaskEnvironment.include: expected a sequence of file paths, got {type(self.include).__name__}"
+            )
+        self.include = tuple(self.include)
         for dep in self.depends_on:
             if not isinstance(dep, TaskEnvironment):
                 raise TypeError(
@@ -135,6 +146,8 @@ class TaskEnvironment:
             "depends_on": repr(tuple(d.name for d in self.depends_on)),
             "description": repr(self.description),
             "pod_template": _opaque(self.pod_template),
+            "include": repr(tuple(self.include)),
+            "plugin_config": _opaque(self.plugin_config),
         }
         return f"TaskEnvironment({', '.join(f'{k}={v}' for k, v in shown.items())})"
 
