@@ -78,7 +78,7 @@ class _Records:
         storage = (c.settings or current_settings()).storage
         self.store = storage.store
         self.prefix = storage.key("traces", c.run_name, c.call_id)
-        self.secret = secret_for(None if self.store.is_local else self.store, warn=False)
+        self.secret = secret_for(self.store, warn=False)
         self._lock = threading.Lock()
         self._seen: dict[str, int] = {}
         self._existing: Optional[set] = None

@@ -165,3 +165,33 @@ def test_with_runcontext_flyte_sdk_arguments(tmp_path):
         flyte.with_runcontext(dry_run=True)
     with pytest.raises(ValueError, match="max_action_concurrency"):
         flyte.with_runcontext(max_action_concurrency=4)
+
+
+def test_trace_records_are_untrusted_input(tmp_path, capfd):
+    """A tampered pickle record is never unpickled (its HMAC fails): the step runs again."""
+    from flyte_ray._core.settings import Settings
+    from flyte_ray.checkpoint import Storage
+    from flyte_ray.context import TaskContext, reset_context, set_context
+
+    runs = []
+
+    @flyte.trace
+    def step(i):
+        runs.append(i)
+        return {i}  # a set: not JSON, so a signed pickle
+
+    settings = Settings(storage=Storage(str(tmp_path / "store")))
+
+    def attempt(n):
+        token = set_context(TaskContext(run_name="r1", fqn="t.f", call_id="root", attempt=n, settings=settings))
+        try:
+            return step(3)
+        finally:
+            reset_context(token)
+
+    assert attempt(0) == {3} and attempt(1) == {3} and runs == [3]  # recorded, then replayed
+    (rec,) = [p for p in (tmp_path / "store").rglob("*") if p.is_file() and "traces" in p.parts]
+    data = rec.read_bytes()
+    rec.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # a hostile writer flips one bit
+    assert attempt(2) == {3} and runs == [3, 3]  # not unpickled: the step ran again
+    assert "does not decode or verify" in capfd.readouterr().err
