@@ -167,7 +167,7 @@ def test_with_runcontext_flyte_sdk_arguments(tmp_path):
         flyte.with_runcontext(max_action_concurrency=4)
 
 
-def test_trace_records_are_untrusted_input(tmp_path, capfd):
+def test_trace_records_are_untrusted_input(tmp_path):
     """A tampered pickle record is never unpickled (its HMAC fails): the step runs again."""
     from flyte_ray._core.settings import Settings
     from flyte_ray.checkpoint import Storage
@@ -194,4 +194,6 @@ def test_trace_records_are_untrusted_input(tmp_path, capfd):
     data = rec.read_bytes()
     rec.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # a hostile writer flips one bit
     assert attempt(2) == {3} and runs == [3, 3]  # not unpickled: the step ran again
-    assert "does not decode or verify" in capfd.readouterr().err
+    from flyte_ray import replay
+
+    assert "bad" in replay._warned  # and it said so (once per process)
