@@ -29,6 +29,7 @@ NO_RAY = {
     "test_cache_trust",
     "test_checkpoint_store",
     "test_checkpoint_trust",
+    "test_compat_table",
     "test_cluster_configs",
     "test_core_loop",
     "test_cost",
