@@ -89,8 +89,8 @@ class TaskContext:
     node_id: str = ""
     settings: Optional["Settings"] = None
     run_overrides: Optional[dict] = None
-    #: the task was made with ``report=True``: ``flyte_ray.report.flush()`` keeps its HTML report
-    report: bool = False
+    #: the task was made with ``report=True``: ``flyte_ray.report.flush()`` stores its HTML report
+    keeps_report: bool = False
     _children: ChildSequencer = field(default_factory=ChildSequencer, repr=False)
     _checkpoint: Any = field(default=None, repr=False)
     _preemption: PreemptionNotice = field(default=NEVER, repr=False)

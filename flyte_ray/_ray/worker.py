@@ -188,7 +188,7 @@ async def run_user_code(
     task's coroutine runs on the worker's loop thread while the main thread parks.
     """
     node = context.node_id
-    context.report = task.report
+    context.keeps_report = task.report
     token = set_context(context)
     _DRAINS.begin(node)  # this process watches its node for a preemption notice while attempts run
     t0 = time.perf_counter()

@@ -137,8 +137,8 @@ def current_report() -> Report:
             dummy = _DUMMY.report = Report("driver")
         return dummy
     if c._report is None:
-        c._report = Report(c.action, c, kept=c.report)
-        if c.report:
+        c._report = Report(c.action, c, kept=c.keeps_report)
+        if c.keeps_report:
             c.at_end(c._report._flush_if_dirty)
     return c._report
 
