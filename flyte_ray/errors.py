@@ -144,6 +144,35 @@ class RemoteTraceback(Exception):
 _user_classes: dict[type, type] = {}
 
 
+def _mixed(memo: dict, base: type, mixin: type, attrs: dict) -> Optional[type]:
+    """The class ``(base, mixin)`` named as ``base`` (made once, kept in ``memo``), or None when
+    Python refuses the combination (a final class, incompatible layouts such as OSError)."""
+    if base in memo:
+        return memo[base]
+    try:
+        sub: Optional[type] = type(
+            base.__name__,
+            (base, mixin),
+            {"__module__": base.__module__, "__qualname__": base.__qualname__, "__flyte_ray_origin__": base, **attrs},
+        )
+    except TypeError:
+        sub = None
+    memo[base] = sub
+    return sub
+
+
+def _copy_of(exc: BaseException, sub: Any) -> Any:
+    """An instance of ``sub`` with ``exc``'s args, attributes and traceback."""
+    out = sub.__new__(sub)
+    out.args = exc.args
+    try:
+        out.__dict__.update(exc.__dict__)
+    except AttributeError:
+        pass
+    out.__traceback__ = exc.__traceback__
+    return out
+
+
 def as_user_error(exc: BaseException, tb: str | None = None) -> BaseException:
     """Return ``exc`` as an instance of both its own class and :class:`RuntimeUserError`.
 
@@ -151,40 +180,21 @@ def as_user_error(exc: BaseException, tb: str | None = None) -> BaseException:
     state, so attributes the user set survive. Falls back to ``exc`` itself when its class
     cannot be subclassed (final C types).
     """
+    out: BaseException
     if isinstance(exc, RuntimeUserError):
         out = exc
     else:
         cls = type(exc)
-        sub = _user_classes.get(cls)
+        # Crossing another Ray hop, the mixed class travels as the user's own; the receiver wraps
+        # it again.
+        sub = _mixed(_user_classes, cls, RuntimeUserError, {"__reduce__": _reduce_as(cls)})
         if sub is None:
-            try:
-                sub = type(
-                    cls.__name__,
-                    (cls, RuntimeUserError),
-                    {
-                        "__module__": cls.__module__,
-                        "__qualname__": cls.__qualname__,
-                        # Crossing another Ray hop, travel as the user's own class; the receiver
-                        # wraps it again.
-                        "__reduce__": _reduce_as(cls),
-                        "__flyte_ray_origin__": cls,
-                    },
-                )
-            except TypeError:
-                sub = None
-            _user_classes[cls] = sub  # type: ignore[assignment]
-        if sub is None:
-            out = exc  # type: ignore[assignment]  # a final class: the user's error as it is
+            out = exc  # a final class: the user's error as it is
         else:
-            out = sub.__new__(sub)  # type: ignore[call-overload]  # an exception class made above
-            out.args = exc.args
-            try:
-                out.__dict__.update(exc.__dict__)
-            except AttributeError:
-                pass
-            if not hasattr(out, "code"):
-                out.code = cls.__name__
-            out.__traceback__ = exc.__traceback__
+            made = _copy_of(exc, sub)
+            if not hasattr(made, "code"):
+                made.code = cls.__name__
+            out = made
     if tb:
         out.__cause__ = RemoteTraceback(tb)
     return out
@@ -219,35 +229,21 @@ def as_non_recoverable(exc: BaseException) -> BaseException:
     if isinstance(exc, NonRecoverableError):
         return exc
     base = getattr(type(exc), "__flyte_ray_origin__", type(exc))
-    sub = _non_recoverable_classes.get(base)
-    if sub is None and base not in _non_recoverable_classes:
-        try:
-            sub = type(
-                base.__name__,
-                (base, NonRecoverableError),
-                {
-                    "__module__": base.__module__,
-                    "__qualname__": base.__qualname__,
-                    "__reduce__": lambda self: (_rebuild_non_recoverable, (base, self.args, dict(self.__dict__))),
-                    "__flyte_ray_origin__": base,
-                    "__str__": base.__str__,
-                },
-            )
-        except TypeError:  # incompatible layouts (e.g. OSError)
-            sub = None
-        _non_recoverable_classes[base] = sub  # type: ignore[assignment]
+    sub = _mixed(
+        _non_recoverable_classes,
+        base,
+        NonRecoverableError,
+        {
+            "__reduce__": lambda self: (_rebuild_non_recoverable, (base, self.args, dict(self.__dict__))),
+            "__str__": base.__str__,
+        },
+    )
     if sub is None:
         out = NonRecoverableError(f"{base.__name__}: {exc}")
         out.__cause__ = exc
         return out
-    made = sub.__new__(sub)  # type: ignore[call-overload]  # an exception class made above
-    made.args = exc.args
-    try:
-        made.__dict__.update(exc.__dict__)
-    except AttributeError:
-        pass
+    made = _copy_of(exc, sub)
     made.code = "NonRecoverable"
-    made.__traceback__ = exc.__traceback__
     made.__cause__ = exc.__cause__
     return made
 
