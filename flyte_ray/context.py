@@ -115,6 +115,12 @@ class TaskContext:
         return {**base, **block.values} if block is not None else dict(base)
 
     @property
+    def run_base_dir(self) -> str:
+        """The run's folder in storage (``<storage>/runs/<run>``), flyte-sdk's name: records,
+        ``flyte_ray.io`` objects and anything the task writes for the run go under it."""
+        return (self.settings or current_settings()).storage.prefix_url("runs", self.run_name)
+
+    @property
     def action(self) -> "ActionID":
         """``"<fqn>#<call_id>"``: the call's name within its run -- a string that also has
         flyte-sdk's ``ActionID`` attributes (``.name``: the call id, ``.run_name``)."""

@@ -100,3 +100,8 @@ def not_reporting() -> str:
 def action_names() -> tuple:
     a = flyte.ctx().action
     return (str(a), a.name, a.run_name)
+
+
+@env.task
+def base_dir() -> str:
+    return flyte.ctx().run_base_dir

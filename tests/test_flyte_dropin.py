@@ -197,3 +197,19 @@ def test_trace_records_are_untrusted_input(tmp_path):
     from flyte_ray import replay
 
     assert "bad" in replay._warned  # and it said so (once per process)
+
+
+def test_io_values_key_the_cache_by_content_hash_when_they_have_one():
+    from flyte_ray.cache import stable_hash
+    from flyte_ray.io import DataFrame, Dir, File
+
+    same = File(path="s3://b/one/a.txt", hash="sha:1"), File(path="s3://b/two/a.txt", hash="sha:1")
+    assert stable_hash(same[0]) == stable_hash(same[1])  # content-based caching (flyte-sdk)
+    assert stable_hash(File(path="s3://b/one/a.txt")) != stable_hash(File(path="s3://b/two/a.txt"))
+    assert stable_hash(Dir(path="s3://b/d", hash="h")) != stable_hash(File(path="s3://b/d", hash="h"))
+    assert stable_hash(DataFrame(uri="s3://b/t")) == stable_hash(DataFrame(uri="s3://b/t"))
+
+
+def test_run_base_dir_is_the_runs_folder():
+    run = flyte.run(td.base_dir)
+    assert run.outputs().endswith(f"/runs/{run.name}")

@@ -37,13 +37,17 @@ Enum member            ``module.qualname`` of the class + the member's value
 datetime, date, time   ISO 8601 text (time zone included); timedelta: days, seconds, microseconds
 pathlib path           the class name + ``str(path)``
 Decimal, UUID          their text form
+a type with a          ``module.qualname`` + the string ``type.__flyte_ray_cache_key__(value)``
+``__flyte_ray_cache_   (``flyte_ray.io``'s File / Dir / DataFrame: their content ``hash`` when
+key__`` method         they have one, else their location)
 =====================  =====================================================================
 
 Anything else raises ``TypeError`` naming the argument (and where inside it the value sits);
 leave it out with ``Cache(ignored_inputs=(name,))``, and if it matters, fold a stable fingerprint
 of it in with a policy (``Cache(policies=[lambda task, inputs: fingerprint(inputs[name])])``).
-Policies are callables ``(task, inputs) -> str`` that receive every bound input, ignored ones
-included. No Ray, no I/O here.
+Key policies are callables ``(task, inputs) -> str`` that receive every bound input, ignored
+ones included; flyte-sdk policy objects (``get_version(salt, params)``) make the version instead.
+No Ray, no I/O here.
 """
 
 from __future__ import annotations
@@ -109,6 +113,17 @@ def _encode(v: Any, where: str, out: list, stack: set) -> None:  # noqa: C901 - 
     if isinstance(v, enum.Enum):
         out.append(b"E" + _part(_qualname(t)))
         _encode(v.value, f"{where}.value", out, stack)
+        return
+    hook = getattr(t, "__flyte_ray_cache_key__", None)
+    if hook is not None:
+        # A type that says what identifies it for caching (flyte_ray.io: a File's content hash,
+        # when it has one, rather than where its bytes happen to live).
+        k = hook(v)
+        if not isinstance(k, str):
+            raise TypeError(
+                f"cache key: {_qualname(t).decode()}.__flyte_ray_cache_key__ returned {type(k).__name__}, expected str"
+            )
+        out.append(b"K" + _part(_qualname(t)) + _part(k.encode("utf-8", "surrogatepass")))
         return
     if isinstance(v, bool):
         out.append(b"T" if v else b"F")

@@ -26,6 +26,7 @@ run eagerly as a task with no CPU reserved; ``current_context().checkpoint`` is 
 checkpoint. ``flyte_ray.init(...)`` is optional: the first call starts an embedded local Ray.
 """
 
+from .._version import __version__
 from ..checkpoint import Checkpoint
 from ..compat import logger
 from ..errors import NonRecoverableError
@@ -50,4 +51,5 @@ __all__ = [
     "map_task",
     "task",
     "workflow",
+    "__version__",
 ]

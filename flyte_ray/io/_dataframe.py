@@ -72,6 +72,12 @@ class DataFrame:
 
     __hash__ = None  # type: ignore[assignment]  # mutable, like flyte-sdk's
 
+    def __flyte_ray_cache_key__(self) -> str:
+        """What identifies this value in a cache key: its content ``hash`` when it has one (two
+        uploads of the same content then share cached results, as flyte-sdk documents), else
+        its location."""
+        return "hash:" + self.hash if self.hash is not None else "at:" + str(self.uri)
+
     def __repr__(self) -> str:
         uri = None if self.uri is None else shown(self.uri)
         return f"DataFrame(uri={uri!r}, format={self.format!r})"

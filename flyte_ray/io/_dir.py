@@ -72,6 +72,12 @@ class Dir(Generic[T]):
         if self.hash is not None and not isinstance(self.hash, str):
             raise TypeError(f"Dir.hash: expected a str or None, got {type(self.hash).__name__}")
 
+    def __flyte_ray_cache_key__(self) -> str:
+        """What identifies this value in a cache key: its content ``hash`` when it has one (two
+        uploads of the same content then share cached results, as flyte-sdk documents), else
+        its location."""
+        return "hash:" + self.hash if self.hash is not None else "at:" + str(self.path)
+
     def __repr__(self) -> str:
         return f"Dir(path={shown(self.path)!r}, name={self.name!r})"
 

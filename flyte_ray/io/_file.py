@@ -76,6 +76,12 @@ class File(Generic[T]):
         if self.hash is not None and not isinstance(self.hash, str):
             raise TypeError(f"File.hash: expected a str or None, got {type(self.hash).__name__}")
 
+    def __flyte_ray_cache_key__(self) -> str:
+        """What identifies this value in a cache key: its content ``hash`` when it has one (two
+        uploads of the same content then share cached results, as flyte-sdk documents), else
+        its location."""
+        return "hash:" + self.hash if self.hash is not None else "at:" + str(self.path)
+
     def __repr__(self) -> str:
         return f"File(path={shown(self.path)!r}, name={self.name!r})"
 
@@ -269,6 +275,9 @@ class AsyncFile:
 
     async def readline(self, size: int = -1) -> Any:
         return await asyncio.to_thread(self._f.readline, size)
+
+    async def readlines(self, hint: int = -1) -> list:
+        return await asyncio.to_thread(self._f.readlines, hint)
 
     def write(self, data: Any) -> Any:
         self._unawaited += 1
