@@ -134,11 +134,18 @@ class ExecutionParameters:
         return f"<flytekit context {self._ctx.action if self._ctx else 'outside a task'}>"
 
 
+_driver: Optional[ExecutionParameters] = None
+
+
 def current_context() -> ExecutionParameters:
     """flytekit's ``current_context()`` (see the module docstring). One object per attempt."""
+    global _driver
     c = ctx()
     if c is None:
-        return ExecutionParameters(None)
+        # one for the driver process, so its working directory is one folder, not one per call
+        if _driver is None:
+            _driver = ExecutionParameters(None)
+        return _driver
     # one per attempt: its working directory stays the same within the attempt
     return c.attempt_state("flytekit", lambda: ExecutionParameters(c))
 
