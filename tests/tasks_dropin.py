@@ -105,3 +105,27 @@ def action_names() -> tuple:
 @env.task
 def base_dir() -> str:
     return flyte.ctx().run_base_dir
+
+
+# A pool larger than the cluster (flyte-sdk's examples ask for 10 replicas of 1 CPU; the
+# embedded test cluster has 1 CPU): the parent's replica is the only one that can start.
+big_pool = flyte.TaskEnvironment(
+    name="big-pool",
+    resources=flyte.Resources(cpu=1),
+    reusable=flyte.ReusePolicy(replicas=3, concurrency=20, idle_ttl=30, scaledown_ttl=30),
+)
+
+
+@big_pool.task
+async def pool_child(x: int) -> int:
+    if x == 3:
+        raise ValueError("one child fails")
+    return x
+
+
+@big_pool.task
+async def pool_parent(n: int) -> int:
+    import asyncio
+
+    results = await asyncio.gather(*(pool_child(i) for i in range(n)), return_exceptions=True)
+    return sum(r for r in results if not isinstance(r, BaseException))

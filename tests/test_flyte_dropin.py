@@ -213,3 +213,15 @@ def test_io_values_key_the_cache_by_content_hash_when_they_have_one():
 def test_run_base_dir_is_the_runs_folder():
     run = flyte.run(td.base_dir)
     assert run.outputs().endswith(f"/runs/{run.name}")
+
+
+def test_nested_calls_in_a_pool_larger_than_the_cluster_run_beside_their_parent():
+    """flyte-sdk's big_fanout shape: replicas=3 of 1 CPU on a 1-CPU cluster. The replicas that
+    cannot start must never receive the children (they hung there before); with concurrency 20
+    the parent's own replica runs them."""
+    from flyte_ray.reuse import shutdown_pools
+
+    try:
+        assert flyte.run(td.pool_parent, 30).outputs(timeout=120) == sum(range(30)) - 3
+    finally:
+        shutdown_pools()

@@ -205,10 +205,10 @@ class PoolClient:
     def _choose(self) -> Optional[Slot]:
         slots = self.slots
         if self.me:
+            # The manager lists, for a nested call, the replicas it may use (see
+            # manager._nested_listing): itself only when it has room or the pool cannot grow.
             others = [s for s in slots if s.actor != self.me]
-            # alone in the pool: itself only when the pool cannot grow (then the user's
-            # concurrency decides), else none yet: the manager is starting another replica
-            slots = others or (slots if self.at_max else [])
+            slots = others or (slots if self.at_max or len(slots) == 1 else [])
         n = len(slots)
         if n == 0:
             return None

@@ -162,9 +162,13 @@ class PoolManager:
         rep.handle.retire.remote(True)
 
     def _listing(self) -> list:
+        """The ready replicas; while none is, only the first one started: replicas of a pool
+        have one shape and Ray places pending actors about in order, so it is the one to get
+        room first. Listing every starting replica let callers pick one the cluster has no room
+        for (a pool larger than the cluster), where the call waited until the start timeout."""
         live = self._live()
         ready = [r for r in live if r.state == "ready"]
-        return [(r.rid, r.handle) for r in (ready or live)]
+        return [(r.rid, r.handle) for r in (ready or live[:1])]
 
     # ----------------------------------------------------------------- caller API
     async def replicas(self, version: int, caller: Optional[str] = None) -> tuple:
@@ -191,9 +195,24 @@ class PoolManager:
         at_max = len(self._live()) >= self.max
         if version == self.version:
             return (self.version, None, at_max)
-        if caller:  # a replica's nested call: starting replicas too (it must not wait on itself)
-            return (self.version, [(r.rid, r.handle) for r in self._live()], at_max)
+        if caller:
+            return (self.version, self._nested_listing(caller), at_max)
         return (self.version, self._listing(), at_max)
+
+    def _nested_listing(self, caller: str) -> list:
+        """Where a replica's nested call may go: another *ready* replica when there is one;
+        else the caller itself when it has room for more calls (concurrency > 1: the child runs
+        beside its parent); else the first replica starting (a concurrency-1 caller must not
+        queue behind itself). Never a starting replica while a ready one would do: a replica
+        the cluster has no room for stays "starting" for good (10 replicas of 1 CPU on a
+        2-CPU cluster), and a call sent to it would wait with it."""
+        live = self._live()
+        mine = [r for r in live if _actor_id(r.handle) == caller]
+        others = [r for r in live if r.state == "ready" and r not in mine]
+        if not others and not (mine and self.conc > 1):
+            others = [r for r in live if r not in mine][:1]  # the first one starting (see _listing)
+        pick = others or mine or live[:1]
+        return [(r.rid, r.handle) for r in pick]
 
     async def lost(self, rid: str) -> str:
         """A caller's call to ``rid`` failed with an actor error: ``"retired"`` (killed on
