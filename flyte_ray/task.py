@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 __all__ = ["TaskTemplate"]
 
+#: flyte-sdk override keywords with no meaning on Ray: accepted and ignored.
+_IGNORED = ("max_inline_io_bytes", "pod_template", "links", "entrypoint", "produces_artifacts", "plugin_config")
 _OVERRIDABLE = (
     "short_name",
     "resources",
@@ -122,10 +124,13 @@ class TaskTemplate:
         Accepted: ``short_name, resources, cache, retries, timeout, reusable, env_vars, secrets,
         queue, interruptible``. ``None`` leaves a setting inherited; any other value applies
         (so ``retries=0`` and ``interruptible=False`` take effect). ``name``, ``image``, ``docs``
-        and ``interface`` cannot be overridden (``ValueError``). On a reusable environment,
+        and ``interface`` cannot be overridden (``ValueError``); flyte-sdk's
+        ``max_inline_io_bytes``, ``pod_template``, ``links``, ``entrypoint``,
+        ``produces_artifacts`` and ``plugin_config`` are accepted and ignored. On a reusable environment,
         ``resources``, ``env_vars`` and ``secrets`` can only change together with
         ``reusable="off"``.
         """
+        changes = {k: v for k, v in changes.items() if k not in _IGNORED}
         for k in changes:
             if k in _FORBIDDEN:
                 raise ValueError(f"{self.name}.override: '{k}' cannot be overridden ({_FORBIDDEN[k]})")
@@ -204,6 +209,13 @@ class TaskTemplate:
                 overrides,
             )
         return Call(self, spec, run_name or new_run_name(), "root", args, kwargs, current_settings(), overrides)
+
+    def __flyte_ray_cache_key__(self) -> str:
+        """A task passed as an input counts in a cache key by its name and its code's version
+        (the cached caller reruns when the task it was given changes)."""
+        from .cache.keys import cache_version
+
+        return f"{self.name}:{cache_version(self.func)}"
 
     # ------------------------------------------------------------------ pickling
     def __reduce__(self):

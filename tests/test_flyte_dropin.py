@@ -225,3 +225,22 @@ def test_nested_calls_in_a_pool_larger_than_the_cluster_run_beside_their_parent(
         assert flyte.run(td.pool_parent, 30).outputs(timeout=120) == sum(range(30)) - 3
     finally:
         shutdown_pools()
+
+
+def test_init_aio_started_cluster_outlives_the_event_loop(tmp_path):
+    """``asyncio.run(flyte.init_from_config.aio())`` then plain calls: the embedded Ray started
+    inside the coroutine must survive the loop (it ran in a pool thread before, and Ray's
+    processes died with that thread when asyncio.run shut the pool down)."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import asyncio, flyte_ray as flyte, tasks_dropin as td\n"
+        f"asyncio.run(flyte.init_from_config.aio(storage={str(tmp_path)!r}, num_cpus=1))\n"
+        "print('OK', flyte.run(td.action_names).outputs(timeout=60)[1])\n"
+        "flyte.shutdown()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=150)
+    assert "OK root" in out.stdout, out.stderr[-2000:]

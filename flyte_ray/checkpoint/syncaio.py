@@ -94,13 +94,19 @@ class _BoundSyncOrAwait(BoundSyncAio[T]):
 
 
 def with_aio(fn: Callable[..., T]) -> Callable[..., T]:
-    """Give the plain function ``fn`` an ``.aio`` attribute that runs it in a worker thread and
-    awaits it (``flyte.init.aio``, ``flyte.run.aio``); ``fn`` itself stays a plain function."""
+    """Give the plain function ``fn`` an ``.aio`` attribute for async code (``flyte.init.aio``,
+    ``flyte.run.aio``); ``fn`` itself stays a plain function.
+
+    ``.aio`` runs ``fn`` on the calling thread, *not* in a worker thread: these may start the
+    embedded Ray, whose processes Linux ties (parent-death signal) to the thread that spawned
+    them, so starting it from a pool thread that later exits (``asyncio.run`` shuts its pool
+    down) killed the cluster under the program. They return quickly (a run starts, it is not
+    waited for)."""
 
     async def aio(*args: Any, **kwargs: Any) -> T:
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        return fn(*args, **kwargs)
 
-    aio.__doc__ = f"``{fn.__name__}`` from async code: runs it in a worker thread and awaits it."
+    aio.__doc__ = f"``{fn.__name__}`` from async code (runs on the calling thread: it returns quickly)."
     fn.aio = aio  # type: ignore[attr-defined]
     return fn
 
