@@ -129,3 +129,16 @@ async def pool_parent(n: int) -> int:
 
     results = await asyncio.gather(*(pool_child(i) for i in range(n)), return_exceptions=True)
     return sum(r for r in results if not isinstance(r, BaseException))
+
+
+huge = flyte.TaskEnvironment(name="huge", resources=flyte.Resources(cpu=64))
+
+
+@huge.task
+def too_big() -> int:
+    return 1
+
+
+@env.task(retries=1)
+def calls_too_big() -> int:
+    return too_big()

@@ -244,3 +244,15 @@ def test_init_aio_started_cluster_outlives_the_event_loop(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=150)
     assert "OK root" in out.stdout, out.stderr[-2000:]
+
+
+def test_a_child_no_node_can_run_fails_its_parent_once_not_as_system_failures():
+    """A child asking for 64 CPUs on the 1-CPU cluster fails with PlacementError; its parent's
+    attempt fails as the user's (one user retry, then the error), never as system failures that
+    re-run the parent on the system budget."""
+    from flyte_ray.errors import PlacementError
+
+    run = flyte.run(td.calls_too_big)
+    with pytest.raises(PlacementError):
+        run.outputs(timeout=120)
+    assert [r.failure_kind for r in run.history] == ["user", "user"] and run.system_failures == 0

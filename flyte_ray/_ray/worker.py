@@ -24,7 +24,7 @@ import ray
 from .._core.drive import drive
 from .._core.process import PROCESS
 from ..context import TaskContext, reset_context, set_context
-from ..errors import RuntimeSystemError, RuntimeUserError, TaskInterruptedError, format_exception
+from ..errors import PlacementError, RuntimeSystemError, RuntimeUserError, TaskInterruptedError, format_exception
 from . import waiting
 from .drains import DrainMonitor
 from .metrics import Metrics
@@ -130,11 +130,17 @@ def failed(
     # Whatever the user's code raises is the user's failure, Ray errors included (a GetTimeoutError
     # from its own ray.get): they go on the user budget with their own type. The exception is a
     # flyte-ray RuntimeSystemError (a nested call that lost its supervisor, say): the platform failed
-    # under the user's code, so it is this attempt's system failure too. A TaskInterruptedError
+    # under the user's code, so it is this attempt's system failure too -- except a PlacementError:
+    # a nested call that no node can run fails the same way however often this attempt is
+    # retried, so re-running the parent on the system budget only repeats it (seen with flyte-sdk's
+    # resources example: the parent ran 4 times, then "preemptions / node losses"); it is the
+    # user's failure, with the child's error. A TaskInterruptedError
     # after a preemption notice on this node is the task stopping on purpose because the node
     # goes: a system failure (recorded as preemption), never the user's.
     notice = _DRAINS.notice.as_wire()
-    system = isinstance(exc, RuntimeSystemError) or (notice is not None and isinstance(exc, TaskInterruptedError))
+    system = (isinstance(exc, RuntimeSystemError) and not isinstance(exc, PlacementError)) or (
+        notice is not None and isinstance(exc, TaskInterruptedError)
+    )
     return AttemptResult(
         VERSION, False, portable(exc), format_exception(exc), node, system, runtime, notice, _ckpt(context)
     )
