@@ -94,8 +94,6 @@ class TaskContext:
     _children: ChildSequencer = field(default_factory=ChildSequencer, repr=False)
     _checkpoint: Any = field(default=None, repr=False)
     _preemption: PreemptionNotice = field(default=NEVER, repr=False)
-    #: the attempt's HTML report (flyte_ray.report), made on first use
-    _report: Any = field(default=None, repr=False)
     #: callables run once when the attempt's user code has returned or raised (``at_end``)
     _at_end: Optional[list] = field(default=None, repr=False)
     #: per-attempt state of the layers above (``attempt_state``)

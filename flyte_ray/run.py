@@ -20,7 +20,7 @@ from ._core.validation import SHORT_NAME_RE, check_name, normalize
 from ._duration import short_repr
 from ._ray.port import BLOCKING
 from ._ray.recording import node_facts_for, recorded, recorder
-from .checkpoint.syncaio import sync_aio, with_aio
+from .checkpoint.syncaio import quick_aio, sync_aio, with_aio
 from .context import check_custom
 from .progressbar import Progress
 from .report.cost import CostReport, cost_report
@@ -334,7 +334,7 @@ class RunContext:
         self._resume = resume
         self._custom = custom_context
 
-    @sync_aio
+    @quick_aio
     def run(self, task: TaskTemplate, *args: Any, **kwargs: Any) -> Run:
         """Start ``task(*args, **kwargs)`` as a run; returns at once with a :class:`Run`."""
         if not isinstance(task, TaskTemplate):

@@ -227,32 +227,28 @@ def test_nested_calls_in_a_pool_larger_than_the_cluster_run_beside_their_parent(
         shutdown_pools()
 
 
-def test_init_aio_started_cluster_outlives_the_event_loop(tmp_path):
-    """``asyncio.run(flyte.init_from_config.aio())`` then plain calls: the embedded Ray started
-    inside the coroutine must survive the loop (it ran in a pool thread before, and Ray's
-    processes died with that thread when asyncio.run shut the pool down)."""
+@pytest.mark.parametrize("start", ["init_from_config.aio", "with_runcontext().run.aio"])
+def test_init_aio_started_cluster_outlives_the_event_loop(tmp_path, start):
+    """An embedded Ray started inside ``asyncio.run(...)`` -- by ``init_from_config.aio()`` or by
+    the first ``run.aio`` -- must survive the loop (it was started in a pool thread before, and
+    Ray's processes died with that thread when asyncio.run shut the pool down)."""
     import os
     import subprocess
     import sys
 
+    if start == "init_from_config.aio":
+        first = f"asyncio.run(flyte.init_from_config.aio(storage={str(tmp_path)!r}, num_cpus=1))\n"
+        then = "run = flyte.run(td.action_names)\n"
+    else:
+        first = f"os.environ['FLYTE_RAY_STORAGE'] = {str(tmp_path)!r}\n"
+        then = "run = asyncio.run(flyte.with_runcontext().run.aio(td.action_names))\n"
     script = (
-        "import asyncio, flyte_ray as flyte, tasks_dropin as td\n"
-        f"asyncio.run(flyte.init_from_config.aio(storage={str(tmp_path)!r}, num_cpus=1))\n"
-        "print('OK', flyte.run(td.action_names).outputs(timeout=60)[1])\n"
-        "flyte.shutdown()\n"
+        "import asyncio, os, flyte_ray as flyte, tasks_dropin as td\n"
+        + first
+        + then
+        + "print('OK', run.outputs(timeout=60)[1])\n"
+        + "flyte.shutdown()\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=150)
     assert "OK root" in out.stdout, out.stderr[-2000:]
-
-
-def test_a_child_no_node_can_run_fails_its_parent_once_not_as_system_failures():
-    """A child asking for 64 CPUs on the 1-CPU cluster fails with PlacementError; its parent's
-    attempt fails as the user's (one user retry, then the error), never as system failures that
-    re-run the parent on the system budget."""
-    from flyte_ray.errors import PlacementError
-
-    run = flyte.run(td.calls_too_big)
-    with pytest.raises(PlacementError):
-        run.outputs(timeout=120)
-    assert [r.failure_kind for r in run.history] == ["user", "user"] and run.system_failures == 0

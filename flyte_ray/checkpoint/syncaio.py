@@ -61,6 +61,24 @@ class sync_aio(Generic[T]):  # lower case: used like a decorator
         return BoundSyncAio(self._fn, obj)
 
 
+class quick_aio(sync_aio[T]):  # lower case: used like a decorator
+    """Descriptor for a method that returns quickly and may start the embedded Ray
+    (``RunContext.run``): ``.aio`` runs it on the calling thread, as :func:`with_aio` does for
+    functions (see there why not in a worker thread)."""
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self
+        return _BoundQuick(self._fn, obj)
+
+
+class _BoundQuick(BoundSyncAio[T]):
+    __slots__ = ()
+
+    async def aio(self, *args: Any, **kwargs: Any) -> T:
+        return self._fn(self._obj, *args, **kwargs)
+
+
 class sync_or_await(sync_aio[T]):  # lower case: used like a decorator
     """Descriptor: blocks outside an event loop, returns an awaitable future on one (module
     docstring). ``direct``: keyword arguments that, when truthy, make the call run directly

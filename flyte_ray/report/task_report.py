@@ -136,11 +136,14 @@ def current_report() -> Report:
         if dummy is None:
             dummy = _DUMMY.report = Report("driver")
         return dummy
-    if c._report is None:
-        c._report = Report(c.action, c, kept=c.keeps_report)
-        if c.keeps_report:
-            c.at_end(c._report._flush_if_dirty)
-    return c._report
+    return c.attempt_state("report", lambda: _attempt_report(c))
+
+
+def _attempt_report(c: TaskContext) -> Report:
+    r = Report(c.action, c, kept=c.keeps_report)
+    if c.keeps_report:
+        c.at_end(r._flush_if_dirty)
+    return r
 
 
 def _log(content: str, do_flush: bool = False) -> None:
