@@ -9,6 +9,7 @@ does on first use, with one log line.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ from ._core.validation import check_init_args
 from ._ray import ship
 from ._ray.auth import ensure_token_auth
 from ._ray.hosts import local_storage_error
-from ._ray.node_types import read_node_types
+from ._ray.node_types import AUTOSCALED_UNKNOWN, BOOTSTRAP_CONFIG, autoscaler_facts, discover, read_node_types
 from ._ray.placement import cluster_view, offers
 from .checkpoint import Storage
 from .checkpoint.syncaio import with_aio
@@ -289,9 +290,12 @@ def init(
             )
         if store.is_local and not session.embedded and not allow_local_storage:
             _refuse_local_storage(store, disconnect=connecting)
+        if cluster_config is None and not session.embedded:
+            settings = dataclasses.replace(settings, node_types=_discovered_node_types())
         PROCESS.part(DriverSettings).value = settings
         session.prices = price_table
         cluster_view().embedded = session.embedded
+        cluster_view().clear_warnings()
         if supervisor == "auto":
             ensure_supervisor(settings.placement, settings.supervisor_shards)
         if store.url.startswith("memory://"):
@@ -364,6 +368,30 @@ def _launchable(cluster_config: Optional[str]) -> tuple:
     if not os.path.exists(cluster_config):
         raise FileNotFoundError(f"cluster_config: no file at {os.fspath(cluster_config)!r}")
     types, _head = read_node_types(os.fspath(cluster_config))
+    return tuple((name, offers(res, labels)) for name, res, launchable, labels in types if launchable)
+
+
+def _discovered_node_types() -> tuple:
+    """The launchable node types of the cluster just connected to, without ``cluster_config``
+    (see :mod:`flyte_ray._ray.node_types`: ``$FLYTE_RAY_CLUSTER_CONFIG``, then what the cluster's
+    autoscaler says or ``ray up``'s bootstrap config; ``()`` for a cluster without autoscaler)."""
+    autoscaled, groups = autoscaler_facts()
+    bootstrap = os.path.expanduser(BOOTSTRAP_CONFIG)
+    where, types = discover(
+        os.environ.get("FLYTE_RAY_CLUSTER_CONFIG") or None,
+        autoscaled,
+        groups,
+        bootstrap if os.path.exists(bootstrap) else None,
+    )
+    logger.info("flyte-ray: launchable node types from %s", where)
+    if types == AUTOSCALED_UNKNOWN:
+        logger.warning(
+            "flyte-ray: this cluster has an autoscaler but flyte-ray cannot see its node types, so work that "
+            "no live node offers waits for it (spot attempts move to on-demand after spot_wait). Pass "
+            "init(cluster_config=...) or set FLYTE_RAY_CLUSTER_CONFIG to the cluster's config so that work no "
+            "node type offers fails at once."
+        )
+        return AUTOSCALED_UNKNOWN
     return tuple((name, offers(res, labels)) for name, res, launchable, labels in types if launchable)
 
 

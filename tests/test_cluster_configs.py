@@ -2067,3 +2067,35 @@ def test_run_record_label_checks_catch_mistakes():
     assert kr(lambda cr: last(cr)["labels"].update({NODE_TYPE_LABEL: "cpu-spot"}))
     assert kr(lambda cr: head(cr)["labels"].update({NODE_TYPE_LABEL: "head"}))
     assert kr(lambda cr: head(cr)["labels"].update({INSTANCE_TYPE_LABEL: "n2-standard-8+1xnvidia-tesla-t4"}))
+
+
+# ---------------------------------------------------------------- node types found at init (#14)
+
+
+def test_init_finds_the_node_types_an_autoscaler_can_launch(tmp_path):
+    """Without init(cluster_config=...): $FLYTE_RAY_CLUSTER_CONFIG first; a cluster without an
+    autoscaler is fixed (live nodes only); with one, the node groups it reported to the GCS, then
+    ray up's bootstrap config, else "unknown" -- which fits every request (work waits, never fails
+    because flyte-ray could not see a node type)."""
+    from ray.core.generated.autoscaler_pb2 import ClusterConfig, NodeGroupConfig
+
+    from flyte_ray._ray.node_types import AUTOSCALED_UNKNOWN, discover, fits
+
+    cfg = CONFIG_DIR / "aws-spot.yaml"
+    where, types = discover(str(cfg), autoscaled=False)
+    assert "FLYTE_RAY_CLUSTER_CONFIG" in where and any(name == "cpu-spot" for name, *_ in types)
+    with pytest.raises(FileNotFoundError, match="FLYTE_RAY_CLUSTER_CONFIG"):
+        discover(str(tmp_path / "missing.yaml"), autoscaled=True)
+    assert discover(None, autoscaled=False, bootstrap=str(cfg))[1] == ()  # no autoscaler: fixed
+    groups = ClusterConfig(node_group_configs=[
+        NodeGroupConfig(name="gpu-spot", resources={"GPU": 1, "spot": 1000}, min_count=0, max_count=4),
+        NodeGroupConfig(name="retired", resources={"CPU": 8}, max_count=0),
+    ]).node_group_configs
+    where, types = discover(None, autoscaled=True, gcs_groups=groups, bootstrap=str(cfg))
+    assert "GCS" in where
+    assert types == [("gpu-spot", {"GPU": 1.0, "spot": 1000.0}, True, {}), ("retired", {"CPU": 8.0}, False, {})]
+    where, types = discover(None, autoscaled=True, gcs_groups=None, bootstrap=str(cfg))
+    assert "ray up" in where and any(name == "cpu-spot" for name, *_ in types)
+    where, types = discover(None, autoscaled=True)
+    assert types == AUTOSCALED_UNKNOWN and "cannot see" in where
+    assert all(fits({"accelerator_type:H100": 1, "spot": 1}, res, declared_only=True) for _, res in types)

@@ -499,3 +499,32 @@ def test_a_notice_is_recorded_on_the_attempt():
     rec = AttemptRecord(attempt=0, user_attempt=0, system_failures=0, market="spot", queue="default")
     rec.finish(Outcome(Kind.SYSTEM, system_reason="preemption", notice=(10.0, 40.0)), 50.0)
     assert rec.outcome == "preemption" and rec.notice_at == 10.0 and rec.notice_deadline == 40.0
+
+
+def test_a_cancelled_attempt_still_ends_for_the_history_and_the_observers():
+    """Run.cancel() cancels the loop inside an attempt: the attempt is recorded as cancelled and
+    every observer hears that it finished (the records, metrics and drain poller count on it)."""
+    heard: list = []
+
+    class Observer:
+        def attempt_started(self, call, req, record):
+            heard.append(("started", record.attempt))
+
+        def attempt_finished(self, call, req, record, out):
+            heard.append(("finished", record.attempt, out.kind))
+
+    async def hangs(req: AttemptRequest) -> Outcome:
+        await asyncio.sleep(3600)
+        raise AssertionError("not reached")
+
+    async def go(call: Call) -> None:
+        task = asyncio.ensure_future(run_attempts(call, hangs, asyncio.sleep, observer=Observer()))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    call = make_call()
+    asyncio.run(go(call))
+    assert heard == [("started", 0), ("finished", 0, Kind.CANCELLED)]
+    assert call.state.history[0].outcome == "cancelled" and call.state.history[0].ended is not None

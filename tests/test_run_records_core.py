@@ -54,6 +54,11 @@ def test_a_batch_round_trips_and_hostile_lines_are_skipped_not_half_read():
     ([ev(outcome="failed", kind="user", ended=120.0, runtime=20.0),
       ev(attempt=1, outcome="node_failure", kind="system", started=130.0, ended=140.0),
       ev(attempt=2, ckpt_resumed_from=135.0)], [0.0, 5.0, 0.0]),
+    # the demo's path: preempted, the spot retry never started (no spot capacity), the on-demand
+    # attempt resumed from a save 5 s before the end: 5 s lost, not the whole run
+    ([ev(outcome="preemption", kind="system", ended=160.0, runtime=60.0),
+      ev(attempt=1, outcome="spot_unavailable"),
+      ev(attempt=2, market="ondemand", ckpt_resumed_from=155.0)], [5.0, 0.0, 0.0]),
 ])
 def test_lost_work_is_the_run_after_the_checkpoint_the_retry_resumed_from(events, lost):
     assert [lw for _, lw in with_lost_work(list(reversed(events)))] == lost
@@ -113,3 +118,13 @@ def test_lost_work_is_never_negative_nor_more_than_the_run(rows):
                          ckpt_resumed_from=resumed))
     for e, lost in with_lost_work(events):
         assert lost is not None and 0.0 <= lost <= (e.runtime or 0.0) + 1e-9
+
+
+def test_an_error_that_fits_in_four_lines_is_not_marked_cut():
+    from flyte_ray._core.records import AttemptRecord, format_history
+
+    rec = AttemptRecord(attempt=0, user_attempt=0, system_failures=0, market="spot", queue="default", submitted=1.0)
+    rec.error = " ".join(["word"] * 47)  # 4 lines of 60 columns exactly
+    assert "…" not in format_history([rec])
+    rec.error = " ".join(["word"] * 60)
+    assert format_history([rec]).count("…") == 1

@@ -54,7 +54,10 @@ def test_work_that_no_live_node_offers_fails_at_once_naming_it(pair):
     assert [h.outcome for h in run.history] == ["spot_unavailable", "infeasible"]
 
 
-def test_work_a_launchable_node_type_offers_waits_and_says_which(pair, tmp_path):
+@pytest.mark.parametrize("given", ["argument", "environment", "unseen autoscaler"])
+def test_work_a_launchable_node_type_offers_waits_and_says_which(pair, tmp_path, monkeypatch, given):
+    """The node types come from init(cluster_config=...), or from $FLYTE_RAY_CLUSTER_CONFIG found at
+    init; on a cluster whose autoscaler's node types flyte-ray cannot see, the work waits too."""
     config = tmp_path / "cluster.yaml"
     config.write_text(yaml.safe_dump({
         "cluster_name": "t", "max_workers": 2, "head_node_type": "head",
@@ -74,10 +77,26 @@ def test_work_a_launchable_node_type_offers_waits_and_says_which(pair, tmp_path)
 
     handler = Catch()
     logging.getLogger("flyte_ray").addHandler(handler)
-    flyte.init(address="auto", cluster_config=str(config), spot_wait=3)
+    expect = "h100-ondemand"
+    if given == "argument":
+        flyte.init(address="auto", cluster_config=str(config), spot_wait=3)
+    elif given == "environment":
+        monkeypatch.setenv("FLYTE_RAY_CLUSTER_CONFIG", str(config))
+        flyte.init(address="auto", spot_wait=3)
+    else:  # what init finds on a cluster whose autoscaler reported no node types
+        import dataclasses
+
+        from flyte_ray._core.process import PROCESS
+        from flyte_ray._core.settings import DriverSettings
+        from flyte_ray._ray.node_types import AUTOSCALED_UNKNOWN
+
+        flyte.init(address="auto", spot_wait=3)
+        part = PROCESS.part(DriverSettings)
+        part.value = dataclasses.replace(part.value, node_types=AUTOSCALED_UNKNOWN)
+        expect = "cannot see its node types"
     try:
         run = flyte.run(ts.wants_h100.override(resources=flyte.Resources(cpu=1, gpu="H100:1")))
-        wait_until(lambda: any("h100-ondemand" in m for m in records), timeout=30)
+        wait_until(lambda: any(expect in m for m in records), timeout=30)
         time.sleep(1)
         assert not run.done()  # it waits for the node type to launch instead of failing
         run.cancel()

@@ -30,6 +30,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Iterable, Optional
 
+from .records import NEVER_RAN
+
 __all__ = [
     "AttemptEvent",
     "EVENTS_FORMAT",
@@ -218,8 +220,9 @@ def decode_batch(data: bytes) -> tuple[list[AttemptEvent], list[str]]:
 def with_lost_work(events: list[AttemptEvent]) -> list[tuple[AttemptEvent, Optional[float]]]:
     """Each event of ONE call (any order) with the seconds of work its failure threw away: for a
     system failure (``preemption``, ``node_failure``), the time it ran after the checkpoint the
-    next attempt resumed from (all of it when the next attempt resumed from nothing older than
-    this attempt's start, or when there is no next attempt); 0 for other outcomes. The run time
+    next attempt that ran resumed from (all of it when that attempt resumed from nothing older
+    than this attempt's start, or when there is none); 0 for other outcomes. Attempts that never
+    started (``spot_unavailable``, ``queued_timeout``, ``infeasible``) are passed over. The run time
     counted is the attempt's ``runtime`` when known, else its seconds on the node."""
     ordered = sorted(events, key=lambda e: e.attempt)
     out: list[tuple[AttemptEvent, Optional[float]]] = []
@@ -231,7 +234,8 @@ def with_lost_work(events: list[AttemptEvent]) -> list[tuple[AttemptEvent, Optio
         if ran is None:
             out.append((e, None))
             continue
-        nxt = ordered[i + 1] if i + 1 < len(ordered) else None
+        # the next attempt that ran (one that never started resumed nothing)
+        nxt = next((n for n in ordered[i + 1 :] if n.outcome not in NEVER_RAN), None)
         out.append((e, lost_seconds(ran, e.ended, nxt.ckpt_resumed_from if nxt is not None else None)))
     return out
 

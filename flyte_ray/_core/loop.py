@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional, Protocol
 from ..errors import TaskTimeoutError
 from .policy import Action, AttemptPolicy
 from .process import memo_get, memo_put
-from .records import AttemptRecord, AttemptRequest, Market, Outcome
+from .records import AttemptRecord, AttemptRequest, Kind, Market, Outcome
 
 if TYPE_CHECKING:
     from .call import Call
@@ -100,7 +100,16 @@ async def run_attempts(
         state.history.append(rec)
         if observer is not None:
             observer.attempt_started(call, req, rec)
-        out = await execute(req)
+        try:
+            out = await execute(req)
+        except BaseException as e:
+            # The caller gave up (cancellation, an interrupt): the attempt still ends in the
+            # history and for the observers (records, metrics, the drain poller's count).
+            gave_up = Outcome(Kind.CANCELLED, error=e if isinstance(e, Exception) else None)
+            rec.finish(gave_up, wall())
+            if observer is not None:
+                observer.attempt_finished(call, req, rec, gave_up)
+            raise
         n += 1
         rec.finish(out, wall())
         if observer is not None:

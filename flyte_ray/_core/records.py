@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, NamedTuple, Optional
 
-__all__ = ["Market", "Kind", "AttemptRequest", "Outcome", "AttemptRecord", "format_history", "OUTCOME_NAMES"]
+__all__ = ["Market", "Kind", "AttemptRequest", "Outcome", "AttemptRecord", "format_history", "OUTCOME_NAMES", "NEVER_RAN"]
 
 
 class _StrEnum(str, Enum):
@@ -47,6 +47,9 @@ class Kind(_StrEnum):
 
 #: Kinds that are no failure of anybody's: no budget is consumed.
 _NO_FAILURE = frozenset({Kind.OK, Kind.QUEUED_TIMEOUT, Kind.SPOT_UNAVAILABLE, Kind.INFEASIBLE, Kind.CANCELLED})
+
+#: Outcomes of attempts that never started: they resume nothing and lose nothing.
+NEVER_RAN = frozenset({"queued_timeout", "spot_unavailable", "infeasible"})
 
 #: ``AttemptRecord.outcome`` for each kind (system outcomes record their reason instead).
 OUTCOME_NAMES = {
@@ -154,8 +157,9 @@ def format_history(history: list[AttemptRecord], names: Optional[dict] = None, w
     extra: dict[int, list[str]] = {}
     for r in history:
         d = r.duration
-        err = textwrap.wrap(r.error or "", width=width, break_on_hyphens=False)[:4]
-        if len(err) == 4:
+        err = textwrap.wrap(r.error or "", width=width, break_on_hyphens=False)
+        if len(err) > 4:  # more than fits: say so on the last line shown
+            err = err[:4]
             err[-1] = err[-1][: width - 1] + "…"
         rows.append(
             (

@@ -43,8 +43,10 @@ class Settings:
             (recorded as ``spot_unavailable``); ``None`` waits for ever (an explicit choice). A
             task's ``Timeout(max_queued_time=...)`` wins when set.
         node_types: the node types the cluster can launch, as ``(name, resources)`` pairs (labels
-            as ``key=value`` entries; from ``init(cluster_config=...)``): an attempt no live node
-            can run waits when one of them could, and fails at once (on-demand) or moves to
+            as ``key=value`` entries; from ``init(cluster_config=...)`` or found at ``init``, see
+            :mod:`flyte_ray._ray.node_types`; ``resources`` None: a type of an autoscaler whose
+            types flyte-ray cannot see, which may offer anything): an attempt no live node can
+            run waits when one of them could, and fails at once (on-demand) or moves to
             on-demand (spot) when none can.
         placement: ``"auto"`` places attempts with custom-resource markers or with Ray node labels,
             whichever the cluster's nodes declare; ``"markers"`` / ``"labels"`` force one.

@@ -5,7 +5,7 @@ reason PREEMPTION and a deadline: new work stops landing there, running work goe
 flyte-ray's ``watch-preemption``, ``ray drain-node``, KubeRay or an autoscaler. Ray 2.60 has no
 public "my node is draining" API for tasks, so everything that reads drains goes through
 :func:`draining_nodes`, the one place that touches the private state API (``ray-here.md``);
-``tests/test_drains.py`` fails loudly when a Ray upgrade changes it, and if it breaks at run
+``tests/test_notices.py`` fails loudly when a Ray upgrade changes it, and if it breaks at run
 time flyte-ray falls back to "no notices" with one warning.
 
 :class:`DrainMonitor` (a process part) polls that map every :data:`POLL_S` seconds, and only
@@ -67,26 +67,41 @@ _warned = False
 
 def draining_nodes() -> Optional[dict[str, Optional[float]]]:
     """Node id (hex) → drain deadline (epoch seconds, None when the drain named none) of every
-    node Ray is draining now; None when this Ray cannot say (after one warning). Blocking; needs
-    a connected Ray (a driver or a worker)."""
-    global _warned
+    node Ray is draining now; ``{}`` when the GCS did not answer this time (a restart, a hiccup:
+    the next look tries again); None when this Ray has no such map any more (after one warning:
+    an upgrade changed the private API). Blocking; needs a connected Ray (a driver or a worker)."""
     try:
         # PRIVATE Ray API (ray 2.60): GlobalState.get_draining_nodes() -> {node_id_hex: deadline_ms}.
-        # Ray Serve and Ray Train poll the same map. tests/test_drains.py guards its shape.
+        # Ray Serve and Ray Train poll the same map. tests/test_notices.py guards its shape.
         from ray._private.state import state
 
-        raw = state.get_draining_nodes()
+        read = state.get_draining_nodes
+    except (ImportError, AttributeError) as e:
+        return _api_gone(e)
+    try:
+        raw = read()
+    except TypeError as e:  # its signature changed
+        return _api_gone(e)
+    except Exception as e:  # noqa: BLE001 - the GCS did not answer: no news this time, not "off"
+        logger.debug("draining-node map unreadable this time (%s: %s)", type(e).__name__, e)
+        return {}
+    try:
         return {str(k): (float(v) / 1000.0 if v else None) for k, v in dict(raw).items()}
-    except Exception as e:  # noqa: BLE001 - an upgrade changed it, or the GCS is gone
-        if not _warned and ray.is_initialized():
-            _warned = True
-            logger.warning(
-                "flyte-ray cannot read Ray's draining-node map (%s: %s): preemption notices are off in this "
-                "process; preemptions are still handled when the node goes",
-                type(e).__name__,
-                e,
-            )
-        return None
+    except (TypeError, ValueError) as e:  # its shape changed
+        return _api_gone(e)
+
+
+def _api_gone(e: BaseException) -> None:
+    global _warned
+    if not _warned and ray.is_initialized():
+        _warned = True
+        logger.warning(
+            "flyte-ray cannot read Ray's draining-node map (%s: %s): preemption notices are off in this "
+            "process; preemptions are still handled when the node goes",
+            type(e).__name__,
+            e,
+        )
+    return None
 
 
 def _client_mode() -> bool:
@@ -123,11 +138,9 @@ class DrainMonitor:
         """An attempt starts here (``node_id``: this worker's node, to set its notice)."""
         if node_id is not None:
             self.node_id = node_id
-        if self.off:
-            return self.notice
         with self._cond:
-            self._active += 1
-            if self._active == 1:
+            self._active += 1  # counted even when off, so that end() always matches a begin()
+            if self._active == 1 and not self.off:
                 if self._thread is None or not self._thread.is_alive():
                     self._thread = threading.Thread(target=self._run, name="flyte-ray-drains", daemon=True)
                     self._thread.start()

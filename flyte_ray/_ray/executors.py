@@ -254,13 +254,17 @@ class _RayTasks:
         if not missing:
             memo_put(call.spec.memo, key, True)
             return None
-        launch = [name for name, res in call.settings.node_types if fits(request, res, declared_only=True)]
+        launch = [(name, res) for name, res in call.settings.node_types if fits(request, res, declared_only=True)]
         if launch:
+            name, res = launch[0]
             self.view.warn_once(
-                f"launch:{call.spec.fqn}:{req.market}:{launch[0]}",
+                f"launch:{call.spec.fqn}:{req.market}:{name}",
                 f"{call.spec.fqn}: no live node offers {describe(missing)}; waiting for the autoscaler to launch a "
-                f"node of type {launch[0]!r}",
+                + (f"node of type {name!r}" if res is not None else "node (flyte-ray cannot see its node types)"),
             )
+            memo_put(call.spec.memo, key, True)
+            return None
+        if spot and req.spot_wait is None:  # init(spot_wait=None): wait for spot capacity for ever, as asked
             memo_put(call.spec.memo, key, True)
             return None
         if req.market == Market.SPOT:
@@ -297,7 +301,8 @@ class _RayTasks:
         """The outcome of an attempt that ended with Ray exception ``exc``: ``spot_unavailable``
         when the pending watch cancelled it because no live node offers its spot request any more."""
         gone = self.watch.take_gone(key)
-        if gone is not None:
+        # the watch's cancel, not a node's death that raced it (that one is the attempt's real end)
+        if gone is not None and isinstance(exc, rex.TaskCancelledError):
             return _spot_unavailable(gone.missing, gone.waited, "no live node offers it any more")
         out = await outcome_of(exc, req.market, port)
         if out.kind == Kind.SYSTEM:

@@ -84,7 +84,7 @@ import ray
 
 from .._core.events import lost_seconds
 from .._core.process import PROCESS
-from .._core.records import AttemptRecord, AttemptRequest, Outcome
+from .._core.records import NEVER_RAN, AttemptRecord, AttemptRequest, Outcome
 
 if TYPE_CHECKING:
     from .._core.call import Call
@@ -221,10 +221,13 @@ class Metrics:
                 if runtime is not None:
                     self._observe(("runtime", task, market), RUNTIME_BOUNDS, max(runtime, 0.0))
             hist = call.state.history
-            if len(hist) >= 2 and hist[-2].failure_kind == "system" and hist[-1] is record:
-                # the attempt after a system failure: what that one ran past the checkpoint this
-                # one resumed from was lost (the rule of flyte_ray._core.events.with_lost_work)
-                prev = hist[-2]
+            # the attempt that ran after a system failure (attempts between that never started
+            # resume nothing): what that one ran past the checkpoint this one resumed from was
+            # lost (the rule of flyte_ray._core.events.with_lost_work)
+            prev = None
+            if record.outcome not in NEVER_RAN and hist and hist[-1] is record:
+                prev = next((r for r in reversed(hist[:-1]) if r.outcome not in NEVER_RAN), None)
+            if prev is not None and prev.failure_kind == "system":
                 ran = prev.runtime if prev.runtime is not None else prev.duration
                 if ran is not None:
                     resumed = out.ckpt[2] if out.ckpt else None

@@ -367,6 +367,10 @@ class ClusterView:
                         )
         return out
 
+    def clear_warnings(self) -> None:
+        """Say each warning again (``init`` calls it: new settings may change what is said)."""
+        self._warned = set()
+
     def warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)

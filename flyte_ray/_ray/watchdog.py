@@ -13,7 +13,9 @@ or ends; one daemon thread per process looks at them every :data:`CHECK_EVERY_S`
   (the attempt moves to on-demand, no budget used) instead of a cancellation. The check is by the
   cached cluster view, one per distinct request, confirmed by a fresh GCS look before acting —
   so a fan-out of 100,000 pending attempts costs a few dict operations per check, not a GCS call
-  each, and a per-attempt timer is never needed.
+  each, and a per-attempt timer is never needed. An attempt submitted before the capacity was
+  seen gone waits for the next check: it may be running on the node that just died, whose loss
+  Ray reports as the attempt's failure (a preemption, counted as such).
 * **Long waits.** Once per attempt, after :data:`WARN_PENDING_AFTER` seconds, it logs which
   resources no live node offers and what happens next (the spot wait, ``max_queued_time``, or
   nothing: Ray keeps it pending until such a node joins).
@@ -39,6 +41,7 @@ logger = logging.getLogger("flyte_ray")
 
 WARN_PENDING_AFTER = 60.0  # seconds an attempt may wait before we say what no node offers
 CHECK_EVERY_S = 5.0  # how often the thread looks (the cluster view's TTL is the same)
+GONE_GRACE_S = 0.8 * CHECK_EVERY_S  # until the next check: see PendingWatch.check
 
 
 class Gone(NamedTuple):
@@ -77,12 +80,14 @@ class PendingWatch:
     def __init__(self) -> None:
         self.items: dict[Any, _Item] = {}
         self.gone: dict[Any, Gone] = {}
+        self.missing_since: dict[tuple, float] = {}  # request -> when the watch first saw no live node offer it
         self.lock = threading.Lock()
         self.thread: Optional[threading.Thread] = None
 
     def reset(self) -> None:
         self.items = {}
         self.gone = {}
+        self.missing_since = {}
 
     def add(self, key: Any, fqn: str, req: AttemptRequest, opts: dict, node_types: tuple = ()) -> None:
         """Watch ``key`` (an ObjectRef or a streaming generator: what ``ray.cancel`` takes) until
@@ -127,11 +132,20 @@ class PendingWatch:
             # By every live node, draining ones too: a plain attempt may be running on one (and
             # runs on until its node goes).
             if not view.missing_cached(request):
+                self.missing_since.pop(request_key, None)
                 continue
             missing = view.missing(request)  # the cache may be a few seconds old: confirm
             if not missing:
+                self.missing_since.pop(request_key, None)
                 continue
+            first = self.missing_since.setdefault(request_key, now)
             for key, item in group:
+                # An attempt submitted before its capacity was seen gone may be *running* on the
+                # node that just died: Ray reports that as the node's failure (a preemption)
+                # within moments, so it gets one check's grace; cancelling it first would record a
+                # preemption as spot_unavailable. One submitted after cannot have started.
+                if item.since < first and now - first < GONE_GRACE_S:
+                    continue
                 if self.items.pop(key, None) is None:  # it ended meanwhile
                     continue
                 self.gone[key] = Gone(missing, now - item.since)

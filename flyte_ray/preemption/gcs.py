@@ -3,7 +3,7 @@
 A drain is Ray's ``DrainNode`` RPC with reason PREEMPTION and a deadline (what autoscalers and
 KubeRay send): the raylet stops taking new work, running work goes on, and an idle node exits at
 once. ``GcsClient`` is Ray's Cython client (``ray._raylet``; also what ``ray drain-node`` uses);
-the node-state shape read here is guarded by ``tests/test_drains.py``.
+the drain it sends is checked end to end by ``tests/test_notices.py``.
 """
 
 from __future__ import annotations

@@ -237,6 +237,7 @@ class GCP(Provider):
     def __init__(self, base_url: Optional[str] = None, *, timeout: float = 2.0) -> None:
         super().__init__(base_url, timeout=timeout)
         self._etag: Optional[str] = None
+        self._first_seen: Optional[float] = None  # when instance/preempted first read TRUE
 
     def probe(self) -> bool:
         try:
@@ -260,7 +261,11 @@ class GCP(Provider):
             raise MetadataUnavailable(f"gcp: instance/preempted answered HTTP {status}")
         self._etag = headers.get("ETag") or headers.get("Etag") or None
         if parse_gcp_preempted(body):
-            return Notice("gcp", "preempt", time.time() + GCP_NOTICE_S, "instance/preempted TRUE")
+            # GCP gives no termination time: ~30 s from when the notice was first seen (kept, so
+            # that a drain retried after a GCS error does not push the deadline past the real one)
+            if self._first_seen is None:
+                self._first_seen = time.time()
+            return Notice("gcp", "preempt", self._first_seen + GCP_NOTICE_S, "instance/preempted TRUE")
         return None
 
 
