@@ -14,7 +14,16 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, NamedTuple, Optional
 
-__all__ = ["Market", "Kind", "AttemptRequest", "Outcome", "AttemptRecord", "format_history", "OUTCOME_NAMES", "NEVER_RAN"]
+__all__ = [
+    "Market",
+    "Kind",
+    "AttemptRequest",
+    "Outcome",
+    "AttemptRecord",
+    "format_history",
+    "OUTCOME_NAMES",
+    "NEVER_RAN",
+]
 
 
 class _StrEnum(str, Enum):
