@@ -77,18 +77,21 @@ def draining_nodes() -> Optional[dict[str, Optional[float]]]:
 
         read = state.get_draining_nodes
     except (ImportError, AttributeError) as e:
-        return _api_gone(e)
+        _api_gone(e)
+        return None
     try:
         raw = read()
     except TypeError as e:  # its signature changed
-        return _api_gone(e)
+        _api_gone(e)
+        return None
     except Exception as e:  # noqa: BLE001 - the GCS did not answer: no news this time, not "off"
         logger.debug("draining-node map unreadable this time (%s: %s)", type(e).__name__, e)
         return {}
     try:
         return {str(k): (float(v) / 1000.0 if v else None) for k, v in dict(raw).items()}
     except (TypeError, ValueError) as e:  # its shape changed
-        return _api_gone(e)
+        _api_gone(e)
+        return None
 
 
 def _api_gone(e: BaseException) -> None:

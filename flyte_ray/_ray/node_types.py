@@ -66,7 +66,7 @@ def read_node_types(path: str) -> tuple[list[tuple[str, dict[str, float], bool, 
 def types_of_group_configs(groups: Any) -> list[tuple[str, dict[str, float], bool, dict[str, str]]]:
     """Node types from the node groups an autoscaler reported to the GCS (Ray's
     ``autoscaler_pb2.NodeGroupConfig``: name, resources, max_count; no labels)."""
-    out = []
+    out: list[tuple[str, dict[str, float], bool, dict[str, str]]] = []
     for g in groups:
         res = {str(k): float(v) for k, v in dict(g.resources).items()}
         out.append((str(g.name), res, g.max_count != 0, {}))
@@ -112,8 +112,8 @@ def autoscaler_facts() -> tuple[bool, Any]:
     try:
         address = ray.get_runtime_context().gcs_address
         if not autoscaled and address:
-            from ray._raylet import GcsClient
-            from ray.core.generated.autoscaler_pb2 import GetClusterStatusReply
+            from ray._raylet import GcsClient  # type: ignore[attr-defined]
+            from ray.core.generated.autoscaler_pb2 import GetClusterStatusReply  # type: ignore[attr-defined]
 
             reply = GetClusterStatusReply.FromString(GcsClient(address=address).get_cluster_status(timeout_s=10))
             autoscaled = reply.autoscaling_state.autoscaler_state_version > 0  # the v2 autoscaler reports
