@@ -2099,3 +2099,20 @@ def test_init_finds_the_node_types_an_autoscaler_can_launch(tmp_path):
     where, types = discover(None, autoscaled=True)
     assert types == AUTOSCALED_UNKNOWN and "cannot see" in where
     assert all(fits({"accelerator_type:H100": 1, "spot": 1}, res, declared_only=True) for _, res in types)
+
+
+def test_a_head_without_an_autoscaler_is_told_from_one_with_it():
+    """Every head runs Ray's monitor and writes its status; without an autoscaler (ray start
+    --head, LocalCluster) its node types are the nodes themselves (the read-only provider)."""
+    import json as _json
+
+    from flyte_ray._ray.node_types import autoscaled_by_status
+
+    nid = "8e986d5bb5f29770d5213d5238b9a07d4d2683ac537404f6cad0a64f"
+    read_only = {"autoscaler_report": {"active_nodes": {f"node_{nid}": 1}, "node_type_mapping": {nid: f"node_{nid}"},
+                                       "legacy": True}}
+    ray_up = {"autoscaler_report": {"active_nodes": {"ray.head.default": 1}, "pending_launches": {"cpu-spot": 2},
+                                    "node_type_mapping": {nid: "ray.head.default"}}}
+    assert not autoscaled_by_status(_json.dumps(read_only).encode())
+    assert autoscaled_by_status(_json.dumps(ray_up).encode())
+    assert not autoscaled_by_status(None) and not autoscaled_by_status(b"<html>") and not autoscaled_by_status(b"[]")

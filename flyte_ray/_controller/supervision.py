@@ -70,6 +70,7 @@ from .._ray import waiting
 from .._ray.executors import client_mode
 from .._ray.placement import cluster_view
 from .._ray.port import Port, WaitTimeout
+from .._ray.recording import WORKER_FLUSH_S, RunRecorder
 from .._ray.wire import VERSION, Recorded, SupervisedCall, SupervisedResult, decode, encode
 from .._ray.worker import portable
 from ..context import ctx
@@ -232,6 +233,7 @@ class SupervisorActorBase:
         self.hosted = 0  # calls whose attempt loop ran here
         self.recorded = 0  # short calls' results sent by the callers that supervised them
         self._watch: Optional[asyncio.Task] = None
+        self._flushing: Optional[asyncio.Future] = None  # the hosted calls' records being written
         try:
             self.orphan_check_s = float(os.environ.get("FLYTE_RAY_ORPHAN_CHECK_S", ORPHAN_CHECK_S))
         except ValueError:
@@ -309,7 +311,21 @@ class SupervisorActorBase:
             out = _result_of(call, False, portable(e), format_exception(e))
         self.running.pop(key, None)
         self._keep(key, out)
+        await self._records_written()
         return out
+
+    async def _records_written(self) -> None:
+        """The hosted calls' attempt records, stored before their results travel (as a worker
+        does for its nested calls: the run's tree is whole when its caller sees the result).
+        Concurrent calls share one write; each write waits at most WORKER_FLUSH_S."""
+        rec = PROCESS.part(RunRecorder)
+        for _ in range(2):  # the write in flight may have started before this call's record
+            if not rec.pending:
+                return
+            if self._flushing is None or self._flushing.done():
+                loop = asyncio.get_running_loop()
+                self._flushing = loop.run_in_executor(None, rec.flush_within, WORKER_FLUSH_S)
+            await asyncio.shield(self._flushing)
 
     def _keep(self, key: str, out: SupervisedResult) -> None:
         self.finished.put(key, out)

@@ -19,7 +19,9 @@ count, memory) is not checked, so a type is never refused for a resource it may 
 from __future__ import annotations
 
 import copy
+import json
 import os
+import re
 from typing import Any, Mapping, Optional
 
 __all__ = ["read_node_types", "fits", "unmet", "discover", "types_of_group_configs", "AUTOSCALED_UNKNOWN"]
@@ -96,6 +98,24 @@ def discover(
     return "an autoscaler whose node types flyte-ray cannot see", AUTOSCALED_UNKNOWN
 
 
+_READ_ONLY_TYPE = re.compile(r"node_[0-9a-f]{56}")
+
+
+def autoscaled_by_status(raw: Optional[bytes]) -> bool:
+    """Whether the v1 monitor's status (JSON, as the GCS holds it) is an autoscaler's: a head
+    started without one runs the monitor with Ray's read-only provider, whose node types are the
+    nodes themselves (``node_<node id>``); a ``ray up`` or KubeRay autoscaler names its node
+    types (``ray.head.default``, ``cpu-spot``, a worker group)."""
+    if not raw:
+        return False
+    try:
+        report = json.loads(raw).get("autoscaler_report") or {}
+        types = set((report.get("node_type_mapping") or {}).values()) | set(report.get("active_nodes") or {})
+    except (ValueError, AttributeError, TypeError):
+        return False
+    return any(not _READ_ONLY_TYPE.fullmatch(str(t)) for t in types)
+
+
 def autoscaler_facts() -> tuple[bool, Any]:
     """``(an autoscaler is at work, the node groups it reported to the GCS or None)`` for the
     cluster this process is connected to; ``(False, None)`` when the GCS cannot say (Ray client)."""
@@ -105,8 +125,9 @@ def autoscaler_facts() -> tuple[bool, Any]:
 
     autoscaled, groups = False, None
     try:
-        # Ray's v1 autoscaler monitor (ray up, KubeRay's sidecar) writes its status here
-        autoscaled = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS) is not None
+        # Ray's v1 autoscaler monitor writes its status here -- on every head, also without an
+        # autoscaler (`ray start --head`: a read-only provider): autoscaled_by_status tells them apart
+        autoscaled = autoscaled_by_status(_internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS))
     except Exception:  # noqa: BLE001 - no GCS KV here: as a fixed cluster
         pass
     try:
