@@ -9,6 +9,8 @@ import flyte_ray as flyte
 spot = flyte.TaskEnvironment(name="rec_spot", interruptible=True, resources=flyte.Resources(cpu=1))
 od = flyte.TaskEnvironment(name="rec_od", resources=flyte.Resources(cpu=1))
 light = flyte.TaskEnvironment(name="rec_light", resources=flyte.Resources(cpu=0.5))
+warm = flyte.TaskEnvironment(name="rec_warm", resources=flyte.Resources(cpu=0.5),
+                             reusable=flyte.ReusePolicy(replicas=1, idle_ttl=60))
 
 
 @spot.task(retries=1)
@@ -42,9 +44,28 @@ def cached(x: int) -> int:
     return x * 10
 
 
+@light.task
+def leaf(x: int) -> int:
+    return x + 1
+
+
+@spot.task(retries=1)
+async def hosting(n: int) -> int:
+    """A spot parent: its children's attempt loops run in the supervising actor (their runtime
+    is unknown), so their records are written there."""
+    return sum(await asyncio.gather(*(leaf.aio(i) for i in range(n))))
+
+
+@warm.task
+def on_replica(x: int) -> int:
+    return x * 2
+
+
 @od.task
 async def parent(flag: str) -> list:
     a, b = await asyncio.gather(steps.aio(flag), flaky.aio(flag + ".flaky"))
     c = await cached.aio(7)
     d = await cached.aio(7)
-    return [a, b, c, d]
+    e = await hosting.aio(3)
+    f = await on_replica.aio(5)
+    return [a, b, c, d, e, f]

@@ -58,7 +58,7 @@ def _run(cluster, storage, flag):
 
 def test_every_call_and_attempt_is_in_the_tree(recorded_run):
     run, out, tree, _, victim = recorded_run
-    assert out == [40, "ok", 70, 70]
+    assert out == [40, "ok", 70, 70, 6, 10]
     by_call = {}
     for e in tree.events:
         by_call.setdefault(e.fqn, []).append(e)
@@ -72,9 +72,15 @@ def test_every_call_and_attempt_is_in_the_tree(recorded_run):
     assert "fails on purpose" in flaky[0].error
     assert sorted(e.outcome for e in by_call["rec_light.cached"]) == ["cached", "succeeded"]
     assert [e.outcome for e in by_call["rec_od.parent"]] == ["succeeded"]
-    assert {e.parent for e in tree.events if e.fqn != "rec_od.parent"} == {"root"}
+    # children of a spot parent (hosted by the supervising actor) and a warm replica's call
+    hosting = by_call["rec_spot.hosting"]
+    assert hosting[-1].outcome == "succeeded"
+    leaves = by_call["rec_light.leaf"]
+    assert len(leaves) == 3 and {e.parent for e in leaves} == {hosting[-1].call_id}
+    assert [e.outcome for e in by_call["rec_warm.on_replica"]] == ["succeeded"]
+    assert {e.parent for e in tree.events if e.fqn not in ("rec_od.parent", "rec_light.leaf")} == {"root"}
     t = tree.totals()
-    assert t["preemptions"] == 1 and t["user_failures"] == 1 and t["cached"] == 1 and t["calls"] == 5
+    assert t["preemptions"] == 1 and t["user_failures"] == 1 and t["cached"] == 1 and t["calls"] == 10
     # the preempted attempt ran ~2.5 s past the checkpoint the retry resumed from (step 20)
     lost = [lw for n in tree.roots[0].children for e, lw in n.attempts if e.outcome == "preemption"]
     assert lost and 0.0 < lost[0] < 30.0
@@ -87,7 +93,7 @@ def test_flyte_ray_show_prints_the_tree_from_a_fresh_process(recorded_run):
                        timeout=120, env=env)
     assert r.returncode == 0, r.stderr
     text = r.stdout
-    assert f"run {run.name} (succeeded)" in text and "5 calls" in text and "1 preemptions" in text
+    assert f"run {run.name} (succeeded)" in text and "10 calls" in text and "1 preemptions" in text
     for s in ("rec_spot.steps", "rec_light.flaky", "cached (no attempt ran)", victim, "preemption", "lost"):
         assert s in text, (s, text)
     r = subprocess.run([sys.executable, "-m", "flyte_ray.cli", "runs"], capture_output=True, text=True,
@@ -151,7 +157,8 @@ def test_the_metrics_of_the_run_reach_prometheus(recorded_run):
 
     urls = [f"http://{n['NodeManagerAddress']}:{n['MetricsExportPort']}/metrics" for n in ray.nodes()
             if n.get("Alive") and n.get("MetricsExportPort")]
-    sample = re.compile(r'^(ray_flyte_ray_attempts_total)\{([^}]*)\} ([0-9.e+]+)$')
+    sample = re.compile(r'^ray_flyte_ray_(attempts_total|cache_lookups_total|checkpoint_bytes_total|replicas)'
+                        r'\{([^}]*)\} ([0-9.e+]+)$')
 
     def attempts():
         got = {}
@@ -164,16 +171,20 @@ def test_the_metrics_of_the_run_reach_prometheus(recorded_run):
                 m = sample.match(line)
                 if m:
                     labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
-                    key = (labels.get("task"), labels.get("outcome"))
+                    key = (labels.get("task") or labels.get("pool"),
+                           labels.get("outcome") or labels.get("result") or labels.get("op") or m.group(1))
                     got[key] = got.get(key, 0.0) + float(m.group(3))
         return got
 
     deadline = time.time() + 30
+    # attempts (from the parent's worker and from the supervising actor), the cache's lookups (a
+    # miss, then a hit), the checkpoint bytes the preempted call's retry restored
     want = {("rec_spot.steps", "preemption"): 1.0, ("rec_light.flaky", "failed"): 1.0,
-            ("rec_light.flaky", "succeeded"): 1.0}
+            ("rec_light.flaky", "succeeded"): 1.0, ("rec_light.leaf", "succeeded"): 3.0,
+            ("rec_light.cached", "hit"): 1.0, ("rec_light.cached", "miss"): 1.0}
     while True:
         got = attempts()
-        if all(got.get(k) == v for k, v in want.items()):
+        if all(got.get(k) == v for k, v in want.items()) and got.get(("rec_spot.steps", "restore"), 0) > 0:
             break
         assert time.time() < deadline, got
         time.sleep(1)
