@@ -74,7 +74,7 @@ def test_every_call_and_attempt_is_in_the_tree(recorded_run):
     assert [e.outcome for e in by_call["rec_od.parent"]] == ["succeeded"]
     # children of a spot parent (hosted by the supervising actor) and a warm replica's call
     hosting = by_call["rec_spot.hosting"]
-    assert hosting[-1].outcome == "succeeded"
+    assert hosting[-1].outcome == "succeeded" and hosting[-1].market == "spot"
     leaves = by_call["rec_light.leaf"]
     assert len(leaves) == 3 and {e.parent for e in leaves} == {hosting[-1].call_id}
     assert [e.outcome for e in by_call["rec_warm.on_replica"]] == ["succeeded"]
