@@ -501,6 +501,13 @@ class LocalCluster:
         """
         if self.notices is None or self._metadata is None:
             raise RuntimeError("LocalCluster.notify needs LocalCluster(..., notices='aws'|'gcp'|'azure')")
+        if provider is not None and provider != self.notices:
+            # each node's watcher polls the cloud the cluster was started with: another cloud's
+            # notice would never be seen (and this would wait out its timeout)
+            raise ValueError(
+                f"LocalCluster.notify: provider={provider!r}, but the nodes' watchers poll {self.notices!r} "
+                f"(LocalCluster(notices={provider!r}) for that cloud)"
+            )
         name = node if node in self._nodes else self.name_of(node)
         if name is None or name not in self._nodes:
             raise KeyError(f"LocalCluster.notify: no live node {node!r}; nodes: {', '.join(self._nodes)}")

@@ -51,6 +51,12 @@ def raises_keyboard_interrupt(path: str) -> int:
     raise KeyboardInterrupt("pressed by the task itself")
 
 
+@env.task(retries=1)
+def stops_without_a_notice(path: str) -> int:
+    _count(path)
+    raise flyte.errors.TaskInterruptedError("stopping although no preemption notice came")
+
+
 @env.task
 def crash_then_ok(path: str) -> str:
     if _count(path) == 1:

@@ -49,6 +49,17 @@ def test_a_keyboard_interrupt_raised_by_the_task_is_not_a_cancellation(tmp_path)
     assert not isinstance(ei.value, TaskInterruptedError)
 
 
+def test_task_interrupted_without_a_notice_is_the_users_failure(tmp_path):
+    """Stopping on purpose is a system retry only after a preemption notice on the task's node
+    (tests/test_notices.py); without one it goes on the user budget like any exception."""
+    path = str(tmp_path / "runs")
+    run = flyte.run(tf.stops_without_a_notice, path)
+    with pytest.raises(RetriesExhaustedError):
+        run.outputs(timeout=120)
+    assert [(h.outcome, h.failure_kind) for h in run.history] == [("failed", "user"), ("failed", "user")]
+    assert run.system_failures == 0 and _runs(path) == 2
+
+
 def test_sys_exit_in_a_task_does_not_exit_the_caller(tmp_path):
     with pytest.raises(RuntimeUserError, match=r"sys.exit\(2\)") as ei:
         tf.calls_sys_exit.override(retries=0)(str(tmp_path / "runs"))
