@@ -153,3 +153,17 @@ def saves_in_background(n_mb: int) -> int:
     """Saves a checkpoint in the background and returns at once: the attempt's end waits for it."""
     h = flyte.ctx().checkpoint.save(b"s" * (n_mb << 20), background=True)
     return 0 if h is None else h.nbytes
+
+
+@env.task(retries=1)
+def ray_task_name(path: str) -> list:
+    """The Ray task name of each attempt (what Ray's dashboard lists); the first attempt fails."""
+    import ray
+
+    names = (open(path).read().splitlines() if os.path.exists(path) else [])
+    names.append(ray.get_runtime_context().get_task_name())
+    with open(path, "w") as f:
+        f.write("\n".join(names))
+    if len(names) == 1:
+        raise RuntimeError("first attempt fails on purpose")
+    return names

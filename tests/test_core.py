@@ -318,3 +318,9 @@ def test_20000_calls_in_flight_complete_correctly():
     sync map, each result in its place."""
     n = 20_000
     assert list(flyte.map(tc.square, range(n))) == [i * i for i in range(n)]
+
+
+def test_attempts_are_named_for_rays_dashboard(tmp_path):
+    """Ray's task list and timeline say what each attempt is: ``<fqn> #<attempt> (<market>)``."""
+    assert tc.ray_task_name(str(tmp_path / "names")) == ["core.ray_task_name #0 (ondemand)",
+                                                         "core.ray_task_name #1 (ondemand)"]

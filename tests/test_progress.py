@@ -34,10 +34,28 @@ def test_run_wait_shows_the_runs_calls(shown, capfd):
     assert f"run {run.name}" in err and "calls=30" in err  # the root and its 29 children
 
 
+def test_a_gather_wrapped_in_progress_counts_its_calls(shown, capfd):
+    import asyncio
+
+    async def go():
+        return await asyncio.gather(*flyte.progress((tp.inc.aio(i) for i in range(6)), "sweep"),
+                                    return_exceptions=True)
+
+    out = asyncio.run(go())
+    assert out[:3] == [1, 2, 3] and isinstance(out[3], Exception)
+    err = capfd.readouterr().err
+    assert "sweep" in err and "6/6" in err and "failed=1" in err
+
+
 def test_silent_where_nobody_watches(embedded, capfd):
     assert not enabled()  # pytest captures stderr: not a terminal
     list(flyte.map(tp.inc, range(4), return_exceptions=True))
     flyte.run(tp.fan, 4).wait()
     assert "map prog.inc" not in capfd.readouterr().err
+    set_mode(False)  # init(progress=False): silent even where someone watches
+    try:
+        assert not enabled()
+    finally:
+        set_mode("auto")
     with pytest.raises(ValueError, match="progress"):
         set_mode("sometimes")
