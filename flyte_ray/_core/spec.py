@@ -102,13 +102,15 @@ class RunOverrides(Mapping[str, Any]):
     call's spec or cache key (as in flyte-sdk) and an empty mapping with a custom context still
     takes the no-overrides fast path."""
 
-    __slots__ = ("_d", "blob", "recorded", "custom")
+    __slots__ = ("_d", "_wire_blob", "recorded", "custom")
 
     def __init__(
         self, values: Mapping[str, Any], recorded: bool = False, custom: Optional[Mapping[str, str]] = None
     ) -> None:
         self._d = dict(values)
-        self.blob: Optional[bytes] = None
+        # its pickled form, made once by the executors (pickled_once) for every attempt of the
+        # run's calls (a slot of its own: without it every call pickled the overrides again)
+        self._wire_blob: Optional[bytes] = None
         # The run was started with flyte.run / with_runcontext(...).run: its calls' attempts are
         # recorded in storage (init(record="runs"), the default). Travels with the overrides, so
         # every call of the run, wherever it is supervised, knows.

@@ -68,7 +68,8 @@ def client_mode() -> bool:
 
 def pickled_once(obj: Any) -> bytes:
     """``obj`` pickled, kept on the object itself (``Settings`` and ``RunOverrides``: a caller makes
-    thousands of calls with the same few; measured: the payload's serialisation fell ~16 → ~5 us)."""
+    thousands of calls with the same few; measured: the payload's serialisation fell ~16 → ~5 us;
+    ``tests/test_core.py`` checks both keep it)."""
     blob = getattr(obj, "_wire_blob", None)
     if blob is None:
         blob = ray.cloudpickle.dumps(obj)

@@ -143,10 +143,13 @@ def block_on(fut: concurrent.futures.Future, poll: float = 0.2, timeout: Optiona
             # round's cost flat however many children are in flight (all of them made it O(n))
             refs = list(itertools.islice(w.inflight, BLOCK_WINDOW))
         if refs:
-            # Returns when a child finishes (or after `poll`, to pick up new children); the CPU
-            # is released meanwhile. Finished refs leave the registry here, so the next round
-            # does not spin on them before their awaiter unregisters them.
-            ready, _ = ray.wait(refs, num_returns=1, timeout=poll, fetch_local=False)
+            # Returns when these children have all finished (or after `poll`, to pick up new
+            # ones); the CPU is released meanwhile. Each return costs the raylet two RPCs (the
+            # worker unblocked, blocked again), so a round waits for the whole window, not one
+            # child: the coroutine itself is woken by its loop's collector, not by this thread.
+            # Finished refs leave the registry here, so the next round does not spin on them
+            # before their awaiter unregisters them.
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=poll, fetch_local=False)
             if ready:
                 with w.lock:
                     for r in ready:
