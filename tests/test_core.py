@@ -338,3 +338,25 @@ def test_settings_and_run_overrides_are_pickled_once_per_process():
         blob = pickled_once(obj)
         assert pickled_once(obj) is blob  # kept on the object, not made again
     assert pickle.loads(pickled_once(RunOverrides({"queue": "q"}, custom={"k": "v"}))).custom == {"k": "v"}
+
+
+def test_refs_awaited_on_a_loop_several_times_each_and_in_bulk():
+    """The loop's collector waits on refs in bulk: the same ref awaited twice (warm replicas share
+    refs) gets its value twice; a failed task's error reaches each of its awaiters; thousands of
+    refs beyond its window all arrive."""
+    from flyte_ray._ray.waiting import await_ref
+
+    @ray.remote
+    def boom():
+        raise ValueError("boom")
+
+    ref, bad = ray.put(5), boom.remote()
+
+    async def go():
+        many = [ray.put(i) for i in range(5000)]
+        return await asyncio.gather(await_ref(ref), await_ref(ref), await_ref(bad), await_ref(bad),
+                                    *(await_ref(r) for r in many), return_exceptions=True)
+
+    out = asyncio.run(go())
+    assert out[:2] == [5, 5] and all(isinstance(e, ValueError) and "boom" in str(e) for e in out[2:4])
+    assert out[4:] == list(range(5000))

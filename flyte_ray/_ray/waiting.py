@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import itertools
+import logging
 import threading
 import weakref
 from typing import Any, Coroutine, Optional
@@ -29,6 +30,8 @@ import ray
 from ray import ObjectRef
 
 from .._core.process import PROCESS
+
+logger = logging.getLogger("flyte_ray")
 
 __all__ = [
     "in_worker",
@@ -264,12 +267,18 @@ class _Collector:
             if len(live) < len(window):
                 gone = {id(p) for p in window if p[1].cancelled()}
             if live:
-                refs = [r for r, _ in live]
+                refs = list(dict.fromkeys(r for r, _ in live))  # a ref may have several awaiters
                 try:
                     ready, _ = ray.wait(refs, num_returns=min(len(refs), self.BATCH), timeout=wait_s)
-                except Exception as e:  # noqa: BLE001 - Ray shut down under us: nobody gets a value
-                    self._hand_over([(f, _Raised(e)) for _, f in pending])
-                    return
+                except Exception as e:  # noqa: BLE001
+                    if not ray.is_initialized():  # Ray shut down under us: nobody gets a value
+                        self._hand_over([(f, _Raised(e)) for _, f in pending])
+                        return
+                    # never silently: these awaiters get the error, the others go on
+                    logger.warning("flyte-ray: waiting on %d refs failed: %s: %s", len(refs), type(e).__name__, e)
+                    self._hand_over([(f, _Raised(e)) for _, f in live])
+                    ready = []
+                    gone.update(id(p) for p in live)
                 wait_s = self.BATCH_WAIT_S if ready or self.incoming else min(wait_s * 2, self.IDLE_WAIT_S)
                 if ready:
                     done = set(ready)
