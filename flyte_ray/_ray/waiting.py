@@ -213,9 +213,9 @@ class _Collector:
     """
 
     WINDOW = 2000  # refs per ray.wait (its cost is linear in the list it is handed)
-    BATCH = 128  # completions to wait for before handing a batch over (or BATCH_WAIT_S)
+    BATCH = 128  # completions to wait for before handing a batch over (or BATCH_WAIT_S; few: 1)
     BATCH_WAIT_S = 0.01  # at most this long: a lone call's value is handed over at once
-    IDLE_WAIT_S = 0.05  # while only long calls are pending (a new call's ref joins the next wait)
+    IDLE_WAIT_S = 0.02  # while only long calls are pending (a new call's ref joins the next wait)
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -269,7 +269,9 @@ class _Collector:
             if live:
                 refs = list(dict.fromkeys(r for r, _ in live))  # a ref may have several awaiters
                 try:
-                    ready, _ = ray.wait(refs, num_returns=min(len(refs), self.BATCH), timeout=wait_s)
+                    # a big fan-out is handed over in batches; a few calls each as it finishes
+                    want = 1 if len(refs) < 64 else min(len(refs) // 8, self.BATCH)
+                    ready, _ = ray.wait(refs, num_returns=want, timeout=wait_s)
                 except Exception as e:  # noqa: BLE001
                     if not ray.is_initialized():  # Ray shut down under us: nobody gets a value
                         self._hand_over([(f, _Raised(e)) for _, f in pending])
