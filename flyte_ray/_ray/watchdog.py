@@ -14,7 +14,7 @@ or ends; one daemon thread per process looks at them every :data:`CHECK_EVERY_S`
   cached cluster view, one per distinct request, confirmed by a fresh GCS look before acting —
   so a fan-out of 100,000 pending attempts costs a few dict operations per check, not a GCS call
   each, and a per-attempt timer is never needed. An attempt submitted before the capacity was
-  seen gone waits for the next check: it may be running on the node that just died, whose loss
+  seen gone gets a second of grace: it may be running on the node that just died, whose loss
   Ray reports as the attempt's failure (a preemption, counted as such).
 * **Long waits.** Once per attempt, after :data:`WARN_PENDING_AFTER` seconds, it logs which
   resources no live node offers and what happens next (the spot wait, ``max_queued_time``, or
@@ -41,7 +41,7 @@ logger = logging.getLogger("flyte_ray")
 
 WARN_PENDING_AFTER = 60.0  # seconds an attempt may wait before we say what no node offers
 CHECK_EVERY_S = 5.0  # how often the thread looks (the cluster view's TTL is the same)
-GONE_GRACE_S = 0.8 * CHECK_EVERY_S  # until the next check: see PendingWatch.check
+GONE_GRACE_S = 1.0  # see PendingWatch.check: Ray reports a dead node's tasks well within it
 
 
 class Gone(NamedTuple):
@@ -110,7 +110,8 @@ class PendingWatch:
 
     def _run(self) -> None:
         while True:
-            time.sleep(CHECK_EVERY_S)
+            # sooner while attempts wait out their grace (see check)
+            time.sleep(GONE_GRACE_S if self.missing_since else CHECK_EVERY_S)
             if not ray.is_initialized():  # after a shutdown, a Ray call here would start Ray again
                 continue
             try:
@@ -127,6 +128,8 @@ class PendingWatch:
             request_key = item.request_key()
             if request_key is not None:
                 by_request.setdefault(request_key, []).append((key, item))
+        for gone_key in [k for k in self.missing_since if k not in by_request]:
+            del self.missing_since[gone_key]  # nothing of it is pending any more
         for request_key, group in by_request.items():
             request = dict(request_key)
             # By every live node, draining ones too: a plain attempt may be running on one (and
@@ -142,8 +145,10 @@ class PendingWatch:
             for key, item in group:
                 # An attempt submitted before its capacity was seen gone may be *running* on the
                 # node that just died: Ray reports that as the node's failure (a preemption)
-                # within moments, so it gets one check's grace; cancelling it first would record a
-                # preemption as spot_unavailable. One submitted after cannot have started.
+                # within moments (the GCS tells owners of a dead node's tasks as it marks the node
+                # dead), so it gets GONE_GRACE_S (the thread looks again after that); cancelling
+                # it first would record a preemption as spot_unavailable. One submitted after
+                # cannot have started.
                 if item.since < first and now - first < GONE_GRACE_S:
                     continue
                 if self.items.pop(key, None) is None:  # it ended meanwhile
