@@ -368,6 +368,11 @@ def _launchable(cluster_config: Optional[str]) -> tuple:
     if not os.path.exists(cluster_config):
         raise FileNotFoundError(f"cluster_config: no file at {os.fspath(cluster_config)!r}")
     types, _head = read_node_types(os.fspath(cluster_config))
+    return _launchable_offers(types)
+
+
+def _launchable_offers(types: list) -> tuple:
+    """``Settings.node_types`` of node types as :func:`read_node_types` lists them."""
     return tuple((name, offers(res, labels)) for name, res, launchable, labels in types if launchable)
 
 
@@ -392,7 +397,7 @@ def _discovered_node_types() -> tuple:
             "node type offers fails at once."
         )
         return AUTOSCALED_UNKNOWN
-    return tuple((name, offers(res, labels)) for name, res, launchable, labels in types if launchable)
+    return _launchable_offers(types)
 
 
 def _connected_address() -> Optional[str]:
