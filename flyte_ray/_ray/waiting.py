@@ -28,6 +28,7 @@ from typing import Any, Coroutine, Optional
 
 import ray
 from ray import ObjectRef
+from ray.exceptions import RayError, RayTaskError
 
 from .._core.process import PROCESS
 
@@ -286,7 +287,12 @@ class _Collector:
                     done = set(ready)
                     batch = [p for p in live if p[0] in done]
                     gone.update(id(p) for p in batch)
-                    self._hand_over(_values(batch))
+                    try:
+                        results = _values(batch)
+                    except Exception as e:  # noqa: BLE001 - never a silent hang: its awaiters get it
+                        logger.warning("flyte-ray: reading %d results failed: %s: %s", len(batch), type(e).__name__, e)
+                        results = [(f, _Raised(e)) for _, f in batch]
+                    self._hand_over(results)
             if gone:
                 if lo >= len(pending):  # the window was all of it
                     pending = [p for p in pending if id(p) not in gone]
@@ -303,18 +309,50 @@ class _Collector:
 
 
 def _values(batch: list) -> list:
-    """``(future, value or exception)`` for finished ``(ref, future)`` pairs: one ``ray.get``
-    for the batch; one per ref only when some failed (``ray.get`` of a list raises the first)."""
+    """``(future, value or _Raised(error))`` for finished ``(ref, future)`` pairs, all fetched at once."""
+    return [(f, v) for (_, f), v in zip(batch, _fetch([r for r, _ in batch]))]
+
+
+#: False once the private fetch below fell back to ray.get (tests/test_core.py checks it stays True)
+PRIVATE_FETCH_OK = True
+
+
+def _fetch(refs: list) -> list:
+    """The values of finished refs, each its value or a :class:`_Raised` with the error ``ray.get``
+    would raise for it (one failed ref does not hide the others' values).
+
+    PRIVATE Ray API (2.60): ``Worker.get_objects``, what ``ray.get`` calls after its checks. Used
+    because ``ray.get`` in an async actor's process (the supervising actor, an async warm replica)
+    logs "Using blocking ray.get inside async actor" whatever the thread -- and this get runs on
+    the collector's own thread, never on the actor's loop; a user seeing that warning should be
+    seeing it about their own code. Falls back to ``ray.get`` if a Ray upgrade changes it."""
+    global PRIVATE_FETCH_OK
+    if PRIVATE_FETCH_OK:
+        try:
+            values, _ = ray._private.worker.global_worker.get_objects(refs, None)
+        except (AttributeError, TypeError):  # a Ray upgrade changed it
+            PRIVATE_FETCH_OK = False
+        except Exception:  # noqa: BLE001 - it raised for a value: ray.get below says which
+            pass
+        else:
+            out: list = []
+            for v in values:
+                if isinstance(v, RayTaskError):
+                    out.append(_Raised(v.as_instanceof_cause()))  # as ray.get raises it
+                elif isinstance(v, RayError):
+                    out.append(_Raised(v))
+                else:
+                    out.append(v)
+            return out
     try:
-        values = ray.get([r for r, _ in batch])
-        return [(f, v) for (_, f), v in zip(batch, values)]
+        return ray.get(refs)
     except Exception:  # noqa: BLE001 - some failed: each its own value or error
         out = []
-        for r, f in batch:
+        for r in refs:
             try:
-                out.append((f, ray.get(r)))
+                out.append(ray.get(r))
             except Exception as e:  # noqa: BLE001
-                out.append((f, _Raised(e)))
+                out.append(_Raised(e))
         return out
 
 
