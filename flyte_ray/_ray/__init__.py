@@ -1,7 +1,8 @@
 """The Ray layer: everything that talks to Ray on the call path.
 
 * :mod:`.port` -- how the one ``async`` implementation waits (event loop or blocking caller);
-* :mod:`.waiting` -- waits inside workers that release the worker's CPU; batched completions;
+* :mod:`.waiting` -- waits inside workers that release the worker's CPU; the per-loop collector
+  that waits on awaited refs in bulk;
 * :mod:`.placement` -- markets and queues as Ray resources or node labels, the cached cluster view;
 * :mod:`.executors` -- one attempt as a Ray task (plain, streaming, Ray client);
 * :mod:`.worker` -- the worker side of an attempt (user code under its task context);
