@@ -99,10 +99,6 @@ class _Batch:
             return out[1]
         raise out[1]
 
-    def done(self) -> bool:
-        with self.lock:
-            return all(o is not None for o in self.outcomes)
-
     def cancel(self) -> None:
         self.stopped = True
 
@@ -546,5 +542,4 @@ def map(task: TaskTemplate, *iterables: Iterable[Any], return_exceptions: bool =
             yield value
     finally:
         bar.close()
-        if not batch.done():
-            batch.cancel()
+        batch.cancel()  # the calls still running (a finished one ignores it)

@@ -104,7 +104,6 @@ def _api_gone(e: BaseException) -> None:
             type(e).__name__,
             e,
         )
-    return None
 
 
 def _client_mode() -> bool:

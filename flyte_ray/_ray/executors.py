@@ -255,9 +255,9 @@ class _RayTasks:
         if not missing:
             memo_put(call.spec.memo, key, True)
             return None
-        launch = [(name, res) for name, res in call.settings.node_types if fits(request, res, declared_only=True)]
-        if launch:
-            name, res = launch[0]
+        launch = next(((n, r) for n, r in call.settings.node_types if fits(request, r, declared_only=True)), None)
+        if launch is not None:
+            name, res = launch
             self.view.warn_once(
                 f"launch:{call.spec.fqn}:{req.market}:{name}",
                 f"{call.spec.fqn}: no live node offers {describe(missing)}; waiting for the autoscaler to launch a "

@@ -225,7 +225,7 @@ class Metrics:
             # resume nothing): what that one ran past the checkpoint this one resumed from was
             # lost (the rule of flyte_ray._core.events.with_lost_work)
             prev = None
-            if record.outcome not in NEVER_RAN and hist and hist[-1] is record:
+            if len(hist) > 1 and hist[-1] is record and record.outcome not in NEVER_RAN:
                 prev = next((r for r in reversed(hist[:-1]) if r.outcome not in NEVER_RAN), None)
             if prev is not None and prev.failure_kind == "system":
                 ran = prev.runtime if prev.runtime is not None else prev.duration

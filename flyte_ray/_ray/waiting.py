@@ -369,8 +369,6 @@ def _settle(results: list) -> None:  # on the loop
             continue
         if isinstance(value, _Raised):
             fut.set_exception(value.error)
-        elif isinstance(value, BaseException) and not isinstance(value, Exception):
-            fut.set_exception(value)
         else:
             fut.set_result(value)
 

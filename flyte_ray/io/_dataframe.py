@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Optional
 
-from ._where import fs_call, new_url, shown, split, store_at, to_url
+from ._where import cache_key, fs_call, new_url, shown, split, store_at, to_url
 
 __all__ = ["PARQUET", "DataFrame"]
 
@@ -73,10 +73,8 @@ class DataFrame:
     __hash__ = None  # type: ignore[assignment]  # mutable, like flyte-sdk's
 
     def __flyte_ray_cache_key__(self) -> str:
-        """What identifies this value in a cache key: its content ``hash`` when it has one (two
-        uploads of the same content then share cached results, as flyte-sdk documents), else
-        its location."""
-        return "hash:" + self.hash if self.hash is not None else "at:" + str(self.uri)
+        """Its content hash when it has one, else its location (:func:`._where.cache_key`)."""
+        return cache_key(self.hash, self.uri)
 
     def __repr__(self) -> str:
         uri = None if self.uri is None else shown(self.uri)

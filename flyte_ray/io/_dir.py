@@ -31,7 +31,7 @@ from typing import Generic, Optional, TypeVar
 
 from ..storage import ObjectStore
 from ._file import File
-from ._where import fs_call, local_dest, new_url, safe_parts, shown, store_at, target_in, to_url
+from ._where import cache_key, fs_call, local_dest, new_url, safe_parts, shown, store_at, target_in, to_url
 
 __all__ = ["Dir"]
 
@@ -73,10 +73,8 @@ class Dir(Generic[T]):
             raise TypeError(f"Dir.hash: expected a str or None, got {type(self.hash).__name__}")
 
     def __flyte_ray_cache_key__(self) -> str:
-        """What identifies this value in a cache key: its content ``hash`` when it has one (two
-        uploads of the same content then share cached results, as flyte-sdk documents), else
-        its location."""
-        return "hash:" + self.hash if self.hash is not None else "at:" + str(self.path)
+        """Its content hash when it has one, else its location (:func:`._where.cache_key`)."""
+        return cache_key(self.hash, self.path)
 
     def __repr__(self) -> str:
         return f"Dir(path={shown(self.path)!r}, name={self.name!r})"

@@ -28,7 +28,7 @@ from typing import IO, Any, Generic, Optional, TypeVar
 
 from ..storage import ObjectStore, Writer
 from ..storage.keys import sanitize_component
-from ._where import check_name, fs_call, local_dest, new_url, safe_parts, shown, split, store_at, to_url
+from ._where import cache_key, check_name, fs_call, local_dest, new_url, safe_parts, shown, split, store_at, to_url
 
 __all__ = ["AsyncFile", "File"]
 
@@ -77,10 +77,8 @@ class File(Generic[T]):
             raise TypeError(f"File.hash: expected a str or None, got {type(self.hash).__name__}")
 
     def __flyte_ray_cache_key__(self) -> str:
-        """What identifies this value in a cache key: its content ``hash`` when it has one (two
-        uploads of the same content then share cached results, as flyte-sdk documents), else
-        its location."""
-        return "hash:" + self.hash if self.hash is not None else "at:" + str(self.path)
+        """Its content hash when it has one, else its location (:func:`._where.cache_key`)."""
+        return cache_key(self.hash, self.path)
 
     def __repr__(self) -> str:
         return f"File(path={shown(self.path)!r}, name={self.name!r})"

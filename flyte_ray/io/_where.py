@@ -111,6 +111,13 @@ def fs_call(store: ObjectStore, op: str, key: str, method: str, *args: Any, **kw
     return store._call(op, key, store.limit(), method, store.path(key), *args, **kwargs)
 
 
+def cache_key(content_hash: str | None, where: Any) -> str:
+    """What identifies an io value in a cache key (``__flyte_ray_cache_key__``): its content
+    hash when it has one (two uploads of the same content then share cached results, as
+    flyte-sdk documents), else its location."""
+    return "hash:" + content_hash if content_hash is not None else "at:" + str(where)
+
+
 def new_url(name: str | None) -> str:
     """A fresh URL for a new object or folder called ``name`` (random when None)."""
     storage = settings().storage
